@@ -1,0 +1,72 @@
+//! HDE's automation, one entry point: `cargo xtask <command>`.
+//!
+//! Each subcommand is a module. Commands shell out to `cargo` with the same toolchain that runs
+//! xtask, and print each command before running it, so a failure names what to rerun by hand.
+
+mod ci;
+mod corpus;
+#[cfg(test)]
+mod tidy;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{bail, Context as _, Result};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "HDE automation")]
+struct Cli {
+    #[command(subcommand)]
+    command: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Everything CI checks: fmt, clippy -D warnings, rustdoc -D warnings, tests, benches
+    /// compiled (not run).
+    Ci,
+    /// Write a deterministic VM-memory corpus: DIR/snap_00.raw .. snap_{N-1}.raw.
+    Corpus(corpus::Args),
+    /// Run the criterion benches (`cargo bench -p hde-benches`), passing arguments through.
+    Bench {
+        /// Arguments for criterion (e.g. a filter such as `compress`).
+        args: Vec<String>,
+    },
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().command {
+        Task::Ci => ci::run(),
+        Task::Corpus(args) => corpus::run(&args),
+        Task::Bench { args } => {
+            let mut cmd = cargo();
+            cmd.args(["bench", "-p", "hde-benches", "--"]).args(args);
+            run(&mut cmd)
+        }
+    }
+}
+
+/// The workspace root (xtask lives one level below it).
+pub(crate) fn root() -> PathBuf {
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+    manifest.parent().map_or_else(|| manifest.to_path_buf(), Path::to_path_buf)
+}
+
+/// `cargo`, the one that runs us, in the workspace root.
+pub(crate) fn cargo() -> Command {
+    let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    cmd.current_dir(root());
+    cmd
+}
+
+/// Runs `cmd`, echoing it; a non-zero exit is an error naming the command.
+pub(crate) fn run(cmd: &mut Command) -> Result<()> {
+    let shown = format!("{cmd:?}");
+    eprintln!("$ {shown}");
+    let status = cmd.status().with_context(|| format!("cannot start {shown}"))?;
+    if !status.success() {
+        bail!("{shown} failed with {status}");
+    }
+    Ok(())
+}
