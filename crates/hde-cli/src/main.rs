@@ -4,6 +4,7 @@
 //! library user would have to copy. Exit codes: 0 success, 1 failure (one line on stderr names
 //! the file and the cause), 2 usage error (from clap).
 
+use std::io::{self, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -64,11 +65,17 @@ fn parse_size(text: &str) -> Result<usize, String> {
 fn main() -> ExitCode {
     match run(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
+        // `hde ... | head`: the reader left; that is not our failure.
+        Err(err) if is_broken_pipe(&err) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("hde: error: {err:#}");
             ExitCode::FAILURE
         }
     }
+}
+
+fn is_broken_pipe(err: &anyhow::Error) -> bool {
+    err.chain().any(|e| e.downcast_ref::<io::Error>().is_some_and(|e| e.kind() == io::ErrorKind::BrokenPipe))
 }
 
 fn run(cli: Cli) -> Result<()> {
@@ -83,7 +90,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Corpus { out, size, rounds, seed } => {
             let config = CorpusConfig { size, rounds, seed, ..CorpusConfig::default() };
             let paths = corpus::write_corpus(&out, &config)?;
-            println!("wrote {} rounds of {} bytes to {}", paths.len(), size, out.display());
+            writeln!(io::stdout(), "wrote {} rounds of {} bytes to {}", paths.len(), size, out.display())?;
             Ok(())
         }
     }
@@ -148,21 +155,23 @@ fn measure(
 fn codecs_table(old: &[u8], new: &[u8], segment: usize, codecs: &[CodecSpec]) -> Result<()> {
     let mb_s = |n: usize, d: Duration| n as f64 / 1e6 / d.as_secs_f64().max(1e-9);
     let mut set = CodecSet::new();
-    println!("{:<30} {:>12} {:>7} {:>10} {:>10}", "codec / input", "bytes", "ratio", "comp MB/s", "dec MB/s");
+    let mut stdout = io::stdout().lock();
+    writeln!(stdout, "{:<30} {:>12} {:>7} {:>10} {:>10}", "codec / input", "bytes", "ratio", "comp MB/s", "dec MB/s")?;
     for (label, data, reference) in [("round 0", old, None), ("round 1 vs round 0", new, Some(old))] {
         for &spec in codecs {
             let o = measure(&mut set, spec, data, reference, segment)?;
             let name = if reference.is_some() { format!("{spec}+ref {label}") } else { format!("{spec} {label}") };
-            println!(
+            writeln!(
+                stdout,
                 "{:<30} {:>12} {:>7.3} {:>10.0} {:>10.0}",
                 name,
                 o.bytes,
                 o.bytes as f64 / data.len().max(1) as f64,
                 mb_s(data.len(), o.compress),
                 mb_s(data.len(), o.decompress)
-            );
+            )?;
         }
     }
-    println!("all round trips verified ({} + {} bytes, {segment}-byte segments)", old.len(), new.len());
+    writeln!(stdout, "all round trips verified ({} + {} bytes, {segment}-byte segments)", old.len(), new.len())?;
     Ok(())
 }
