@@ -413,6 +413,21 @@ mod tests {
     }
 
     #[test]
+    fn files_written_twice_are_identical() {
+        let base = std::env::temp_dir().join(format!("hde-corpus-test-{}", std::process::id()));
+        let config = CorpusConfig { size: 1 << 20, rounds: 3, seed: 5, ..CorpusConfig::default() };
+        let a = write_corpus(&base.join("a"), &config).unwrap();
+        let b = write_corpus(&base.join("b"), &config).unwrap();
+        assert_eq!(a.len(), 3);
+        for (pa, pb) in a.iter().zip(&b) {
+            assert_eq!(pa.file_name().unwrap(), pb.file_name().unwrap());
+            assert_eq!(fs::read(pa).unwrap(), fs::read(pb).unwrap());
+        }
+        assert_eq!(a[2].file_name().unwrap(), "snap_02.raw");
+        let _ = fs::remove_dir_all(&base);
+    }
+
+    #[test]
     fn pinned_digest() {
         // A fingerprint of the default model. If this changes, every recorded benchmark
         // figure and golden frame built from the corpus changes meaning: do it on purpose.
