@@ -24,6 +24,7 @@ pub(crate) fn run() -> Result<()> {
         sh(cargo().args(["doc", "--workspace", "--no-deps", "--locked"]).env("RUSTDOCFLAGS", "-D warnings"))
     })?;
     run_step("test", || sh(cargo().args(["test", "--workspace", "--locked"])))?;
+    run_step("loom", crate::loom::run_models)?;
     run_step("benches compile", || sh(cargo().args(["bench", "--workspace", "--no-run", "--locked"])))?;
     eprintln!("ci: all steps passed in {:.0} s", t.elapsed().as_secs_f64());
     Ok(())

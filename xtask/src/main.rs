@@ -5,6 +5,7 @@
 
 mod ci;
 mod corpus;
+mod loom;
 #[cfg(test)]
 mod tidy;
 
@@ -23,9 +24,11 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Task {
-    /// Everything CI checks: fmt, clippy -D warnings, rustdoc -D warnings, tests, benches
-    /// compiled (not run).
+    /// Everything CI checks: fmt, clippy -D warnings, rustdoc -D warnings, tests, loom models,
+    /// benches compiled (not run).
     Ci,
+    /// Run the loom models of every shared structure (`--cfg hde_loom`, release).
+    Loom,
     /// Write a deterministic VM-memory corpus: DIR/snap_00.raw .. snap_{N-1}.raw.
     Corpus(corpus::Args),
     /// Run the criterion benches (`cargo bench -p hde-benches`), passing arguments through.
@@ -38,6 +41,7 @@ enum Task {
 fn main() -> Result<()> {
     match Cli::parse().command {
         Task::Ci => ci::run(),
+        Task::Loom => loom::run_models(),
         Task::Corpus(args) => corpus::run(&args),
         Task::Bench { args } => {
             let mut cmd = cargo();

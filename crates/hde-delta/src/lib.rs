@@ -1,8 +1,64 @@
 //! The delta layer of HDE: pages and baselines, not codecs.
 //!
-//! This crate will turn one round of a VM image into the smallest description of what the
-//! receiver lacks, by the page hierarchy of the design brief §3 (unchanged, zero, duplicate,
-//! small change as XOR + zero runs, literal), against per-key baselines kept exactly as the
-//! receiver holds them (brief §4). It exposes the byte streams to be compressed and, for
-//! literal pages, the baseline region that is their natural reference; it never runs a codec.
-//! Filled by issue 3.
+//! A round of a VM image is described page by page with the cheapest description that holds
+//! (design brief §3):
+//!
+//! 1. **unchanged** against the baseline the receiver holds (a compare, or a hash compare when
+//!    the encoder keeps hashes only): one class byte;
+//! 2. **zero**: one class byte;
+//! 3. **duplicate** of a baseline page or of an earlier page of this image (xxh3-128 index,
+//!    verified byte for byte when content is held): a page index;
+//! 4. **small change**: XOR against the old page with zero runs, kept only when at most
+//!    `xor_max_bytes`;
+//! 5. **literal**: the page's bytes, and when its old version is known, that old version joins
+//!    the segment's *reference*, which the engine gives the codec (zstd matches into it the way
+//!    `zstd --patch-from` does, but over the changed pages only).
+//!
+//! This crate never runs a codec: an encoded round exposes per segment four byte streams
+//! ([`SegmentStreams`]) and the reference for its literals; `hde-core` compresses them with
+//! the codec the selector picks, and on the other side decompresses them, asking the prepared
+//! round for the same reference.
+//!
+//! # Baselines and agreement
+//!
+//! [`PageDeltaEncoder`] keeps per key exactly what the receiver will hold: `encode` leaves the
+//! baseline as it is and `commit` (called once the frame is out) replaces it. Each round names
+//! the baseline it applies to ([`BaselineId`]: sequence and image checksum) and carries the
+//! checksum of the image it produces. [`PageDeltaDecoder`] refuses a delta for a baseline it
+//! does not hold, a stale sequence, or an image whose checksum differs, with a typed error:
+//! never a wrong image.
+//!
+//! Keyframes come from the [`Policy`] (delta chain, refresh interval, baseline age), from
+//! eviction under `max_baselines` / `max_memory_usage`, or on request. Images larger than the
+//! memory budget can be tracked with [`BaselineContent::Bounded`]: 16 bytes of hash per page
+//! plus a bounded cache of recently changed pages.
+//!
+//! # Parallelism
+//!
+//! Images are cut into segments (default 4 MiB) processed on `threads` threads; the output is
+//! the same for any thread count. Duplicates are found over the whole image in a short
+//! sequential pass over changed pages between the parallel scan and the parallel stream
+//! building. Shared state (the baseline stores) is behind `crate::sync`, model-checked by loom
+//! under `--cfg hde_loom`.
+
+mod baseline;
+mod checksum;
+mod clock;
+mod config;
+mod decoder;
+mod encoder;
+mod error;
+mod page;
+mod par;
+mod payload;
+mod sync;
+
+pub use crate::checksum::checksum;
+pub use crate::clock::{Clock, ManualClock, SystemClock};
+pub use crate::config::{BaselineContent, DeltaConfig, Policy};
+pub use crate::decoder::{DeltaDecoder, Image, PageDeltaDecoder, Prepared, PreparedRound};
+pub use crate::encoder::{
+    DeltaEncoder, EncodeOptions, EncodedRound, EncoderStats, KeyframeReason, PageDeltaEncoder, Round,
+};
+pub use crate::error::{Error, Result};
+pub use crate::payload::{BaselineId, ClassCounts, PageClass, RoundHeader, SegmentStreams};

@@ -1,0 +1,319 @@
+//! The receiving side: checks which baseline a round needs and rebuilds the image from it.
+
+use std::collections::HashMap;
+
+use crate::checksum::{combine, page_hash};
+use crate::page::{get_varint, xor_decode};
+use crate::sync::{lock, Arc, Mutex};
+use crate::{par, BaselineId, DeltaConfig, Error, PageClass, Result, RoundHeader, SegmentStreams};
+
+/// A reconstructed image, shared with the decoder's baseline store (no copy).
+pub type Image = Arc<Vec<u8>>;
+
+#[derive(Debug, Clone)]
+struct Held {
+    id: BaselineId,
+    page_size: usize,
+    data: Image,
+}
+
+/// A round whose header was checked against the baseline it needs: the source of the
+/// references its literal streams were compressed against.
+#[derive(Debug, Clone)]
+pub struct PreparedRound {
+    header: RoundHeader,
+    base: Option<Held>,
+}
+
+/// The engine's view of a prepared round.
+pub trait Prepared {
+    /// The header that was prepared.
+    fn header(&self) -> &RoundHeader;
+    /// Appends the literal reference of segment `segment`, given its decompressed classes
+    /// stream: the baseline content of its `LiteralRef` pages, as the encoder built it.
+    fn reference(&self, segment: usize, classes: &[u8], out: &mut Vec<u8>) -> Result<()>;
+}
+
+impl PreparedRound {
+    fn geometry(&self) -> (usize, usize, usize) {
+        let ps = self.header.page_size as usize;
+        (ps, self.header.segment_size as usize / ps, self.header.image_len as usize)
+    }
+}
+
+fn page_len(image_len: usize, page_size: usize, page: usize) -> usize {
+    image_len.saturating_sub(page * page_size).min(page_size)
+}
+
+/// Old page `p` of length `len` from the baseline, or a typed error.
+fn old_page(base: Option<&Held>, p: usize, len: usize) -> Result<&[u8]> {
+    let base = base.ok_or(Error::Corrupt { reason: "keyframe refers to a baseline page" })?;
+    let start = p.checked_mul(base.page_size).ok_or(Error::Corrupt { reason: "page index overflows" })?;
+    let end = start.checked_add(len).ok_or(Error::Corrupt { reason: "page index overflows" })?;
+    let page = base.data.get(start..end).ok_or(Error::Corrupt { reason: "baseline page out of range" })?;
+    // A page shorter in the baseline (its old tail) is not the same page.
+    if len < base.page_size && end != base.data.len() {
+        return Err(Error::Corrupt { reason: "baseline page length differs" });
+    }
+    Ok(page)
+}
+
+impl Prepared for PreparedRound {
+    fn header(&self) -> &RoundHeader {
+        &self.header
+    }
+
+    fn reference(&self, segment: usize, classes: &[u8], out: &mut Vec<u8>) -> Result<()> {
+        let (ps, per_seg, len) = self.geometry();
+        let first = segment.checked_mul(per_seg).ok_or(Error::Corrupt { reason: "segment index overflows" })?;
+        for (i, &code) in classes.iter().enumerate() {
+            if code == PageClass::LiteralRef as u8 {
+                let p = first + i;
+                out.extend_from_slice(old_page(self.base.as_ref(), p, page_len(len, ps, p))?);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The boundary of the receiving side of the delta layer.
+pub trait DeltaDecoder: Send + Sync {
+    /// What `prepare` returns.
+    type Prepared: Prepared;
+
+    /// Checks `header` (limits, sequence, baseline identity) for `key`; the result lends the
+    /// references needed to decompress the round's literal streams.
+    fn prepare(&self, key: &str, header: &RoundHeader) -> Result<Self::Prepared>;
+
+    /// Rebuilds the image from the round's decompressed streams, verifies its checksum and
+    /// makes it the key's baseline.
+    fn apply(&self, key: &str, prepared: Self::Prepared, segments: &[SegmentStreams]) -> Result<Image>;
+}
+
+impl<D: DeltaDecoder + ?Sized> DeltaDecoder for Arc<D> {
+    type Prepared = D::Prepared;
+    fn prepare(&self, key: &str, header: &RoundHeader) -> Result<Self::Prepared> {
+        (**self).prepare(key, header)
+    }
+    fn apply(&self, key: &str, prepared: Self::Prepared, segments: &[SegmentStreams]) -> Result<Image> {
+        (**self).apply(key, prepared, segments)
+    }
+}
+
+/// The default decoder: keeps the last image of every key as its baseline.
+#[derive(Debug)]
+pub struct PageDeltaDecoder {
+    config: DeltaConfig,
+    store: Mutex<HashMap<String, Held>>,
+}
+
+impl PageDeltaDecoder {
+    /// A decoder; `config` gives its threads and `max_image_size` (page and segment sizes come
+    /// from each round's header, within the same ranges).
+    pub fn new(config: DeltaConfig) -> Result<Self> {
+        config.validate()?;
+        Ok(PageDeltaDecoder { config, store: Mutex::new(HashMap::new()) })
+    }
+
+    /// The baseline held for `key`.
+    pub fn baseline(&self, key: &str) -> Option<BaselineId> {
+        lock(&self.store).get(key).map(|h| h.id)
+    }
+
+    /// The image held for `key`.
+    pub fn image(&self, key: &str) -> Option<Image> {
+        lock(&self.store).get(key).map(|h| h.data.clone())
+    }
+
+    /// Installs `image` as `key`'s baseline `id` (restoring saved state); it is verified first.
+    pub fn restore(&self, key: &str, id: BaselineId, page_size: usize, image: Vec<u8>) -> Result<()> {
+        if !page_size.is_power_of_two() || !(512..=65536).contains(&page_size) {
+            return Err(Error::InvalidConfig { what: "page_size must be a power of two from 512 to 65536" });
+        }
+        let actual = crate::checksum(&image, page_size);
+        if actual != id.checksum {
+            return Err(Error::ChecksumMismatch { key: key.to_owned(), expected: id.checksum, actual });
+        }
+        lock(&self.store).insert(key.to_owned(), Held { id, page_size, data: Arc::new(image) });
+        Ok(())
+    }
+
+    /// Forgets `key`'s baseline.
+    pub fn remove(&self, key: &str) -> bool {
+        lock(&self.store).remove(key).is_some()
+    }
+
+    fn check_geometry(&self, header: &RoundHeader) -> Result<()> {
+        let ps = header.page_size as usize;
+        let seg = header.segment_size as usize;
+        if !ps.is_power_of_two() || !(512..=65536).contains(&ps) {
+            return Err(Error::Corrupt { reason: "page size out of range" });
+        }
+        if seg == 0 || seg % ps != 0 || seg > 1 << 30 {
+            return Err(Error::Corrupt { reason: "segment size out of range" });
+        }
+        if header.image_len > self.config.max_image_size {
+            return Err(Error::TooLarge {
+                what: "image",
+                claimed: header.image_len,
+                limit: self.config.max_image_size,
+            });
+        }
+        if usize::try_from(header.image_len).is_err() {
+            return Err(Error::TooLarge { what: "image", claimed: header.image_len, limit: usize::MAX as u64 });
+        }
+        Ok(())
+    }
+}
+
+/// Rebuilds one segment into `out`; returns cross-segment duplicates to resolve afterwards.
+fn apply_segment(
+    prepared: &PreparedRound,
+    segment: usize,
+    streams: &SegmentStreams,
+    out: &mut [u8],
+) -> Result<Vec<(usize, usize)>> {
+    let (ps, per_seg, len) = prepared.geometry();
+    let base = prepared.base.as_ref();
+    let first = segment * per_seg;
+    let pages = out.len().div_ceil(ps);
+    if streams.classes.len() != pages {
+        return Err(Error::Corrupt { reason: "class count differs from the segment's pages" });
+    }
+    let (mut dup_pos, mut xor_pos, mut lit_pos) = (0usize, 0usize, 0usize);
+    let mut deferred = Vec::new();
+    for (i, &code) in streams.classes.iter().enumerate() {
+        let p = first + i;
+        let plen = page_len(len, ps, p);
+        let at = i * ps;
+        let class = PageClass::from_u8(code).ok_or(Error::Corrupt { reason: "unknown page class" })?;
+        match class {
+            PageClass::Unchanged => {
+                let old = old_page(base, p, plen)?;
+                out[at..at + plen].copy_from_slice(old);
+            }
+            PageClass::Zero => out[at..at + plen].fill(0),
+            PageClass::DupBaseline => {
+                let q = usize::try_from(get_varint(&streams.dups, &mut dup_pos)?)
+                    .map_err(|_| Error::Corrupt { reason: "page index overflows" })?;
+                let old = old_page(base, q, plen)?;
+                out[at..at + plen].copy_from_slice(old);
+            }
+            PageClass::DupCurrent => {
+                let q = usize::try_from(get_varint(&streams.dups, &mut dup_pos)?)
+                    .map_err(|_| Error::Corrupt { reason: "page index overflows" })?;
+                if q >= p || page_len(len, ps, q) != plen {
+                    return Err(Error::Corrupt {
+                        reason: "duplicate of a page that is not earlier or not the same length",
+                    });
+                }
+                if q >= first {
+                    let from = (q - first) * ps;
+                    out.copy_within(from..from + plen, at);
+                } else {
+                    deferred.push((p, q));
+                }
+            }
+            PageClass::Xor => {
+                let old = old_page(base, p, plen)?;
+                let dst = &mut out[at..at + plen];
+                dst.copy_from_slice(old);
+                xor_decode(&streams.xor, &mut xor_pos, dst)?;
+            }
+            PageClass::Literal | PageClass::LiteralRef => {
+                if class == PageClass::LiteralRef {
+                    old_page(base, p, plen)?;
+                }
+                let src = streams
+                    .literals
+                    .get(lit_pos..lit_pos + plen)
+                    .ok_or(Error::Corrupt { reason: "literal stream shorter than its pages" })?;
+                out[at..at + plen].copy_from_slice(src);
+                lit_pos += plen;
+            }
+        }
+    }
+    if dup_pos != streams.dups.len() || xor_pos != streams.xor.len() || lit_pos != streams.literals.len() {
+        return Err(Error::Corrupt { reason: "stream longer than its pages need" });
+    }
+    Ok(deferred)
+}
+
+impl DeltaDecoder for PageDeltaDecoder {
+    type Prepared = PreparedRound;
+
+    fn prepare(&self, key: &str, header: &RoundHeader) -> Result<PreparedRound> {
+        self.check_geometry(header)?;
+        let store = lock(&self.store);
+        let held = store.get(key);
+        if let Some(h) = held {
+            if header.seq <= h.id.seq {
+                return Err(Error::StaleSequence { key: key.to_owned(), have: h.id.seq, got: header.seq });
+            }
+        }
+        let base = match header.base {
+            None => None,
+            Some(want) => match held {
+                None => return Err(Error::MissingBaseline { key: key.to_owned(), want }),
+                Some(h) if h.id != want => {
+                    return Err(Error::BaselineMismatch { key: key.to_owned(), have: h.id, want });
+                }
+                Some(h) if h.page_size != header.page_size as usize => {
+                    return Err(Error::Corrupt { reason: "delta page size differs from its baseline's" });
+                }
+                Some(h) => Some(h.clone()),
+            },
+        };
+        Ok(PreparedRound { header: *header, base })
+    }
+
+    fn apply(&self, key: &str, prepared: PreparedRound, segments: &[SegmentStreams]) -> Result<Image> {
+        let header = prepared.header;
+        let count = header.segment_count();
+        if segments.len() as u64 != count {
+            return Err(Error::Corrupt { reason: "segment count differs from the header's" });
+        }
+        // Bounded by max_image_size in prepare; zeroed memory is lazily mapped, so zero pages
+        // cost nothing.
+        let mut image = vec![0u8; header.image_len as usize];
+        let seg_size = header.segment_size as usize;
+        let chunks: Vec<&mut [u8]> = image.chunks_mut(seg_size).collect();
+        let results =
+            par::map_each(self.config.threads, chunks, |s, out| apply_segment(&prepared, s, &segments[s], out));
+        let mut deferred = Vec::new();
+        for r in results {
+            deferred.extend(r?);
+        }
+        // Cross-segment duplicates point to earlier pages; resolved in page order, every
+        // source is final when copied.
+        let ps = header.page_size as usize;
+        let len = image.len();
+        deferred.sort_unstable();
+        for (p, q) in deferred {
+            let plen = page_len(len, ps, p);
+            image.copy_within(q * ps..q * ps + plen, p * ps);
+        }
+        let hashes: Vec<u128> = par::map(self.config.threads, segments.len(), |s| {
+            image[s * seg_size..((s + 1) * seg_size).min(len)].chunks(ps).map(page_hash).collect::<Vec<_>>()
+        })
+        .into_iter()
+        .flatten()
+        .collect();
+        let actual = combine(&hashes);
+        if actual != header.checksum {
+            return Err(Error::ChecksumMismatch { key: key.to_owned(), expected: header.checksum, actual });
+        }
+        let data = Arc::new(image);
+        let mut store = lock(&self.store);
+        let current = store.get(key).map(|h| h.id);
+        if current != prepared.base.as_ref().map(|b| b.id) && current.is_some_and(|c| c.seq >= header.seq) {
+            return Err(Error::StaleSequence {
+                key: key.to_owned(),
+                have: current.map_or(0, |c| c.seq),
+                got: header.seq,
+            });
+        }
+        store.insert(key.to_owned(), Held { id: header.produces(), page_size: ps, data: data.clone() });
+        Ok(data)
+    }
+}

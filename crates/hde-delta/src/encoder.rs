@@ -1,0 +1,642 @@
+//! The sending side: encodes rounds against per-key baselines and keeps those baselines.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use crate::baseline::{index_key, Content, EncBaseline, PageCache};
+use crate::checksum::combine;
+use crate::page::{hash, is_zero, put_varint, xor_encode};
+use crate::sync::{lock, Arc, Mutex};
+use crate::{
+    par, BaselineContent, BaselineId, ClassCounts, Clock, DeltaConfig, Error, PageClass, Result, RoundHeader,
+    SegmentStreams, SystemClock,
+};
+
+/// Why a round is a keyframe.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum KeyframeReason {
+    /// No baseline for the key: its first round, or it was evicted or pruned.
+    NoBaseline,
+    /// `max_delta_chain` deltas in a row.
+    ChainLimit,
+    /// The last keyframe is older than `baseline_interval`.
+    Interval,
+    /// The baseline was last updated longer ago than `max_baseline_age`.
+    Age,
+    /// The caller asked for one (e.g. the receiver lost its baseline).
+    Forced,
+}
+
+/// Options of one `encode` call.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct EncodeOptions {
+    /// Encode a keyframe whatever the policy says.
+    pub force_keyframe: bool,
+}
+
+/// Counters of an encoder since it was created.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct EncoderStats {
+    /// Rounds committed.
+    pub rounds: u64,
+    /// Of which keyframes.
+    pub keyframes: u64,
+    /// Of which deltas.
+    pub deltas: u64,
+    /// Baselines evicted by `max_baselines` or `max_memory_usage`.
+    pub evictions: u64,
+    /// Baselines removed by `prune`.
+    pub pruned: u64,
+    /// Page classes over all committed rounds.
+    pub pages: ClassCounts,
+    /// Baselines held now.
+    pub baselines: u64,
+    /// Bytes of baseline state held now.
+    pub memory: u64,
+}
+
+impl EncoderStats {
+    /// Share of committed rounds sent as deltas (0 when none was committed).
+    pub fn delta_hit_rate(&self) -> f64 {
+        if self.rounds == 0 {
+            0.0
+        } else {
+            self.deltas as f64 / self.rounds as f64
+        }
+    }
+}
+
+/// One encoded round: header, streams per segment, and what `commit` needs.
+///
+/// Dropping it without [`commit`](DeltaEncoder::commit) leaves the key's baseline as it was:
+/// the right outcome when the frame could not be sent.
+#[derive(Debug)]
+pub struct EncodedRound {
+    key: String,
+    header: RoundHeader,
+    segments: Vec<SegmentStreams>,
+    counts: ClassCounts,
+    reason: Option<KeyframeReason>,
+    /// The key's entry sequence when encoded (None: no entry).
+    prev_seq: Option<u64>,
+    base: Option<Arc<EncBaseline>>,
+    /// xxh3-128 of every page of the new image (0 = zero page).
+    hashes: Vec<u128>,
+    /// Pages that differ from the baseline, ascending.
+    changed: Vec<u32>,
+    /// New content of the changed non-zero pages, in `changed` order.
+    content: Vec<u8>,
+}
+
+impl EncodedRound {
+    /// The key this round belongs to.
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
+    /// Why this is a keyframe, or `None` for a delta.
+    pub fn keyframe_reason(&self) -> Option<KeyframeReason> {
+        self.reason
+    }
+}
+
+/// A round as the engine sees it: header, streams, references.
+pub trait Round {
+    /// The header (sequence, baseline identity, geometry, checksum).
+    fn header(&self) -> &RoundHeader;
+    /// The streams of every segment, in order.
+    fn segments(&self) -> &[SegmentStreams];
+    /// Page counts per class.
+    fn counts(&self) -> ClassCounts;
+    /// Appends segment `segment`'s literal reference (old content of its `LiteralRef` pages).
+    fn reference(&self, segment: usize, out: &mut Vec<u8>);
+}
+
+impl Round for EncodedRound {
+    fn header(&self) -> &RoundHeader {
+        &self.header
+    }
+
+    fn segments(&self) -> &[SegmentStreams] {
+        &self.segments
+    }
+
+    fn counts(&self) -> ClassCounts {
+        self.counts
+    }
+
+    fn reference(&self, segment: usize, out: &mut Vec<u8>) {
+        let (Some(base), Some(streams)) = (&self.base, self.segments.get(segment)) else { return };
+        let ps = self.header.page_size as usize;
+        let first = segment * (self.header.segment_size as usize / ps);
+        for (i, &code) in streams.classes.iter().enumerate() {
+            if code == PageClass::LiteralRef as u8 {
+                let p = first + i;
+                let len = page_len(self.header.image_len as usize, ps, p);
+                if let Some(old) = base.old_page(p, len) {
+                    out.extend_from_slice(old);
+                }
+            }
+        }
+    }
+}
+
+/// The boundary of the sending side of the delta layer.
+pub trait DeltaEncoder: Send + Sync {
+    /// What `encode` returns.
+    type Round: Round;
+
+    /// Encodes `image` as the next round of `key`, against its baseline unless the policy (or
+    /// `options`) calls for a keyframe. The baseline does not change until `commit`.
+    fn encode(&self, key: &str, image: &[u8], options: EncodeOptions) -> Result<Self::Round>;
+
+    /// Makes the round's image the key's baseline: call it once the frame has been emitted.
+    fn commit(&self, round: Self::Round) -> Result<BaselineId>;
+
+    /// Counters since creation.
+    fn stats(&self) -> EncoderStats;
+}
+
+impl<E: DeltaEncoder + ?Sized> DeltaEncoder for Arc<E> {
+    type Round = E::Round;
+    fn encode(&self, key: &str, image: &[u8], options: EncodeOptions) -> Result<Self::Round> {
+        (**self).encode(key, image, options)
+    }
+    fn commit(&self, round: Self::Round) -> Result<BaselineId> {
+        (**self).commit(round)
+    }
+    fn stats(&self) -> EncoderStats {
+        (**self).stats()
+    }
+}
+
+fn page_len(image_len: usize, page_size: usize, page: usize) -> usize {
+    image_len.saturating_sub(page * page_size).min(page_size)
+}
+
+#[derive(Debug)]
+struct Entry {
+    seq: u64,
+    /// `None` while a commit rebuilds it.
+    baseline: Option<Arc<EncBaseline>>,
+    chain: u32,
+    keyframe_at: Duration,
+    updated_at: Duration,
+    last_used: u64,
+    memory: u64,
+}
+
+#[derive(Debug, Default)]
+struct Store {
+    entries: HashMap<String, Entry>,
+    next_seq: u64,
+    tick: u64,
+    memory: u64,
+    stats: EncoderStats,
+}
+
+/// The default encoder: the page hierarchy of the design brief §3 against per-key baselines.
+///
+/// Shared by many threads: different keys encode concurrently; one key's rounds must be
+/// encoded and committed in order (a commit that finds its key moved on is
+/// [`Error::ConcurrentRound`]). Each `encode` also spreads its segments over
+/// `config.threads` threads.
+#[derive(Debug)]
+pub struct PageDeltaEncoder<C: Clock = SystemClock> {
+    config: DeltaConfig,
+    clock: C,
+    store: Mutex<Store>,
+}
+
+impl PageDeltaEncoder<SystemClock> {
+    /// An encoder with the real clock.
+    pub fn new(config: DeltaConfig) -> Result<Self> {
+        Self::with_clock(config, SystemClock::new())
+    }
+}
+
+/// Per-page result of the scan phase.
+const SCAN_UNCHANGED: u8 = 0;
+const SCAN_ZERO: u8 = 1;
+const SCAN_CHANGED: u8 = 2;
+
+impl<C: Clock> PageDeltaEncoder<C> {
+    /// An encoder with the given clock (tests use [`ManualClock`](crate::ManualClock)).
+    pub fn with_clock(config: DeltaConfig, clock: C) -> Result<Self> {
+        config.validate()?;
+        let store = Store { next_seq: config.first_sequence, ..Store::default() };
+        Ok(PageDeltaEncoder { config, clock, store: Mutex::new(store) })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &DeltaConfig {
+        &self.config
+    }
+
+    /// The baseline held for `key`, if any.
+    pub fn baseline(&self, key: &str) -> Option<BaselineId> {
+        lock(&self.store).entries.get(key).and_then(|e| e.baseline.as_ref().map(|b| b.id))
+    }
+
+    /// Forgets `key`'s baseline; its next round is a keyframe.
+    pub fn remove(&self, key: &str) -> bool {
+        let mut store = lock(&self.store);
+        match store.entries.remove(key) {
+            Some(e) => {
+                store.memory -= e.memory;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Removes baselines not updated for `max_baseline_age`; returns how many.
+    pub fn prune(&self) -> usize {
+        let now = self.clock.now();
+        let age = self.config.policy.max_baseline_age;
+        let mut store = lock(&self.store);
+        let stale: Vec<String> = store
+            .entries
+            .iter()
+            .filter(|(_, e)| e.baseline.is_some() && now.saturating_sub(e.updated_at) > age)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in &stale {
+            if let Some(e) = store.entries.remove(key) {
+                store.memory -= e.memory;
+            }
+        }
+        store.stats.pruned += stale.len() as u64;
+        stale.len()
+    }
+
+    fn keyframe_reason(&self, entry: Option<&Entry>, now: Duration, options: EncodeOptions) -> Option<KeyframeReason> {
+        let policy = &self.config.policy;
+        let Some(entry) = entry.filter(|e| e.baseline.is_some()) else { return Some(KeyframeReason::NoBaseline) };
+        if options.force_keyframe {
+            Some(KeyframeReason::Forced)
+        } else if entry.chain >= policy.max_delta_chain {
+            Some(KeyframeReason::ChainLimit)
+        } else if now.saturating_sub(entry.keyframe_at) >= policy.baseline_interval {
+            Some(KeyframeReason::Interval)
+        } else if now.saturating_sub(entry.updated_at) >= policy.max_baseline_age {
+            Some(KeyframeReason::Age)
+        } else {
+            None
+        }
+    }
+
+    fn encode_round(&self, key: &str, image: &[u8], options: EncodeOptions) -> Result<EncodedRound> {
+        let cfg = &self.config;
+        if image.len() as u64 > cfg.max_image_size {
+            return Err(Error::TooLarge { what: "image", claimed: image.len() as u64, limit: cfg.max_image_size });
+        }
+        let ps = cfg.page_size;
+        let now = self.clock.now();
+        let (seq, prev_seq, base, reason) = {
+            let mut store = lock(&self.store);
+            let entry = store.entries.get(key);
+            let prev_seq = entry.map(|e| e.seq);
+            let reason = self.keyframe_reason(entry, now, options);
+            let base = if reason.is_none() { entry.and_then(|e| e.baseline.clone()) } else { None };
+            let seq = store.next_seq;
+            store.next_seq += 1;
+            (seq, prev_seq, base, reason)
+        };
+        let base_ref = base.as_deref();
+        let pages = image.len().div_ceil(ps);
+        let per_seg = cfg.pages_per_segment();
+        let segments = pages.div_ceil(per_seg);
+        let bounded = matches!(cfg.content, BaselineContent::Bounded { .. });
+
+        // Phase 1 (parallel): unchanged / zero / changed, and every page's hash.
+        let scans = par::map(cfg.threads, segments, |s| {
+            let first = s * per_seg;
+            let last = (first + per_seg).min(pages);
+            let mut kinds = Vec::with_capacity(last - first);
+            let mut hashes = Vec::with_capacity(last - first);
+            for p in first..last {
+                let page = &image[p * ps..(p * ps + ps).min(image.len())];
+                let old_hash = base_ref.filter(|b| p < b.pages() && b.page_len(p) == page.len()).map(|b| b.hashes[p]);
+                // Full content: compare first (most pages are unchanged, and one pass decides);
+                // zero test and hash only for what differs.
+                let same_as_old = !bounded
+                    && old_hash.is_some()
+                    && base_ref.and_then(|b| b.old_page(p, page.len())).is_some_and(|old| old == page);
+                let (kind, h) = if same_as_old {
+                    (SCAN_UNCHANGED, old_hash.unwrap_or(0))
+                } else if is_zero(page) {
+                    if old_hash == Some(0) {
+                        (SCAN_UNCHANGED, 0)
+                    } else {
+                        (SCAN_ZERO, 0)
+                    }
+                } else {
+                    let h = hash(page);
+                    if bounded && old_hash == Some(h) {
+                        (SCAN_UNCHANGED, h)
+                    } else {
+                        (SCAN_CHANGED, h)
+                    }
+                };
+                kinds.push(kind);
+                hashes.push(h);
+            }
+            (kinds, hashes)
+        });
+        let mut hashes = Vec::with_capacity(pages);
+        let mut classes: Vec<u8> = Vec::with_capacity(pages);
+        for (kinds, h) in scans {
+            classes.extend(kinds);
+            hashes.extend(h);
+        }
+
+        // Phase 2 (sequential, changed pages only): duplicates of the baseline or of an earlier
+        // page of this image.
+        let mut dup_of: HashMap<u32, (PageClass, u32)> = HashMap::new();
+        let mut first_seen: HashMap<u64, u32> = HashMap::new();
+        for p in 0..pages {
+            if classes[p] != SCAN_CHANGED {
+                continue;
+            }
+            let page = &image[p * ps..(p * ps + ps).min(image.len())];
+            let h = hashes[p];
+            let from_base = base_ref.and_then(|b| {
+                let q = *b.index.get(&index_key(h))? as usize;
+                let same = match &b.content {
+                    Content::Full(_) => b.old_page(q, page.len()) == Some(page),
+                    Content::Bounded(_) => b.hashes.get(q) == Some(&h) && b.page_len(q) == page.len(),
+                };
+                same.then_some(q as u32)
+            });
+            if let Some(q) = from_base {
+                dup_of.insert(p as u32, (PageClass::DupBaseline, q));
+                continue;
+            }
+            match first_seen.get(&index_key(h)) {
+                Some(&q) if &image[q as usize * ps..(q as usize * ps + ps).min(image.len())] == page => {
+                    dup_of.insert(p as u32, (PageClass::DupCurrent, q));
+                }
+                Some(_) => {}
+                None => {
+                    first_seen.insert(index_key(h), p as u32);
+                }
+            }
+        }
+
+        // Phase 3 (parallel): the streams of each segment.
+        let xor_limit = cfg.xor_max_bytes;
+        let built = par::map(cfg.threads, segments, |s| {
+            let first = s * per_seg;
+            let last = (first + per_seg).min(pages);
+            let mut st = SegmentStreams { classes: Vec::with_capacity(last - first), ..SegmentStreams::default() };
+            let mut counts = ClassCounts::default();
+            let mut changed = Vec::new();
+            let mut content = Vec::new();
+            for p in first..last {
+                let page = &image[p * ps..(p * ps + ps).min(image.len())];
+                let class = match classes[p] {
+                    SCAN_UNCHANGED => PageClass::Unchanged,
+                    SCAN_ZERO => PageClass::Zero,
+                    _ => {
+                        if let Some(&(class, q)) = dup_of.get(&(p as u32)) {
+                            put_varint(&mut st.dups, u64::from(q));
+                            class
+                        } else {
+                            match base_ref.and_then(|b| b.old_page(p, page.len())) {
+                                Some(old) if xor_encode(page, old, xor_limit, &mut st.xor) => PageClass::Xor,
+                                Some(_) => {
+                                    st.literals.extend_from_slice(page);
+                                    PageClass::LiteralRef
+                                }
+                                None => {
+                                    st.literals.extend_from_slice(page);
+                                    PageClass::Literal
+                                }
+                            }
+                        }
+                    }
+                };
+                if class != PageClass::Unchanged {
+                    changed.push(p as u32);
+                    if class != PageClass::Zero {
+                        content.extend_from_slice(page);
+                    }
+                }
+                st.classes.push(class as u8);
+                counts.add(class);
+            }
+            (st, counts, changed, content)
+        });
+        let mut round_segments = Vec::with_capacity(segments);
+        let mut counts = ClassCounts::default();
+        let mut changed = Vec::new();
+        let mut content = Vec::new();
+        for (st, c, ch, co) in built {
+            round_segments.push(st);
+            counts.merge(&c);
+            changed.extend(ch);
+            content.extend(co);
+        }
+        let header = RoundHeader {
+            seq,
+            base: base.as_ref().map(|b| b.id),
+            image_len: image.len() as u64,
+            page_size: ps as u32,
+            segment_size: cfg.segment_size as u32,
+            checksum: combine(&hashes),
+        };
+        Ok(EncodedRound {
+            key: key.to_owned(),
+            header,
+            segments: round_segments,
+            counts,
+            reason,
+            prev_seq,
+            base,
+            hashes,
+            changed,
+            content,
+        })
+    }
+
+    /// Builds the baseline that results from applying `round` to its base.
+    fn next_baseline(&self, old: Option<EncBaseline>, round: &mut EncodedRound) -> EncBaseline {
+        let ps = self.config.page_size;
+        let len = round.header.image_len as usize;
+        let pages = round.hashes.len();
+        let keyframe = round.header.is_keyframe();
+        let fresh_content = || match self.config.content {
+            BaselineContent::Full => Content::Full(Vec::new()),
+            BaselineContent::Bounded { cache_bytes } => Content::Bounded(PageCache::new(cache_bytes)),
+        };
+        let (mut content, mut index, old_hashes) = match old {
+            Some(b) => (b.content, b.index, b.hashes),
+            None => (fresh_content(), HashMap::new(), Vec::new()),
+        };
+        if keyframe {
+            index.clear();
+        } else {
+            // Drop index entries of pages that change or disappear.
+            let gone = round.changed.iter().map(|&p| p as usize).chain(pages..old_hashes.len());
+            for p in gone {
+                if let Some(&h) = old_hashes.get(p) {
+                    if index.get(&index_key(h)) == Some(&(p as u32)) {
+                        index.remove(&index_key(h));
+                    }
+                }
+            }
+        }
+        let mut cursor = 0;
+        match &mut content {
+            Content::Full(data) => data.resize(len, 0),
+            Content::Bounded(cache) => {
+                for p in pages..old_hashes.len() {
+                    cache.remove(p as u32);
+                }
+            }
+        }
+        for &p in &round.changed {
+            let p = p as usize;
+            let plen = page_len(len, ps, p);
+            let zero = round.hashes[p] == 0;
+            let new = if zero { None } else { round.content.get(cursor..cursor + plen) };
+            if !zero {
+                cursor += plen;
+            }
+            match &mut content {
+                Content::Full(data) => {
+                    let dst = &mut data[p * ps..p * ps + plen];
+                    match new {
+                        Some(src) => dst.copy_from_slice(src),
+                        None => dst.fill(0),
+                    }
+                }
+                Content::Bounded(cache) => match new {
+                    Some(src) => cache.insert(p as u32, src),
+                    None => cache.remove(p as u32),
+                },
+            }
+        }
+        let indexed: Box<dyn Iterator<Item = usize>> =
+            if keyframe { Box::new(0..pages) } else { Box::new(round.changed.iter().map(|&p| p as usize)) };
+        for p in indexed {
+            let h = round.hashes[p];
+            if h != 0 {
+                index.entry(index_key(h)).or_insert(p as u32);
+            }
+        }
+        EncBaseline {
+            id: round.header.produces(),
+            len,
+            page_size: ps,
+            content,
+            hashes: std::mem::take(&mut round.hashes),
+            index,
+        }
+    }
+
+    fn commit_round(&self, mut round: EncodedRound) -> Result<BaselineId> {
+        let key = round.key.clone();
+        // Take the key's baseline out of the store (so a racing commit fails), build the new
+        // one without holding the lock, then put it back.
+        let taken = {
+            let mut guard = lock(&self.store);
+            let store = &mut *guard;
+            let current = store.entries.get(&key).map(|e| e.seq);
+            if current.is_some() && current != round.prev_seq {
+                return Err(Error::ConcurrentRound { key });
+            }
+            match store.entries.get_mut(&key) {
+                Some(e) => {
+                    e.seq = round.header.seq;
+                    store.memory -= e.memory;
+                    e.memory = 0;
+                    e.baseline.take()
+                }
+                None => None,
+            }
+        };
+        let base = round.base.take();
+        // Reuse the old baseline's buffers when nobody else holds them (the common case).
+        let old = match (base, taken) {
+            (Some(b), taken) => {
+                drop(taken);
+                Some(Arc::try_unwrap(b).unwrap_or_else(|shared| (*shared).clone()))
+            }
+            (None, Some(t)) => Some(Arc::try_unwrap(t).unwrap_or_else(|shared| (*shared).clone())),
+            (None, None) => None,
+        };
+        let next = self.next_baseline(old, &mut round);
+        let id = next.id;
+        let memory = next.memory();
+        let now = self.clock.now();
+        let mut store = lock(&self.store);
+        store.tick += 1;
+        let tick = store.tick;
+        let keyframe = round.header.is_keyframe();
+        let previous = store.entries.get(&key);
+        if previous.is_some_and(|e| e.seq != round.header.seq) {
+            // Removed and re-created while we built: the newer state wins.
+            return Err(Error::ConcurrentRound { key });
+        }
+        let chain = if keyframe { 0 } else { previous.map_or(0, |e| e.chain) + 1 };
+        let keyframe_at = if keyframe { now } else { previous.map_or(now, |e| e.keyframe_at) };
+        store.entries.insert(
+            key.clone(),
+            Entry {
+                seq: id.seq,
+                baseline: Some(Arc::new(next)),
+                chain,
+                keyframe_at,
+                updated_at: now,
+                last_used: tick,
+                memory,
+            },
+        );
+        store.memory += memory;
+        store.stats.rounds += 1;
+        if keyframe {
+            store.stats.keyframes += 1;
+        } else {
+            store.stats.deltas += 1;
+        }
+        store.stats.pages.merge(&round.counts);
+        self.enforce_caps(&mut store);
+        Ok(id)
+    }
+
+    /// Evicts least recently used baselines until both caps hold.
+    fn enforce_caps(&self, store: &mut Store) {
+        let policy = &self.config.policy;
+        while store.entries.len() > policy.max_baselines || store.memory > policy.max_memory_usage {
+            let victim = store.entries.iter().min_by_key(|(_, e)| e.last_used).map(|(k, _)| k.clone());
+            let Some(victim) = victim else { break };
+            if let Some(e) = store.entries.remove(&victim) {
+                store.memory -= e.memory;
+                store.stats.evictions += 1;
+            }
+        }
+    }
+}
+
+impl<C: Clock> DeltaEncoder for PageDeltaEncoder<C> {
+    type Round = EncodedRound;
+
+    fn encode(&self, key: &str, image: &[u8], options: EncodeOptions) -> Result<EncodedRound> {
+        self.encode_round(key, image, options)
+    }
+
+    fn commit(&self, round: EncodedRound) -> Result<BaselineId> {
+        self.commit_round(round)
+    }
+
+    fn stats(&self) -> EncoderStats {
+        let store = lock(&self.store);
+        let mut stats = store.stats;
+        stats.baselines = store.entries.values().filter(|e| e.baseline.is_some()).count() as u64;
+        stats.memory = store.memory;
+        stats
+    }
+}

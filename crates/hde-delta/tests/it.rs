@@ -1,0 +1,418 @@
+//! Integration tests of the delta layer: round trips over many rounds, policy, caps, errors.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // reason: a test fails by panicking.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use hde_corpus::CorpusConfig;
+use hde_delta::{
+    BaselineContent, DeltaConfig, DeltaDecoder, DeltaEncoder, EncodeOptions, EncodedRound, Error, KeyframeReason,
+    ManualClock, PageClass, PageDeltaDecoder, PageDeltaEncoder, Policy, Prepared, Round, SegmentStreams,
+};
+use proptest::prelude::*;
+
+fn config(page_size: usize, segment_size: usize, threads: usize) -> DeltaConfig {
+    DeltaConfig { page_size, segment_size, threads, first_sequence: 1, ..DeltaConfig::default() }
+}
+
+/// Sends `round` to `decoder` as the engine would (streams as they are, references checked
+/// to be identical on both sides) and returns the decoded image.
+fn deliver(decoder: &PageDeltaDecoder, round: &EncodedRound) -> Result<Vec<u8>, Error> {
+    let prepared = decoder.prepare(round.key(), round.header())?;
+    for (s, streams) in round.segments().iter().enumerate() {
+        let (mut sent, mut rebuilt) = (Vec::new(), Vec::new());
+        round.reference(s, &mut sent);
+        prepared.reference(s, &streams.classes, &mut rebuilt)?;
+        assert!(sent == rebuilt, "segment {s}: references differ");
+    }
+    Ok(decoder.apply(round.key(), prepared, round.segments())?.to_vec())
+}
+
+/// Encodes, delivers, checks and commits one round.
+fn step<C: hde_delta::Clock>(
+    enc: &PageDeltaEncoder<C>,
+    dec: &PageDeltaDecoder,
+    key: &str,
+    image: &[u8],
+) -> EncodedRoundSummary {
+    let round = enc.encode(key, image, EncodeOptions::default()).unwrap();
+    let decoded = deliver(dec, &round).unwrap();
+    assert!(decoded == image, "decoded image differs");
+    let summary = EncodedRoundSummary {
+        keyframe: round.keyframe_reason(),
+        counts: round.counts(),
+        bytes: round.segments().iter().map(SegmentStreams::len).sum(),
+    };
+    enc.commit(round).unwrap();
+    summary
+}
+
+#[derive(Debug)]
+struct EncodedRoundSummary {
+    keyframe: Option<KeyframeReason>,
+    counts: hde_delta::ClassCounts,
+    bytes: usize,
+}
+
+fn corpus(size: usize, rounds: usize) -> Vec<Vec<u8>> {
+    hde_corpus::generate(&CorpusConfig { size, rounds, ..CorpusConfig::default() }).unwrap()
+}
+
+#[test]
+fn corpus_rounds_round_trip_and_shrink() {
+    let images = corpus(8 << 20, 5);
+    let enc = PageDeltaEncoder::new(config(4096, 1 << 20, 2)).unwrap();
+    let dec = PageDeltaDecoder::new(config(4096, 1 << 20, 2)).unwrap();
+    for (r, image) in images.iter().enumerate() {
+        let s = step(&enc, &dec, "vm", image);
+        let pages = (image.len() / 4096) as u64;
+        assert_eq!(s.counts.total(), pages);
+        if r == 0 {
+            assert_eq!(s.keyframe, Some(KeyframeReason::NoBaseline));
+            assert!(s.counts.zero > pages / 5, "{s:?}");
+            assert!(s.counts.duplicate > pages / 50, "{s:?}");
+        } else {
+            assert_eq!(s.keyframe, None);
+            // About 22 % of pages change per round (corpus model).
+            assert!(s.counts.unchanged > pages * 7 / 10, "{s:?}");
+            assert!(s.counts.xor > 0 && s.counts.literal > 0, "{s:?}");
+            // Unchanged pages cost a class byte: a delta's streams are a fraction of the image.
+            assert!(s.bytes < image.len() / 4, "{s:?}");
+        }
+    }
+    let stats = enc.stats();
+    assert_eq!((stats.rounds, stats.keyframes, stats.deltas), (5, 1, 4));
+    assert!((stats.delta_hit_rate() - 0.8).abs() < 1e-9);
+    assert_eq!(stats.baselines, 1);
+}
+
+#[test]
+fn output_is_the_same_for_any_thread_count() {
+    let images = corpus(3 << 20, 3);
+    let mut outputs = Vec::new();
+    for threads in [1, 2, 3, 5] {
+        let enc = PageDeltaEncoder::new(config(4096, 256 << 10, threads)).unwrap();
+        let mut rounds = Vec::new();
+        for image in &images {
+            let round = enc.encode("k", image, EncodeOptions::default()).unwrap();
+            rounds.push((*round.header(), round.segments().to_vec()));
+            enc.commit(round).unwrap();
+        }
+        outputs.push(rounds);
+    }
+    assert!(outputs.windows(2).all(|w| w[0] == w[1]));
+}
+
+#[test]
+fn moved_pages_become_duplicates_of_the_baseline() {
+    let mut image: Vec<u8> = (0..64 * 4096u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    let enc = PageDeltaEncoder::new(config(4096, 16 * 4096, 1)).unwrap();
+    let dec = PageDeltaDecoder::new(config(4096, 16 * 4096, 1)).unwrap();
+    step(&enc, &dec, "k", &image);
+    // Page 3 moves to page 40 (across segments); page 10 is copied to 11 (same round).
+    image.copy_within(3 * 4096..4 * 4096, 40 * 4096);
+    image[10 * 4096] ^= 0xff;
+    image.copy_within(10 * 4096..11 * 4096, 11 * 4096);
+    let round = enc.encode("k", &image, EncodeOptions::default()).unwrap();
+    let classes: Vec<u8> = round.segments().iter().flat_map(|s| s.classes.clone()).collect();
+    assert_eq!(classes[40], PageClass::DupBaseline as u8);
+    assert_eq!(classes[11], PageClass::DupCurrent as u8);
+    assert_eq!(classes[10], PageClass::Xor as u8);
+    assert_eq!(deliver(&dec, &round).unwrap(), image);
+}
+
+#[test]
+fn growth_shrink_and_odd_lengths() {
+    let enc = PageDeltaEncoder::new(config(512, 2048, 2)).unwrap();
+    let dec = PageDeltaDecoder::new(config(512, 2048, 2)).unwrap();
+    let base: Vec<u8> = (0..10_000u32).map(|i| (i % 251) as u8).collect();
+    for len in [10_000usize, 10_001, 12_345, 4_000, 511, 0, 1, 3000, 10_000] {
+        let mut image = base.clone();
+        image.resize(len, 7);
+        if len > 100 {
+            image[len / 2] ^= 1;
+        }
+        step(&enc, &dec, "k", &image);
+    }
+}
+
+#[test]
+fn delta_without_its_baseline_is_a_typed_error() {
+    let images = corpus(1 << 20, 3);
+    let enc = PageDeltaEncoder::new(config(4096, 256 << 10, 1)).unwrap();
+    let dec = PageDeltaDecoder::new(config(4096, 256 << 10, 1)).unwrap();
+    let r0 = enc.encode("k", &images[0], EncodeOptions::default()).unwrap();
+    let d0 = deliver(&dec, &r0).unwrap();
+    assert_eq!(d0, images[0]);
+    // Stale: the same frame again.
+    assert!(matches!(deliver(&dec, &r0), Err(Error::StaleSequence { .. })));
+    enc.commit(r0).unwrap();
+    let r1 = enc.encode("k", &images[1], EncodeOptions::default()).unwrap();
+    enc.commit(r1).unwrap(); // the receiver never gets round 1
+    let r2 = enc.encode("k", &images[2], EncodeOptions::default()).unwrap();
+    assert!(matches!(deliver(&dec, &r2), Err(Error::BaselineMismatch { .. })));
+    let fresh = PageDeltaDecoder::new(config(4096, 256 << 10, 1)).unwrap();
+    assert!(matches!(deliver(&fresh, &r2), Err(Error::MissingBaseline { .. })));
+    assert!(matches!(deliver(&fresh, &r2).unwrap_err().to_string(), s if s.contains("keyframe")));
+    // Recovery: a forced keyframe.
+    let r3 = enc.encode("k", &images[2], EncodeOptions { force_keyframe: true }).unwrap();
+    assert_eq!(r3.keyframe_reason(), Some(KeyframeReason::Forced));
+    assert_eq!(deliver(&dec, &r3).unwrap(), images[2]);
+    assert_eq!(deliver(&fresh, &r3).unwrap(), images[2]);
+}
+
+#[test]
+fn corrupted_payloads_are_typed_errors() {
+    let images = corpus(1 << 20, 2);
+    let enc = PageDeltaEncoder::new(config(4096, 256 << 10, 1)).unwrap();
+    let dec = PageDeltaDecoder::new(config(4096, 256 << 10, 1)).unwrap();
+    step(&enc, &dec, "k", &images[0]);
+    let round = enc.encode("k", &images[1], EncodeOptions::default()).unwrap();
+    let header = *round.header();
+    let clean = round.segments().to_vec();
+    type Damage = fn(&mut Vec<SegmentStreams>);
+    let damages: Vec<(&str, Damage)> = vec![
+        ("literal byte flipped", |s| s.iter_mut().find(|x| !x.literals.is_empty()).unwrap().literals[5] ^= 1),
+        ("xor byte flipped", |s| {
+            let x = s.iter_mut().find(|x| x.xor.len() > 3).unwrap();
+            let last = x.xor.len() - 1;
+            x.xor[last] ^= 0x10;
+        }),
+        ("class changed", |s| s[0].classes[0] = if s[0].classes[0] == 0 { 1 } else { 0 }),
+        ("unknown class", |s| s[1].classes[3] = 99),
+        ("literal truncated", |s| {
+            s.iter_mut().find(|x| !x.literals.is_empty()).unwrap().literals.pop();
+        }),
+        ("extra dup bytes", |s| s[0].dups.push(1)),
+        ("classes short", |s| {
+            s[2].classes.pop();
+        }),
+        ("segment missing", |s| {
+            s.pop();
+        }),
+    ];
+    for (name, damage) in damages {
+        let mut bad = clean.clone();
+        damage(&mut bad);
+        let prepared = dec.prepare("k", &header).unwrap();
+        let err = dec.apply("k", prepared, &bad).unwrap_err();
+        assert!(matches!(err, Error::Corrupt { .. } | Error::ChecksumMismatch { .. }), "{name}: {err:?}");
+    }
+    // A header claiming more than the decoder accepts is refused before allocation.
+    let mut huge = header;
+    huge.image_len = 1 << 50;
+    assert!(matches!(dec.prepare("k", &huge), Err(Error::TooLarge { .. })));
+    let mut odd = header;
+    odd.page_size = 1000;
+    assert!(matches!(dec.prepare("k", &odd), Err(Error::Corrupt { .. })));
+    // The clean payload still applies.
+    let prepared = dec.prepare("k", &header).unwrap();
+    assert_eq!(dec.apply("k", prepared, &clean).unwrap().as_slice(), &images[1][..]);
+}
+
+fn policy_encoder(policy: Policy) -> (PageDeltaEncoder<Arc<ManualClock>>, Arc<ManualClock>) {
+    let clock = Arc::new(ManualClock::new());
+    let cfg = DeltaConfig { policy, ..config(4096, 64 << 10, 1) };
+    (PageDeltaEncoder::with_clock(cfg, clock.clone()).unwrap(), clock)
+}
+
+fn reasons(
+    enc: &PageDeltaEncoder<Arc<ManualClock>>,
+    key: &str,
+    image: &[u8],
+    n: usize,
+    clock: &ManualClock,
+    tick: Duration,
+) -> Vec<Option<KeyframeReason>> {
+    (0..n)
+        .map(|_| {
+            let round = enc.encode(key, image, EncodeOptions::default()).unwrap();
+            let reason = round.keyframe_reason();
+            enc.commit(round).unwrap();
+            clock.advance(tick);
+            reason
+        })
+        .collect()
+}
+
+#[test]
+fn policy_chain_interval_and_age() {
+    let image = vec![5u8; 64 << 10];
+    let (enc, clock) = policy_encoder(Policy::default());
+    let r = reasons(&enc, "k", &image, 23, &clock, Duration::from_secs(1));
+    assert_eq!(r[0], Some(KeyframeReason::NoBaseline));
+    assert!(r[1..=10].iter().all(Option::is_none));
+    assert_eq!(r[11], Some(KeyframeReason::ChainLimit));
+    assert_eq!(r[22], Some(KeyframeReason::ChainLimit));
+
+    let policy = Policy { max_delta_chain: 1000, ..Policy::default() };
+    let (enc, clock) = policy_encoder(policy);
+    // A round every 40 s: the 5-minute interval forces a keyframe at 320 s (round 8).
+    let r = reasons(&enc, "k", &image, 10, &clock, Duration::from_secs(40));
+    assert_eq!(r.iter().position(|x| *x == Some(KeyframeReason::Interval)), Some(8));
+
+    let (enc, clock) = policy_encoder(Policy { baseline_interval: Duration::from_secs(3600), ..Policy::default() });
+    reasons(&enc, "k", &image, 1, &clock, Duration::from_secs(16 * 60));
+    assert_eq!(reasons(&enc, "k", &image, 1, &clock, Duration::ZERO)[0], Some(KeyframeReason::Age));
+}
+
+#[test]
+fn prune_and_caps_evict_and_force_keyframes() {
+    let image = vec![9u8; 64 << 10];
+    let (enc, clock) = policy_encoder(Policy { max_baselines: 2, ..Policy::default() });
+    for key in ["a", "b", "c"] {
+        reasons(&enc, key, &image, 1, &clock, Duration::from_secs(1));
+    }
+    // "a" was the least recently used: evicted, its next round is a keyframe.
+    assert_eq!(enc.baseline("a"), None);
+    assert!(enc.baseline("b").is_some() && enc.baseline("c").is_some());
+    assert_eq!(enc.stats().evictions, 1);
+    assert_eq!(reasons(&enc, "a", &image, 1, &clock, Duration::ZERO)[0], Some(KeyframeReason::NoBaseline));
+
+    clock.advance(Duration::from_secs(16 * 60));
+    reasons(&enc, "c", &image, 1, &clock, Duration::ZERO);
+    assert_eq!(enc.prune(), 1); // "a" idle for 16 min; "c" just used ("b" was evicted by "a")
+    assert_eq!(enc.stats().baselines, 1);
+
+    // Memory cap: each 64 KiB baseline costs a bit more than 64 KiB; room for two.
+    let (enc, clock) = policy_encoder(Policy { max_memory_usage: 150 << 10, ..Policy::default() });
+    for key in ["a", "b", "c", "d"] {
+        reasons(&enc, key, &image, 1, &clock, Duration::from_secs(1));
+        assert!(enc.stats().memory <= 150 << 10);
+    }
+    assert_eq!(enc.stats().baselines, 2);
+    assert!(enc.baseline("d").is_some());
+}
+
+#[test]
+fn uncommitted_rounds_leave_the_baseline_and_races_are_refused() {
+    let images = corpus(512 << 10, 3);
+    let enc = PageDeltaEncoder::new(config(4096, 64 << 10, 1)).unwrap();
+    let r0 = enc.encode("k", &images[0], EncodeOptions::default()).unwrap();
+    let id0 = enc.commit(r0).unwrap();
+    drop(enc.encode("k", &images[1], EncodeOptions::default()).unwrap()); // never sent
+    assert_eq!(enc.baseline("k"), Some(id0));
+    let a = enc.encode("k", &images[1], EncodeOptions::default()).unwrap();
+    let b = enc.encode("k", &images[2], EncodeOptions::default()).unwrap();
+    enc.commit(a).unwrap();
+    assert!(matches!(enc.commit(b), Err(Error::ConcurrentRound { .. })));
+}
+
+#[test]
+fn bounded_baselines_find_unchanged_zero_and_duplicates() {
+    let images = corpus(4 << 20, 4);
+    let cfg = DeltaConfig { content: BaselineContent::Bounded { cache_bytes: 256 << 10 }, ..config(4096, 1 << 20, 2) };
+    let enc = PageDeltaEncoder::new(cfg.clone()).unwrap();
+    let full = PageDeltaEncoder::new(config(4096, 1 << 20, 2)).unwrap();
+    let dec = PageDeltaDecoder::new(cfg).unwrap();
+    let dec_full = PageDeltaDecoder::new(config(4096, 1 << 20, 2)).unwrap();
+    for image in &images {
+        let b = step(&enc, &dec, "k", image);
+        let f = step(&full, &dec_full, "k", image);
+        assert_eq!(b.counts.unchanged, f.counts.unchanged);
+        assert_eq!(b.counts.zero, f.counts.zero);
+        assert_eq!(b.counts.duplicate, f.counts.duplicate);
+    }
+    // Hashes (16 B per page) + cache + index, against the 4 MiB image held in full.
+    assert!(enc.stats().memory < full.stats().memory / 3, "{} vs {}", enc.stats().memory, full.stats().memory);
+}
+
+#[test]
+fn bad_configs_are_rejected() {
+    for cfg in [
+        DeltaConfig { page_size: 1000, ..DeltaConfig::default() },
+        DeltaConfig { page_size: 256, ..DeltaConfig::default() },
+        DeltaConfig { segment_size: 5000, ..DeltaConfig::default() },
+        DeltaConfig { threads: 0, ..DeltaConfig::default() },
+        DeltaConfig { policy: Policy { max_delta_chain: 0, ..Policy::default() }, ..DeltaConfig::default() },
+    ] {
+        assert!(matches!(PageDeltaEncoder::new(cfg), Err(Error::InvalidConfig { .. })));
+    }
+}
+
+#[derive(Debug, Clone)]
+enum Mutation {
+    Flip { at: prop::sample::Index, byte: u8 },
+    Move { from: prop::sample::Index, to: prop::sample::Index },
+    Zero { at: prop::sample::Index },
+    Grow(usize),
+    Shrink(prop::sample::Index),
+    AllZero,
+    Random(u64),
+}
+
+fn mutation() -> impl Strategy<Value = Mutation> {
+    prop_oneof![
+        6 => (any::<prop::sample::Index>(), any::<u8>()).prop_map(|(at, byte)| Mutation::Flip { at, byte }),
+        2 => (any::<prop::sample::Index>(), any::<prop::sample::Index>()).prop_map(|(from, to)| Mutation::Move { from, to }),
+        2 => any::<prop::sample::Index>().prop_map(|at| Mutation::Zero { at }),
+        1 => (1usize..3000).prop_map(Mutation::Grow),
+        1 => any::<prop::sample::Index>().prop_map(Mutation::Shrink),
+        1 => Just(Mutation::AllZero),
+        1 => any::<u64>().prop_map(Mutation::Random),
+    ]
+}
+
+fn apply_mutation(image: &mut Vec<u8>, m: &Mutation) {
+    const P: usize = 512;
+    let pages = image.len() / P;
+    match m {
+        Mutation::Flip { at, byte } if !image.is_empty() => {
+            let i = at.index(image.len());
+            image[i] ^= byte | 1;
+        }
+        Mutation::Move { from, to } if pages > 1 => {
+            let (f, t) = (from.index(pages), to.index(pages));
+            image.copy_within(f * P..f * P + P, t * P);
+        }
+        Mutation::Zero { at } if pages > 0 => {
+            let p = at.index(pages);
+            image[p * P..p * P + P].fill(0);
+        }
+        Mutation::Grow(n) => {
+            let start = image.len();
+            image.extend((0..*n).map(|i| (i * 31 + start) as u8));
+        }
+        Mutation::Shrink(at) if !image.is_empty() => {
+            let len = at.index(image.len());
+            image.truncate(len);
+        }
+        Mutation::AllZero => image.fill(0),
+        Mutation::Random(seed) => {
+            let mut x = *seed | 1;
+            for b in image.iter_mut() {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                *b = x as u8;
+            }
+        }
+        _ => {}
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+    #[test]
+    fn random_rounds_always_decode_exactly(
+        start in prop::collection::vec(0u8..8, 0..12_000),
+        rounds in prop::collection::vec(prop::collection::vec(mutation(), 0..6), 1..6),
+        threads in 1usize..4,
+        bounded in any::<bool>(),
+    ) {
+        let content = if bounded { BaselineContent::Bounded { cache_bytes: 2048 } } else { BaselineContent::Full };
+        let cfg = DeltaConfig { content, xor_max_bytes: 128, ..config(512, 2048, threads) };
+        let enc = PageDeltaEncoder::new(cfg.clone()).unwrap();
+        let dec = PageDeltaDecoder::new(cfg).unwrap();
+        let mut image = start;
+        step(&enc, &dec, "k", &image);
+        for mutations in rounds {
+            for m in &mutations {
+                apply_mutation(&mut image, m);
+            }
+            step(&enc, &dec, "k", &image);
+        }
+    }
+}
