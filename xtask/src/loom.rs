@@ -9,7 +9,7 @@ use anyhow::Result;
 use crate::{cargo, root, run};
 
 /// Crates with loom models, each in its `tests/loom.rs`.
-const MODELLED: &[&str] = &["hde-delta"];
+const MODELLED: &[&str] = &["hde-delta", "hde-selector"];
 
 pub(crate) fn run_models() -> Result<()> {
     for krate in MODELLED {

@@ -6,6 +6,7 @@
 mod ci;
 mod corpus;
 mod loom;
+mod replay;
 #[cfg(test)]
 mod tidy;
 
@@ -31,6 +32,8 @@ enum Task {
     Loom,
     /// Write a deterministic VM-memory corpus: DIR/snap_00.raw .. snap_{N-1}.raw.
     Corpus(corpus::Args),
+    /// Replay the learning selector on recorded outcomes against the oracle, per mode.
+    SelectorReplay(replay::Args),
     /// Run the criterion benches (`cargo bench -p hde-benches`), passing arguments through.
     Bench {
         /// Arguments for criterion (e.g. a filter such as `compress`).
@@ -42,6 +45,7 @@ fn main() -> Result<()> {
     match Cli::parse().command {
         Task::Ci => ci::run(),
         Task::Loom => loom::run_models(),
+        Task::SelectorReplay(args) => replay::run(&args),
         Task::Corpus(args) => corpus::run(&args),
         Task::Bench { args } => {
             let mut cmd = cargo();

@@ -1,0 +1,112 @@
+//! What the selector chooses among and what it learns from.
+
+use std::fmt;
+use std::time::Duration;
+
+/// A codec as the selector names it (the engine maps it to an implementation).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Codec {
+    /// Stored bytes.
+    Raw,
+    /// LZ4 block.
+    Lz4,
+    /// zstd at a level (1..=22).
+    Zstd {
+        /// The level.
+        level: u8,
+    },
+}
+
+impl Codec {
+    /// The codecs the selectors consider by default: raw bytes to zstd 9. Higher levels encode
+    /// changed pages at a few MB/s per core, below every default budget (internet mode's is
+    /// 20 MB/s on all cores), so trying them only costs; configure them for slower links.
+    pub const DEFAULT: [Codec; 6] = [
+        Codec::Raw,
+        Codec::Lz4,
+        Codec::Zstd { level: 1 },
+        Codec::Zstd { level: 3 },
+        Codec::Zstd { level: 6 },
+        Codec::Zstd { level: 9 },
+    ];
+
+    /// Whether the codec can compress against a reference.
+    pub fn uses_reference(self) -> bool {
+        !matches!(self, Codec::Raw)
+    }
+}
+
+impl fmt::Display for Codec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Codec::Raw => f.write_str("raw"),
+            Codec::Lz4 => f.write_str("lz4"),
+            Codec::Zstd { level } => write!(f, "zstd-{level}"),
+        }
+    }
+}
+
+/// The profile bucket a choice was made for (opaque; it ties an outcome to its statistics).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct Bucket(pub(crate) u16);
+
+/// What a choice was made from: its bucket and the model's prior for that block (opaque; an
+/// outcome is learned as a correction to this prior).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct Ticket {
+    pub(crate) bucket: Bucket,
+    /// f32 bits of the prior ratio, encode and decode ns per byte.
+    pub(crate) prior: [u32; 3],
+}
+
+impl Ticket {
+    /// The bucket.
+    pub fn bucket(&self) -> Bucket {
+        self.bucket
+    }
+}
+
+/// What to run on a block: a codec, and whether to compress against the reference.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Choice {
+    /// The codec.
+    pub codec: Codec,
+    /// Compress against the reference (the old content of the changed pages).
+    pub reference: bool,
+    /// What it was chosen from (bucket and prior), for `observe`.
+    pub ticket: Ticket,
+}
+
+impl fmt::Display for Choice {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}{}", self.codec, if self.reference { "+ref" } else { "" })
+    }
+}
+
+/// The situation of a choice, beside the data's profile.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Context {
+    /// Bytes of reference available (0: none).
+    pub reference_len: u64,
+    /// Threads encoding in parallel (encode time divides among them).
+    pub threads: u32,
+}
+
+impl Default for Context {
+    fn default() -> Self {
+        Context { reference_len: 0, threads: 1 }
+    }
+}
+
+/// What running a choice cost and gave.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Outcome {
+    /// Bytes in.
+    pub input_bytes: u64,
+    /// Bytes out.
+    pub output_bytes: u64,
+    /// Time to compress (including loading the reference).
+    pub encode: Duration,
+    /// Time to decompress, if measured.
+    pub decode: Option<Duration>,
+}

@@ -1,0 +1,108 @@
+//! The cost model: what a choice is expected to cost under each mode, from priors or learning.
+
+use crate::{Codec, Context, NetworkMode, Outcome, Profile, SelectorConfig};
+
+/// Expected behaviour of a choice on a block, per input byte.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct Estimate {
+    /// Output bytes per input byte.
+    pub(crate) ratio: f64,
+    /// Encode nanoseconds per input byte.
+    pub(crate) encode_ns: f64,
+    /// Decode nanoseconds per input byte.
+    pub(crate) decode_ns: f64,
+}
+
+/// The cost of sending `input` bytes with behaviour `e` under `mode`: estimated seconds to
+/// deliver over the mode's link (datacenter, hybrid), or bytes within a CPU budget (internet).
+pub(crate) fn cost(
+    mode: NetworkMode,
+    config: &SelectorConfig,
+    bandwidth: f64,
+    input: f64,
+    e: &Estimate,
+    threads: f64,
+) -> f64 {
+    let bytes = input * e.ratio;
+    let encode = input * e.encode_ns * 1e-9 / threads.max(1.0);
+    let decode = input * e.decode_ns * 1e-9;
+    let deliver = |bw: f64| encode.max(bytes / bw) + decode;
+    match mode {
+        NetworkMode::Datacenter => deliver(config.datacenter_target_speed),
+        NetworkMode::Hybrid => deliver(bandwidth),
+        NetworkMode::Internet => {
+            // Bytes first, within the CPU budget: an encode slower than `internet_min_speed`
+            // scales the cost by its shortfall; once the target ratio is reached only the
+            // (lightly weighted) time separates choices.
+            let speed = if encode > 0.0 { input / encode } else { f64::INFINITY };
+            let over = (config.internet_min_speed / speed).max(1.0);
+            (bytes.max(input * config.internet_target_ratio) + encode * 1e4) * over
+        }
+    }
+}
+
+/// The cost of a recorded outcome under `mode` (the replay's oracle and regret use it).
+pub fn outcome_cost(
+    mode: NetworkMode,
+    config: &SelectorConfig,
+    bandwidth: f64,
+    outcome: &Outcome,
+    threads: u32,
+) -> f64 {
+    let input = outcome.input_bytes.max(1) as f64;
+    let e = Estimate {
+        ratio: outcome.output_bytes as f64 / input,
+        encode_ns: outcome.encode.as_nanos() as f64 / input,
+        decode_ns: outcome.decode.map_or(0.0, |d| d.as_nanos() as f64 / input),
+    };
+    cost(mode, config, bandwidth, input, &e, f64::from(threads))
+}
+
+/// A priori behaviour of `codec` on a block with this profile, calibrated on generated VM memory
+/// (`cargo xtask selector-replay` prints the measured table) on a 2-core x86-64 machine: good
+/// enough to rank codecs before anything has been observed; learning corrects the rest.
+pub(crate) fn prior(codec: Codec, reference: bool, profile: &Profile, context: &Context) -> Estimate {
+    let live = 1.0 - f64::from(profile.zero_page_fraction);
+    let rep = f64::from(profile.repetition);
+    let entropy = f64::from(profile.entropy) / 8.0;
+    // Ratio of the non-zero part: LZ matching removes repeats, entropy coding shrinks the rest.
+    let lz = (1.0 - 0.8 * rep).clamp(0.05, 1.0);
+    let (ratio, encode_ns, decode_ns) = match codec {
+        Codec::Raw => (1.0, 0.2, 0.2),
+        Codec::Lz4 => ((lz * 1.05).min(1.004), 2.2, 0.6),
+        Codec::Zstd { level } => {
+            let gain = 1.0 - 0.02 * f64::from(level.min(19));
+            let speed = match level {
+                1 => 3.2,
+                2..=3 => 4.5,
+                4..=6 => 10.0,
+                7..=9 => 22.0,
+                10..=12 => 50.0,
+                13..=15 => 100.0,
+                16..=19 => 400.0,
+                _ => 1000.0,
+            };
+            ((lz * entropy.max(0.3) * gain).clamp(0.02, 1.0), speed, 1.0)
+        }
+    };
+    let ratio = live * ratio + (1.0 - live) * 0.002;
+    let len = profile.len.max(1) as f64;
+    let with_reference = reference && codec.uses_reference() && context.reference_len > 0;
+    let reference_len = context.reference_len as f64;
+    // Costs per call, in ns, which weigh on small blocks: context reset and table setup; with a
+    // reference, loading it (zstd hashes all of it; LZ4 builds a fresh table and hashes its
+    // last 64 KiB every call).
+    let fixed = match (codec, with_reference) {
+        (Codec::Raw, _) => 0.0,
+        (Codec::Lz4, false) => 1_000.0,
+        (Codec::Lz4, true) => 5_000.0 + reference_len.min(65_536.0) / 3.0 * 3.0,
+        (Codec::Zstd { .. }, false) => 3_000.0,
+        (Codec::Zstd { .. }, true) => 5_000.0 + reference_len * 1.5,
+    };
+    Estimate {
+        // Unknown until tried: assume changed pages resemble their old versions.
+        ratio: if with_reference { ratio * 0.7 } else { ratio },
+        encode_ns: encode_ns + fixed / len,
+        decode_ns: decode_ns + if with_reference { 0.1 } else { 0.0 } + fixed / len / 4.0,
+    }
+}
