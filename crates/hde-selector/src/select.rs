@@ -40,27 +40,21 @@ impl<S: Selector + ?Sized> Selector for std::sync::Arc<S> {
 const SHRINK: f64 = 3.0;
 
 const SIZE_BANDS: usize = 5;
-const BUCKETS: usize = 3 * 3 * 2 * SIZE_BANDS * 2;
+const BUCKETS: usize = 2 * 2 * 2 * SIZE_BANDS * 2;
 
 /// The size band of a bucket (see [`bucket`] for the layout).
 fn size_band(b: usize) -> usize {
     (b / 2) % SIZE_BANDS
 }
 
-/// The statistics bucket of a block: entropy (3 bands), repetition (3), mostly-zero (2), size
+/// The statistics bucket of a block: entropy (2 bands), repetition (2), mostly-zero (2), size
 /// (5: below 16 KiB, below `small_data_size`, below 256 KiB, below `large_data_size`, above;
 /// per-call costs make per-byte speed depend on size) and reference availability (2).
 pub fn bucket(profile: &Profile, context: &Context, config: &SelectorConfig) -> Bucket {
-    let e = match profile.entropy {
-        x if x < 4.0 => 0,
-        x if x < 7.0 => 1,
-        _ => 2,
-    };
-    let r = match profile.repetition {
-        x if x < 0.15 => 0,
-        x if x < 0.45 => 1,
-        _ => 2,
-    };
+    // Few bands: every bucket must see enough blocks to learn, and the learned corrections
+    // already follow the prior's finer use of these features.
+    let e = u16::from(profile.entropy >= 7.0);
+    let r = u16::from(profile.repetition >= 0.3);
     let z = u16::from(profile.zero_page_fraction >= 0.5);
     let s = match profile.len {
         n if n < 16 << 10 => 0,
@@ -70,7 +64,7 @@ pub fn bucket(profile: &Profile, context: &Context, config: &SelectorConfig) -> 
         _ => 4,
     };
     let f = u16::from(context.reference_len > 0);
-    Bucket(((((e * 3 + r) * 2 + z) * 5 + s) * 2) + f)
+    Bucket(((((e * 2 + r) * 2 + z) * 5 + s) * 2) + f)
 }
 
 /// Arms: each codec without reference, and with it where the codec can use one.
@@ -210,7 +204,8 @@ impl Core {
                     for k in 0..3 {
                         correction[k] = (n * own[k] + SHRINK * transfer[k]) / (n + SHRINK);
                     }
-                } else {
+                } else if codec != Codec::Raw {
+                    // Raw's cost is known exactly a priori: no optimism needed.
                     correction = transfer;
                     optimism = self.config.exploration * transfer_optimism;
                 }
