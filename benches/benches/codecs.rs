@@ -11,7 +11,6 @@ use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use hde_codec::{CodecSet, CodecSpec};
-use hde_corpus::{Corpus, CorpusConfig};
 
 const SEGMENT: usize = 4 << 20;
 
@@ -21,14 +20,8 @@ struct Input {
 }
 
 fn input() -> Input {
-    let size = std::env::var("HDE_BENCH_SIZE")
-        .ok()
-        .map(|s| hde_corpus::parse_size(&s).expect("HDE_BENCH_SIZE"))
-        .unwrap_or(64 << 20);
-    let mut corpus = Corpus::new(CorpusConfig::with_size(size)).expect("corpus");
-    let round0 = corpus.image().to_vec();
-    corpus.advance();
-    Input { round0, round1: corpus.image().to_vec() }
+    let (round0, round1) = hde_benches::two_rounds();
+    Input { round0, round1 }
 }
 
 fn specs() -> Vec<(CodecSpec, bool)> {

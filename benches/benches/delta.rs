@@ -9,28 +9,16 @@
 use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion, Throughput};
-use hde_corpus::{Corpus, CorpusConfig};
 use hde_delta::{
     DeltaConfig, DeltaDecoder, DeltaEncoder, EncodeOptions, PageDeltaDecoder, PageDeltaEncoder, Round, SegmentStreams,
 };
-
-fn rounds() -> (Vec<u8>, Vec<u8>) {
-    let size = std::env::var("HDE_BENCH_SIZE")
-        .ok()
-        .map(|s| hde_corpus::parse_size(&s).expect("HDE_BENCH_SIZE"))
-        .unwrap_or(64 << 20);
-    let mut corpus = Corpus::new(CorpusConfig::with_size(size)).expect("corpus");
-    let round0 = corpus.image().to_vec();
-    corpus.advance();
-    (round0, corpus.image().to_vec())
-}
 
 fn config(threads: usize) -> DeltaConfig {
     DeltaConfig { threads, first_sequence: 1, ..DeltaConfig::default() }
 }
 
 fn delta(c: &mut Criterion) {
-    let (round0, round1) = rounds();
+    let (round0, round1) = hde_benches::two_rounds();
     let mut group = c.benchmark_group("delta");
     group.throughput(Throughput::Bytes(round0.len() as u64));
     group.sample_size(10);
