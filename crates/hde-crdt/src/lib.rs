@@ -1,6 +1,34 @@
 //! Replicated baseline metadata for HDE: knows nothing of compression.
 //!
-//! This crate will hold an observed-remove map (add wins) from baseline key to a
-//! last-writer-wins register of baseline metadata, built on dots and a causal context, with
-//! infallible merge, delta-state export and a bucketed digest for anti-entropy, serialized with
-//! serde + rmp-serde (design brief §7). Filled by issue 5.
+//! Nodes that hold baselines must agree, without coordination, on which node holds which
+//! baseline version of which key. [`ORMap`] is an observed-remove map (add wins) from a key to
+//! a last-writer-wins register, built as a *delta-state* CRDT on dots and a causal context
+//! (Almeida, Shoker, Baquero, "Delta State Replicated Data Types"):
+//!
+//! * every write carries a [`Dot`] (writer, counter); the [`CausalContext`] records every dot
+//!   a replica has seen, as a version vector plus out-of-order dots;
+//! * a key keeps the writes nobody overwrote; its value is the greatest by
+//!   `(timestamp, writer, counter)`, a total order, so a timestamp tie cannot make replicas
+//!   diverge, and a causally later write wins even against a skewed clock;
+//! * a remove deletes the key's writes and keeps only their dots in the context: no payload
+//!   tombstone, and removes show in the context, so replicas with equal contexts hold equal
+//!   content;
+//! * `merge` and `merge_delta` never fail; every mutation returns a [`Delta`]; decoding and
+//!   validating a peer's bytes is a separate, fallible step with size limits checked first.
+//!
+//! # Garbage
+//!
+//! Nothing needs collecting in the steady state: removed keys leave no entry, and the context
+//! costs one counter per node once delivery is contiguous (dots seen out of order wait in the
+//! context's cloud until the gap closes, then fold into the version vector). A node that
+//! leaves for good keeps one counter in every context; dropping it is safe only once every
+//! replica has seen all its dots (its counter is equal everywhere), which the application
+//! decides.
+
+mod causal;
+mod error;
+mod map;
+
+pub use crate::causal::{CausalContext, Dot, NodeId, VClock};
+pub use crate::error::{Error, Result};
+pub use crate::map::{Delta, Limits, MergeStats, ORMap, Write};
