@@ -14,7 +14,9 @@
 //!   tombstone, and removes show in the context, so replicas with equal contexts hold equal
 //!   content;
 //! * `merge` and `merge_delta` never fail; every mutation returns a [`Delta`]; decoding and
-//!   validating a peer's bytes is a separate, fallible step with size limits checked first.
+//!   validating a peer's bytes is a separate, fallible step with size limits checked first;
+//! * anti-entropy by [`Digest`]: a bucketed hash tree over the entries, so two replicas find
+//!   the keys where they differ and exchange only those ([`SyncMessage`]).
 //!
 //! # Garbage
 //!
@@ -28,7 +30,9 @@
 mod causal;
 mod error;
 mod map;
+mod sync;
 
 pub use crate::causal::{CausalContext, Dot, NodeId, VClock};
 pub use crate::error::{Error, Result};
 pub use crate::map::{Delta, Limits, MergeStats, ORMap, Write};
+pub use crate::sync::{Digest, SyncMessage, GROUPS, LEAVES};

@@ -258,6 +258,22 @@ impl<K: Ord + Clone, V: Clone> ORMap<K, V> {
         }
     }
 
+    /// The raw entries: each key's surviving writes.
+    pub(crate) fn raw_entries(&self) -> &BTreeMap<K, BTreeMap<Dot, Write<V>>> {
+        &self.entries
+    }
+
+    /// Joins `keys` only of (`entries`, `context`), and the whole context (anti-entropy: the
+    /// other keys are known to be equal on both sides).
+    pub(crate) fn join_restricted(
+        &mut self,
+        entries: &BTreeMap<K, BTreeMap<Dot, Write<V>>>,
+        context: &CausalContext,
+        keys: Vec<K>,
+    ) {
+        self.join(entries, context, keys);
+    }
+
     /// The whole state as a delta (to bootstrap a replica through the delta path).
     pub fn to_delta(&self) -> Delta<K, V> {
         Delta { entries: self.entries.clone(), context: self.context.clone() }
@@ -281,7 +297,7 @@ impl Default for Limits {
     }
 }
 
-fn check<K: Ord, V>(
+pub(crate) fn check<K: Ord, V>(
     entries: &BTreeMap<K, BTreeMap<Dot, Write<V>>>,
     context: &CausalContext,
     limits: &Limits,
@@ -308,7 +324,7 @@ fn check<K: Ord, V>(
     Ok(())
 }
 
-fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8], limits: &Limits) -> Result<T> {
+pub(crate) fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8], limits: &Limits) -> Result<T> {
     if bytes.len() > limits.max_bytes {
         return Err(Error::TooLarge { len: bytes.len(), limit: limits.max_bytes });
     }

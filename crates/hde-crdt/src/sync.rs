@@ -1,0 +1,204 @@
+//! Anti-entropy by digest: two replicas find the keys where they differ and exchange only
+//! those.
+//!
+//! Keys fall into [`LEAVES`] leaves by the xxh3 of their MessagePack encoding; a leaf's hash
+//! is the wrapping sum of its entries' xxh3-128 hashes (key, dots, timestamps, values), so it
+//! depends neither on iteration order nor on the process (xxh3 has no random seed); leaves
+//! form [`GROUPS`] groups. A sync is four messages:
+//!
+//! 1. `Groups`: the initiator's 64 group hashes;
+//! 2. `Leaves`: the groups that differ, with the responder's leaf hashes in them;
+//! 3. `Entries`: the leaves that differ, the initiator's entries in them and its context;
+//! 4. `Entries`: the responder, having joined, sends its own for the same leaves.
+//!
+//! Joining only the differing leaves, plus the whole context, equals the full join: outside
+//! those leaves both replicas hold the same entries. Contexts travel in full (one counter per
+//! node), so removes that left no entry anywhere still propagate.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+use xxhash_rust::xxh3::{xxh3_128, xxh3_64};
+
+use crate::map::{check, decode};
+use crate::{CausalContext, Dot, Limits, ORMap, Result, Write};
+
+/// Leaves of the digest.
+pub const LEAVES: usize = 4096;
+/// Groups of leaves.
+pub const GROUPS: usize = 64;
+const PER_GROUP: usize = LEAVES / GROUPS;
+
+/// The digest of a replica: leaf hashes and group hashes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Digest {
+    leaves: Vec<u128>,
+    groups: Vec<u64>,
+}
+
+impl Digest {
+    /// Group hashes, in order.
+    pub fn groups(&self) -> &[u64] {
+        &self.groups
+    }
+
+    /// Leaf hashes, in order.
+    pub fn leaves(&self) -> &[u128] {
+        &self.leaves
+    }
+}
+
+/// One message of a sync exchange.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SyncMessage<K: Ord, V> {
+    /// Step 1: the initiator's group hashes.
+    Groups(Vec<u64>),
+    /// Step 2: differing groups with the responder's leaf hashes in each.
+    Leaves(Vec<(u16, Vec<u128>)>),
+    /// Steps 3 and 4: entries of the differing leaves, and the sender's whole context.
+    Entries {
+        /// The leaves covered.
+        leaves: Vec<u16>,
+        /// The sender's entries in those leaves.
+        entries: BTreeMap<K, BTreeMap<Dot, Write<V>>>,
+        /// The sender's context.
+        context: CausalContext,
+        /// Step 3 (the receiver answers with its own entries) or step 4 (the last message).
+        last: bool,
+    },
+}
+
+fn leaf_of<K: Serialize>(key: &K) -> usize {
+    let bytes = rmp_serde::to_vec(key).unwrap_or_default();
+    (xxh3_64(&bytes) >> 52) as usize // top 12 bits: 4096 leaves
+}
+
+fn entry_hash<K: Serialize, V: Serialize>(key: &K, writes: &BTreeMap<Dot, Write<V>>) -> u128 {
+    let bytes = rmp_serde::to_vec(&(key, writes)).unwrap_or_default();
+    xxh3_128(&bytes)
+}
+
+impl<K, V> ORMap<K, V>
+where
+    K: Ord + Clone + Serialize + for<'de> Deserialize<'de>,
+    V: Clone + Serialize + for<'de> Deserialize<'de>,
+{
+    /// The digest of this replica's entries.
+    pub fn digest(&self) -> Digest {
+        let mut leaves = vec![0u128; LEAVES];
+        for (key, writes) in self.raw_entries() {
+            let leaf = &mut leaves[leaf_of(key)];
+            *leaf = leaf.wrapping_add(entry_hash(key, writes));
+        }
+        let groups = leaves
+            .chunks(PER_GROUP)
+            .map(|g| {
+                let bytes: Vec<u8> = g.iter().flat_map(|h| h.to_le_bytes()).collect();
+                xxh3_64(&bytes)
+            })
+            .collect();
+        Digest { leaves, groups }
+    }
+
+    /// Step 1: the message that starts a sync.
+    pub fn sync_start(&self) -> SyncMessage<K, V> {
+        SyncMessage::Groups(self.digest().groups)
+    }
+
+    fn entries_of(&self, leaves: &BTreeSet<u16>, last: bool) -> SyncMessage<K, V> {
+        let entries = self
+            .raw_entries()
+            .iter()
+            .filter(|(k, _)| u16::try_from(leaf_of(*k)).is_ok_and(|l| leaves.contains(&l)))
+            .map(|(k, w)| (k.clone(), w.clone()))
+            .collect();
+        SyncMessage::Entries {
+            leaves: leaves.iter().copied().collect(),
+            entries,
+            context: self.context().clone(),
+            last,
+        }
+    }
+
+    /// Handles a (validated) message of the other side; returns the reply, if any. Never
+    /// fails: a message that makes no sense for this step is answered with nothing.
+    pub fn sync_handle(&mut self, message: &SyncMessage<K, V>) -> Option<SyncMessage<K, V>> {
+        match message {
+            SyncMessage::Groups(theirs) => {
+                let mine = self.digest();
+                let differing: Vec<(u16, Vec<u128>)> = (0..GROUPS)
+                    .filter(|&g| theirs.get(g) != Some(&mine.groups[g]))
+                    .map(|g| (g as u16, mine.leaves[g * PER_GROUP..(g + 1) * PER_GROUP].to_vec()))
+                    .collect();
+                Some(SyncMessage::Leaves(differing))
+            }
+            SyncMessage::Leaves(groups) => {
+                let mine = self.digest();
+                let mut leaves = BTreeSet::new();
+                for (g, their_leaves) in groups {
+                    let g = usize::from(*g);
+                    for (i, theirs) in their_leaves.iter().enumerate().take(PER_GROUP) {
+                        let leaf = g * PER_GROUP + i;
+                        if mine.leaves.get(leaf) != Some(theirs) {
+                            leaves.insert(leaf as u16);
+                        }
+                    }
+                }
+                // Even with no leaf differing, contexts may (removes that left nothing behind).
+                Some(self.entries_of(&leaves, false))
+            }
+            SyncMessage::Entries { leaves, entries, context, last } => {
+                let leaves: BTreeSet<u16> = leaves.iter().copied().collect();
+                // The reply carries this side's entries before the join: the other side joins
+                // them with its own, and both arrive at the same state.
+                let reply = (!last).then(|| self.entries_of(&leaves, true));
+                let mut keys: Vec<K> = self
+                    .raw_entries()
+                    .keys()
+                    .filter(|k| u16::try_from(leaf_of(*k)).is_ok_and(|l| leaves.contains(&l)))
+                    .cloned()
+                    .collect();
+                keys.extend(entries.keys().cloned());
+                keys.sort();
+                keys.dedup();
+                self.join_restricted(entries, context, keys);
+                reply
+            }
+        }
+    }
+}
+
+impl<K, V> SyncMessage<K, V>
+where
+    K: Ord + Clone + Serialize + for<'de> Deserialize<'de>,
+    V: Clone + Serialize + for<'de> Deserialize<'de>,
+{
+    /// Encodes the message with MessagePack.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        rmp_serde::to_vec(self).unwrap_or_default()
+    }
+
+    /// Decodes and validates a peer's message.
+    pub fn from_bytes(bytes: &[u8], limits: &Limits) -> Result<Self> {
+        let message: SyncMessage<K, V> = decode(bytes, limits)?;
+        let invalid = |reason| Err(crate::Error::Invalid { reason });
+        match &message {
+            SyncMessage::Groups(g) if g.len() != GROUPS => return invalid("wrong number of group hashes"),
+            SyncMessage::Leaves(groups) => {
+                if groups.len() > GROUPS
+                    || groups.iter().any(|(g, l)| usize::from(*g) >= GROUPS || l.len() != PER_GROUP)
+                {
+                    return invalid("group index or leaf count out of range");
+                }
+            }
+            SyncMessage::Entries { leaves, entries, context, .. } => {
+                if leaves.len() > LEAVES || leaves.iter().any(|l| usize::from(*l) >= LEAVES) {
+                    return invalid("leaf index out of range");
+                }
+                check(entries, context, limits, true)?;
+            }
+            SyncMessage::Groups(_) => {}
+        }
+        Ok(message)
+    }
+}
