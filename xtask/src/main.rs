@@ -5,6 +5,7 @@
 
 mod ci;
 mod corpus;
+mod crdt_compare;
 mod loom;
 mod replay;
 #[cfg(test)]
@@ -34,6 +35,8 @@ enum Task {
     Corpus(corpus::Args),
     /// Replay the learning selector on recorded outcomes against the oracle, per mode.
     SelectorReplay(replay::Args),
+    /// Compare hde-crdt with the crdts crate: merge time, state bytes, sync bytes.
+    CrdtCompare,
     /// Run the criterion benches (`cargo bench -p hde-benches`), passing arguments through.
     Bench {
         /// Arguments for criterion (e.g. a filter such as `compress`).
@@ -46,6 +49,7 @@ fn main() -> Result<()> {
         Task::Ci => ci::run(),
         Task::Loom => loom::run_models(),
         Task::SelectorReplay(args) => replay::run(&args),
+        Task::CrdtCompare => crdt_compare::run(),
         Task::Corpus(args) => corpus::run(&args),
         Task::Bench { args } => {
             let mut cmd = cargo();

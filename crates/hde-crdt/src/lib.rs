@@ -31,6 +31,7 @@ mod causal;
 mod error;
 mod map;
 mod sync;
+mod wire;
 
 pub use crate::causal::{CausalContext, Dot, NodeId, VClock};
 pub use crate::error::{Error, Result};

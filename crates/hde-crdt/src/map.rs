@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::wire::{from_wire, to_wire, Wire};
 use crate::{CausalContext, Dot, Error, NodeId, Result};
 
 /// One write of a key's value.
@@ -14,6 +15,9 @@ pub struct Write<V> {
     /// The value written.
     pub value: V,
 }
+
+/// The writes of one key nobody has overwritten, sorted by dot (almost always one).
+pub(crate) type Writes<V> = Vec<(Dot, Write<V>)>;
 
 /// Counters of merges (the seed system's `crdt_merges` and `conflict_free_count`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -38,11 +42,10 @@ pub struct MergeStats {
 /// `merge` (full state) and `merge_delta` never fail; every mutation returns its delta, a small
 /// state that joins into any replica. Decoding a peer's bytes is the fallible, separate step
 /// ([`ORMap::from_bytes`]).
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone)]
 pub struct ORMap<K: Ord, V> {
-    entries: BTreeMap<K, BTreeMap<Dot, Write<V>>>,
-    context: CausalContext,
-    #[serde(skip)]
+    pub(crate) entries: BTreeMap<K, Writes<V>>,
+    pub(crate) context: CausalContext,
     stats: MergeStats,
 }
 
@@ -65,10 +68,10 @@ impl<K: Ord, V: Eq> Eq for ORMap<K, V> {}
 /// none: a remove), and the dots it covers.
 ///
 /// Applying it touches only its keys, so it costs in proportion to its size, not the map's.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Delta<K: Ord, V> {
-    entries: BTreeMap<K, BTreeMap<Dot, Write<V>>>,
-    context: CausalContext,
+    pub(crate) entries: BTreeMap<K, Writes<V>>,
+    pub(crate) context: CausalContext,
 }
 
 impl<K: Ord, V> Default for Delta<K, V> {
@@ -77,12 +80,108 @@ impl<K: Ord, V> Default for Delta<K, V> {
     }
 }
 
-impl<K: Ord + Clone, V: Clone> Delta<K, V> {
+/// The join of one key's write sets (each sorted by dot): a dot survives if both sides hold
+/// it, or if the side that lacks it has not seen it.
+fn join_writes<V: Clone>(
+    mine: Writes<V>,
+    my_context: &CausalContext,
+    theirs: &[(Dot, Write<V>)],
+    their_context: &CausalContext,
+) -> Writes<V> {
+    let mut out = Vec::with_capacity(mine.len().max(theirs.len()));
+    let mut theirs = theirs.iter().peekable();
+    for (dot, w) in mine {
+        while let Some((td, tw)) = theirs.next_if(|(td, _)| *td < dot) {
+            if !my_context.contains(td) {
+                out.push((*td, tw.clone()));
+            }
+        }
+        let both = theirs.next_if(|(td, _)| *td == dot).is_some();
+        if both || !their_context.contains(&dot) {
+            out.push((dot, w));
+        }
+    }
+    for (td, tw) in theirs {
+        if !my_context.contains(td) {
+            out.push((*td, tw.clone()));
+        }
+    }
+    out
+}
+
+/// True if joining changes nothing for a key only this side holds.
+fn survives<V>(mine: &[(Dot, Write<V>)], their_context: &CausalContext) -> bool {
+    mine.iter().all(|(d, _)| !their_context.contains(d))
+}
+
+/// Joins (`theirs`, `their_context`) into `mine` for every key of either side (`all`) or for
+/// the keys of `theirs` only (a delta). Keys left without writes are dropped unless
+/// `keep_empty` (a delta keeps them as the record that it removes them). Returns the number of
+/// keys left with concurrent writes.
+fn join_maps<K: Ord + Clone, V: Clone + PartialEq>(
+    mine: &mut BTreeMap<K, Writes<V>>,
+    my_context: &CausalContext,
+    theirs: &BTreeMap<K, Writes<V>>,
+    their_context: &CausalContext,
+    all: bool,
+    keep_empty: bool,
+) -> u64 {
+    let mut conflicts = 0;
+    let mut settle = |key: K, joined: Writes<V>, out: &mut Vec<(K, Writes<V>)>| {
+        if joined.len() > 1 {
+            conflicts += 1;
+        }
+        if !joined.is_empty() || keep_empty {
+            out.push((key, joined));
+        }
+    };
+    if !all {
+        // A delta: look up its keys one by one.
+        let mut out = Vec::new();
+        for (key, their_writes) in theirs {
+            let my_writes = mine.remove(key).unwrap_or_default();
+            let joined = join_writes(my_writes, my_context, their_writes, their_context);
+            settle(key.clone(), joined, &mut out);
+        }
+        mine.extend(out);
+        return conflicts;
+    }
+    // A full state: one merge-join over both sorted maps, moving our entries, cloning theirs
+    // only where they bring something, then a bulk build from sorted input.
+    let old = std::mem::take(mine);
+    let mut out = Vec::with_capacity(old.len().max(theirs.len()));
+    let mut theirs_iter = theirs.iter().peekable();
+    for (key, my_writes) in old {
+        while let Some((tk, tw)) = theirs_iter.next_if(|(tk, _)| **tk < key) {
+            let joined: Writes<V> = tw.iter().filter(|(d, _)| !my_context.contains(d)).cloned().collect();
+            settle(tk.clone(), joined, &mut out);
+        }
+        match theirs_iter.next_if(|(tk, _)| **tk == key) {
+            Some((_, tw)) if *tw == my_writes => settle(key, my_writes, &mut out),
+            Some((_, tw)) => settle(key, join_writes(my_writes, my_context, tw, their_context), &mut out),
+            None if survives(&my_writes, their_context) => settle(key, my_writes, &mut out),
+            None => {
+                let joined = join_writes(my_writes, my_context, &[], their_context);
+                settle(key, joined, &mut out);
+            }
+        }
+    }
+    for (tk, tw) in theirs_iter {
+        let joined: Writes<V> = tw.iter().filter(|(d, _)| !my_context.contains(d)).cloned().collect();
+        settle(tk.clone(), joined, &mut out);
+    }
+    *mine = out.into_iter().collect();
+    conflicts
+}
+
+fn visible<V>(writes: &[(Dot, Write<V>)]) -> Option<&Write<V>> {
+    writes.iter().max_by_key(|(dot, w)| (w.timestamp, dot.node, dot.counter)).map(|(_, w)| w)
+}
+
+impl<K: Ord + Clone, V: Clone + PartialEq> Delta<K, V> {
     /// Joins another delta into this one (deltas can be batched before sending).
     pub fn join(&mut self, other: &Delta<K, V>) {
-        let mut conflicts = 0;
-        let keys: Vec<K> = other.entries.keys().cloned().collect();
-        join_keys(&mut self.entries, &self.context, &other.entries, &other.context, keys, true, &mut conflicts);
+        join_maps(&mut self.entries, &self.context, &other.entries, &other.context, false, true);
         self.context.merge(&other.context);
     }
 
@@ -97,63 +196,7 @@ impl<K: Ord + Clone, V: Clone> Delta<K, V> {
     }
 }
 
-/// The join of one key's write sets: a dot survives if both sides hold it, or if the side
-/// that lacks it has not seen it.
-fn join_writes<V: Clone>(
-    mine: Option<&BTreeMap<Dot, Write<V>>>,
-    my_context: &CausalContext,
-    theirs: Option<&BTreeMap<Dot, Write<V>>>,
-    their_context: &CausalContext,
-) -> BTreeMap<Dot, Write<V>> {
-    let mut out = BTreeMap::new();
-    if let Some(mine) = mine {
-        for (dot, w) in mine {
-            if theirs.is_some_and(|t| t.contains_key(dot)) || !their_context.contains(dot) {
-                out.insert(*dot, w.clone());
-            }
-        }
-    }
-    if let Some(theirs) = theirs {
-        for (dot, w) in theirs {
-            if !out.contains_key(dot) && !my_context.contains(dot) {
-                out.insert(*dot, w.clone());
-            }
-        }
-    }
-    out
-}
-
-/// Joins `keys` of (`theirs`, `their_context`) into `mine`; counts keys left with concurrent
-/// writes in `conflicts`. A state drops keys left without writes; a delta keeps them, as the
-/// record that it removes them (`keep_empty`).
-#[allow(clippy::too_many_arguments)] // reason: one join, two sides; a struct would only rename them.
-fn join_keys<K: Ord + Clone, V: Clone>(
-    mine: &mut BTreeMap<K, BTreeMap<Dot, Write<V>>>,
-    my_context: &CausalContext,
-    theirs: &BTreeMap<K, BTreeMap<Dot, Write<V>>>,
-    their_context: &CausalContext,
-    keys: impl IntoIterator<Item = K>,
-    keep_empty: bool,
-    conflicts: &mut u64,
-) {
-    for key in keys {
-        let joined = join_writes(mine.get(&key), my_context, theirs.get(&key), their_context);
-        if joined.len() > 1 {
-            *conflicts += 1;
-        }
-        if joined.is_empty() && !keep_empty {
-            mine.remove(&key);
-        } else {
-            mine.insert(key, joined);
-        }
-    }
-}
-
-fn visible<V>(writes: &BTreeMap<Dot, Write<V>>) -> Option<&Write<V>> {
-    writes.iter().max_by_key(|(dot, w)| (w.timestamp, dot.node, dot.counter)).map(|(_, w)| w)
-}
-
-impl<K: Ord + Clone, V: Clone> ORMap<K, V> {
+impl<K: Ord + Clone, V: Clone + PartialEq> ORMap<K, V> {
     /// An empty map.
     pub fn new() -> Self {
         ORMap::default()
@@ -161,12 +204,12 @@ impl<K: Ord + Clone, V: Clone> ORMap<K, V> {
 
     /// The current value of `key`.
     pub fn get(&self, key: &K) -> Option<&V> {
-        self.entries.get(key).and_then(visible).map(|w| &w.value)
+        self.entries.get(key).and_then(|w| visible(w)).map(|w| &w.value)
     }
 
     /// The current value of `key` with its timestamp.
     pub fn get_write(&self, key: &K) -> Option<&Write<V>> {
-        self.entries.get(key).and_then(visible)
+        self.entries.get(key).and_then(|w| visible(w))
     }
 
     /// Number of keys present.
@@ -201,14 +244,12 @@ impl<K: Ord + Clone, V: Clone> ORMap<K, V> {
         let dot = self.context.next_dot(node);
         let mut delta = Delta::default();
         if let Some(old) = self.entries.get(&key) {
-            for d in old.keys() {
+            for (d, _) in old {
                 delta.context.insert(*d);
             }
         }
         delta.context.insert(dot);
-        let write = Write { timestamp, value };
-        let mut writes = BTreeMap::new();
-        writes.insert(dot, write);
+        let writes = vec![(dot, Write { timestamp, value })];
         delta.entries.insert(key.clone(), writes.clone());
         self.entries.insert(key, writes);
         self.context.insert(dot);
@@ -224,54 +265,35 @@ impl<K: Ord + Clone, V: Clone> ORMap<K, V> {
     pub fn remove(&mut self, node: NodeId, key: &K) -> Delta<K, V> {
         let mut delta = Delta::default();
         let Some(old) = self.entries.remove(key) else { return delta };
-        for d in old.keys() {
-            delta.context.insert(*d);
+        for (d, _) in old {
+            delta.context.insert(d);
         }
         let event = self.context.next_dot(node);
         self.context.insert(event);
         delta.context.insert(event);
-        delta.entries.insert(key.clone(), BTreeMap::new());
+        delta.entries.insert(key.clone(), Vec::new());
         delta
     }
 
     /// Joins a full replica state into this one. Never fails.
     pub fn merge(&mut self, other: &ORMap<K, V>) {
-        let mut keys: Vec<K> = self.entries.keys().cloned().collect();
-        keys.extend(other.entries.keys().filter(|k| !self.entries.contains_key(*k)).cloned());
-        self.join(&other.entries, &other.context, keys);
+        let conflicts = join_maps(&mut self.entries, &self.context, &other.entries, &other.context, true, false);
+        self.finish_join(&other.context, conflicts);
     }
 
     /// Joins a delta into this one, touching only the delta's keys. Never fails.
     pub fn merge_delta(&mut self, delta: &Delta<K, V>) {
-        let keys: Vec<K> = delta.entries.keys().cloned().collect();
-        self.join(&delta.entries, &delta.context, keys);
+        let conflicts = join_maps(&mut self.entries, &self.context, &delta.entries, &delta.context, false, false);
+        self.finish_join(&delta.context, conflicts);
     }
 
-    fn join(&mut self, entries: &BTreeMap<K, BTreeMap<Dot, Write<V>>>, context: &CausalContext, keys: Vec<K>) {
-        let mut conflicts = 0;
-        join_keys(&mut self.entries, &self.context, entries, context, keys, false, &mut conflicts);
+    fn finish_join(&mut self, context: &CausalContext, conflicts: u64) {
         self.context.merge(context);
         self.stats.merges += 1;
         self.stats.lww_resolved += conflicts;
         if conflicts == 0 {
             self.stats.conflict_free += 1;
         }
-    }
-
-    /// The raw entries: each key's surviving writes.
-    pub(crate) fn raw_entries(&self) -> &BTreeMap<K, BTreeMap<Dot, Write<V>>> {
-        &self.entries
-    }
-
-    /// Joins `keys` only of (`entries`, `context`), and the whole context (anti-entropy: the
-    /// other keys are known to be equal on both sides).
-    pub(crate) fn join_restricted(
-        &mut self,
-        entries: &BTreeMap<K, BTreeMap<Dot, Write<V>>>,
-        context: &CausalContext,
-        keys: Vec<K>,
-    ) {
-        self.join(entries, context, keys);
     }
 
     /// The whole state as a delta (to bootstrap a replica through the delta path).
@@ -297,8 +319,10 @@ impl Default for Limits {
     }
 }
 
+/// Checks a decoded state or delta: limits, non-zero counters, sorted write sets, every write
+/// covered by the context. Linear: one context lookup per dot.
 pub(crate) fn check<K: Ord, V>(
-    entries: &BTreeMap<K, BTreeMap<Dot, Write<V>>>,
+    entries: &BTreeMap<K, Writes<V>>,
     context: &CausalContext,
     limits: &Limits,
     full: bool,
@@ -316,8 +340,10 @@ pub(crate) fn check<K: Ord, V>(
         if writes.len() > limits.max_writes_per_key {
             return Err(Error::Invalid { reason: "more concurrent writes for a key than allowed" });
         }
-        // One lookup per dot: linear in the state, never quadratic.
-        if writes.keys().any(|d| d.counter == 0 || !context.contains(d)) {
+        if writes.windows(2).any(|w| w[0].0 >= w[1].0) {
+            return Err(Error::Invalid { reason: "writes of a key not sorted by dot" });
+        }
+        if writes.iter().any(|(d, _)| d.counter == 0 || !context.contains(d)) {
             return Err(Error::Invalid { reason: "write not covered by the causal context" });
         }
     }
@@ -335,36 +361,38 @@ pub(crate) fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8], limits: &Limits
 impl<K, V> ORMap<K, V>
 where
     K: Ord + Clone + Serialize + for<'de> Deserialize<'de>,
-    V: Clone + Serialize + for<'de> Deserialize<'de>,
+    V: Clone + PartialEq + Serialize + for<'de> Deserialize<'de>,
 {
-    /// Encodes the state with MessagePack.
+    /// Encodes the state with MessagePack, in the compact form of [`crate::wire`].
     pub fn to_bytes(&self) -> Vec<u8> {
-        // Serializing maps of serializable keys and values into a Vec cannot fail.
-        rmp_serde::to_vec(self).unwrap_or_default()
+        // Serializing plain data into a Vec cannot fail.
+        rmp_serde::to_vec(&to_wire(&self.entries, &self.context)).unwrap_or_default()
     }
 
     /// Decodes and validates a peer's state.
     pub fn from_bytes(bytes: &[u8], limits: &Limits) -> Result<Self> {
-        let map: ORMap<K, V> = decode(bytes, limits)?;
-        check(&map.entries, &map.context, limits, true)?;
-        Ok(map)
+        let wire: Wire<K, V> = decode(bytes, limits)?;
+        let (entries, context) = from_wire(wire, limits)?;
+        check(&entries, &context, limits, true)?;
+        Ok(ORMap { entries, context, stats: MergeStats::default() })
     }
 }
 
 impl<K, V> Delta<K, V>
 where
     K: Ord + Clone + Serialize + for<'de> Deserialize<'de>,
-    V: Clone + Serialize + for<'de> Deserialize<'de>,
+    V: Clone + PartialEq + Serialize + for<'de> Deserialize<'de>,
 {
-    /// Encodes the delta with MessagePack.
+    /// Encodes the delta with MessagePack, in the compact form of [`crate::wire`].
     pub fn to_bytes(&self) -> Vec<u8> {
-        rmp_serde::to_vec(self).unwrap_or_default()
+        rmp_serde::to_vec(&to_wire(&self.entries, &self.context)).unwrap_or_default()
     }
 
     /// Decodes and validates a peer's delta.
     pub fn from_bytes(bytes: &[u8], limits: &Limits) -> Result<Self> {
-        let delta: Delta<K, V> = decode(bytes, limits)?;
-        check(&delta.entries, &delta.context, limits, false)?;
-        Ok(delta)
+        let wire: Wire<K, V> = decode(bytes, limits)?;
+        let (entries, context) = from_wire(wire, limits)?;
+        check(&entries, &context, limits, false)?;
+        Ok(Delta { entries, context })
     }
 }

@@ -2,7 +2,7 @@
 //! those.
 //!
 //! Keys fall into [`LEAVES`] leaves by the xxh3 of their MessagePack encoding; a leaf's hash
-//! is the wrapping sum of its entries' xxh3-128 hashes (key, dots, timestamps, values), so it
+//! is the wrapping sum of its entries' xxh3-64 hashes (key, dots, timestamps, values), so it
 //! depends neither on iteration order nor on the process (xxh3 has no random seed); leaves
 //! form [`GROUPS`] groups. A sync is four messages:
 //!
@@ -15,13 +15,13 @@
 //! those leaves both replicas hold the same entries. Contexts travel in full (one counter per
 //! node), so removes that left no entry anywhere still propagate.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 
 use serde::{Deserialize, Serialize};
-use xxhash_rust::xxh3::{xxh3_128, xxh3_64};
+use xxhash_rust::xxh3::xxh3_64;
 
-use crate::map::{check, decode};
-use crate::{CausalContext, Dot, Limits, ORMap, Result, Write};
+use crate::map::{check, decode, Writes};
+use crate::{Delta, Limits, ORMap, Result};
 
 /// Leaves of the digest.
 pub const LEAVES: usize = 4096;
@@ -32,7 +32,7 @@ const PER_GROUP: usize = LEAVES / GROUPS;
 /// The digest of a replica: leaf hashes and group hashes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Digest {
-    leaves: Vec<u128>,
+    leaves: Vec<u64>,
     groups: Vec<u64>,
 }
 
@@ -43,26 +43,30 @@ impl Digest {
     }
 
     /// Leaf hashes, in order.
-    pub fn leaves(&self) -> &[u128] {
+    pub fn leaves(&self) -> &[u64] {
         &self.leaves
     }
 }
 
 /// One message of a sync exchange.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(bound(
+    serialize = "K: Ord + Clone + Serialize + serde::de::DeserializeOwned, V: Clone + PartialEq + Serialize + serde::de::DeserializeOwned",
+    deserialize = "K: Ord + Clone + Serialize + serde::de::DeserializeOwned, V: Clone + PartialEq + Serialize + serde::de::DeserializeOwned"
+))]
 pub enum SyncMessage<K: Ord, V> {
     /// Step 1: the initiator's group hashes.
     Groups(Vec<u64>),
     /// Step 2: differing groups with the responder's leaf hashes in each.
-    Leaves(Vec<(u16, Vec<u128>)>),
-    /// Steps 3 and 4: entries of the differing leaves, and the sender's whole context.
+    Leaves(Vec<(u16, Vec<u64>)>),
+    /// Steps 3 and 4: entries of the differing leaves, and the sender's whole context, as a
+    /// delta (in its compact encoding).
     Entries {
         /// The leaves covered.
         leaves: Vec<u16>,
-        /// The sender's entries in those leaves.
-        entries: BTreeMap<K, BTreeMap<Dot, Write<V>>>,
-        /// The sender's context.
-        context: CausalContext,
+        /// The sender's entries in those leaves, with its whole context.
+        #[serde(with = "compact")]
+        delta: Delta<K, V>,
         /// Step 3 (the receiver answers with its own entries) or step 4 (the last message).
         last: bool,
     },
@@ -73,20 +77,46 @@ fn leaf_of<K: Serialize>(key: &K) -> usize {
     (xxh3_64(&bytes) >> 52) as usize // top 12 bits: 4096 leaves
 }
 
-fn entry_hash<K: Serialize, V: Serialize>(key: &K, writes: &BTreeMap<Dot, Write<V>>) -> u128 {
+fn entry_hash<K: Serialize, V: Serialize>(key: &K, writes: &Writes<V>) -> u64 {
     let bytes = rmp_serde::to_vec(&(key, writes)).unwrap_or_default();
-    xxh3_128(&bytes)
+    xxh3_64(&bytes)
+}
+
+/// Serde adapter: a delta inside a message goes in its compact byte form.
+mod compact {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    use crate::{Delta, Limits};
+
+    pub(super) fn serialize<K, V, S>(delta: &Delta<K, V>, s: S) -> Result<S::Ok, S::Error>
+    where
+        K: Ord + Clone + Serialize + for<'de> Deserialize<'de>,
+        V: Clone + PartialEq + Serialize + for<'de> Deserialize<'de>,
+        S: Serializer,
+    {
+        serde_bytes::Bytes::new(&delta.to_bytes()).serialize(s)
+    }
+
+    pub(super) fn deserialize<'de, K, V, D>(d: D) -> Result<Delta<K, V>, D::Error>
+    where
+        K: Ord + Clone + Serialize + for<'a> Deserialize<'a>,
+        V: Clone + PartialEq + Serialize + for<'a> Deserialize<'a>,
+        D: Deserializer<'de>,
+    {
+        let bytes = serde_bytes::ByteBuf::deserialize(d)?;
+        Delta::from_bytes(&bytes, &Limits::default()).map_err(serde::de::Error::custom)
+    }
 }
 
 impl<K, V> ORMap<K, V>
 where
     K: Ord + Clone + Serialize + for<'de> Deserialize<'de>,
-    V: Clone + Serialize + for<'de> Deserialize<'de>,
+    V: Clone + PartialEq + Serialize + for<'de> Deserialize<'de>,
 {
     /// The digest of this replica's entries.
     pub fn digest(&self) -> Digest {
-        let mut leaves = vec![0u128; LEAVES];
-        for (key, writes) in self.raw_entries() {
+        let mut leaves = vec![0u64; LEAVES];
+        for (key, writes) in &self.entries {
             let leaf = &mut leaves[leaf_of(key)];
             *leaf = leaf.wrapping_add(entry_hash(key, writes));
         }
@@ -107,17 +137,13 @@ where
 
     fn entries_of(&self, leaves: &BTreeSet<u16>, last: bool) -> SyncMessage<K, V> {
         let entries = self
-            .raw_entries()
+            .entries
             .iter()
             .filter(|(k, _)| u16::try_from(leaf_of(*k)).is_ok_and(|l| leaves.contains(&l)))
             .map(|(k, w)| (k.clone(), w.clone()))
             .collect();
-        SyncMessage::Entries {
-            leaves: leaves.iter().copied().collect(),
-            entries,
-            context: self.context().clone(),
-            last,
-        }
+        let delta = Delta { entries, context: self.context.clone() };
+        SyncMessage::Entries { leaves: leaves.iter().copied().collect(), delta, last }
     }
 
     /// Handles a (validated) message of the other side; returns the reply, if any. Never
@@ -126,7 +152,7 @@ where
         match message {
             SyncMessage::Groups(theirs) => {
                 let mine = self.digest();
-                let differing: Vec<(u16, Vec<u128>)> = (0..GROUPS)
+                let differing: Vec<(u16, Vec<u64>)> = (0..GROUPS)
                     .filter(|&g| theirs.get(g) != Some(&mine.groups[g]))
                     .map(|g| (g as u16, mine.leaves[g * PER_GROUP..(g + 1) * PER_GROUP].to_vec()))
                     .collect();
@@ -147,21 +173,22 @@ where
                 // Even with no leaf differing, contexts may (removes that left nothing behind).
                 Some(self.entries_of(&leaves, false))
             }
-            SyncMessage::Entries { leaves, entries, context, last } => {
+            SyncMessage::Entries { leaves, delta, last } => {
                 let leaves: BTreeSet<u16> = leaves.iter().copied().collect();
                 // The reply carries this side's entries before the join: the other side joins
                 // them with its own, and both arrive at the same state.
                 let reply = (!last).then(|| self.entries_of(&leaves, true));
-                let mut keys: Vec<K> = self
-                    .raw_entries()
-                    .keys()
-                    .filter(|k| u16::try_from(leaf_of(*k)).is_ok_and(|l| leaves.contains(&l)))
-                    .cloned()
-                    .collect();
-                keys.extend(entries.keys().cloned());
-                keys.sort();
-                keys.dedup();
-                self.join_restricted(entries, context, keys);
+                // Join only the differing leaves: our keys there that the peer lacks are given
+                // an empty write set, so the peer's context can remove them.
+                let mut restricted = delta.clone();
+                for key in self.entries.keys() {
+                    if u16::try_from(leaf_of(key)).is_ok_and(|l| leaves.contains(&l))
+                        && !restricted.entries.contains_key(key)
+                    {
+                        restricted.entries.insert(key.clone(), Vec::new());
+                    }
+                }
+                self.merge_delta(&restricted);
                 reply
             }
         }
@@ -171,7 +198,7 @@ where
 impl<K, V> SyncMessage<K, V>
 where
     K: Ord + Clone + Serialize + for<'de> Deserialize<'de>,
-    V: Clone + Serialize + for<'de> Deserialize<'de>,
+    V: Clone + PartialEq + Serialize + for<'de> Deserialize<'de>,
 {
     /// Encodes the message with MessagePack.
     pub fn to_bytes(&self) -> Vec<u8> {
@@ -191,11 +218,11 @@ where
                     return invalid("group index or leaf count out of range");
                 }
             }
-            SyncMessage::Entries { leaves, entries, context, .. } => {
+            SyncMessage::Entries { leaves, delta, .. } => {
                 if leaves.len() > LEAVES || leaves.iter().any(|l| usize::from(*l) >= LEAVES) {
                     return invalid("leaf index out of range");
                 }
-                check(entries, context, limits, true)?;
+                check(&delta.entries, &delta.context, limits, true)?;
             }
             SyncMessage::Groups(_) => {}
         }

@@ -244,14 +244,53 @@ fn bad_peer_bytes_are_typed_errors() {
     }
     assert!(matches!(Map::from_bytes(&m.to_bytes(), &limits), Err(Error::TooLarge { .. })));
     assert!(matches!(Map::from_bytes(&[0xc1], &Limits::default()), Err(Error::Decode { .. })));
-    // A write whose dot the context does not cover (the encoding of a struct is the array
-    // of its fields, so a tuple forges it).
-    let mut writes = std::collections::BTreeMap::new();
-    writes.insert(Dot { node: NodeId(1), counter: 1 }, Write { timestamp: 5, value: 4u32 });
-    let mut entries = std::collections::BTreeMap::new();
-    entries.insert(3u8, writes);
-    let forged = rmp_serde::to_vec(&(entries, CausalContext::new())).unwrap();
+    // A write whose dot the context does not cover, forged in the wire layout (a struct
+    // encodes as the array of its fields): keys, multi, nodes, dots, stamps, values, context.
+    // Dots: writer index 0, counter delta +1 (zig-zag 2); stamps: +5 (zig-zag 10).
+    let forged = rmp_serde::to_vec(&(
+        vec![3u8],
+        Vec::<(u32, u32)>::new(),
+        vec![NodeId(1)],
+        serde_bytes::ByteBuf::from(vec![0u8, 2]),
+        serde_bytes::ByteBuf::from(vec![10u8]),
+        vec![4u32],
+        CausalContext::new(),
+    ))
+    .unwrap();
     assert!(matches!(Map::from_bytes(&forged, &Limits::default()), Err(Error::Invalid { .. })));
+    // The same with a context that covers the write decodes.
+    let mut covering = CausalContext::new();
+    covering.insert(Dot { node: NodeId(1), counter: 1 });
+    let good = rmp_serde::to_vec(&(
+        vec![3u8],
+        Vec::<(u32, u32)>::new(),
+        vec![NodeId(1)],
+        serde_bytes::ByteBuf::from(vec![0u8, 2]),
+        serde_bytes::ByteBuf::from(vec![10u8]),
+        vec![4u32],
+        covering,
+    ))
+    .unwrap();
+    let decoded = Map::from_bytes(&good, &Limits::default()).unwrap();
+    assert_eq!(decoded.get_write(&3), Some(&Write { timestamp: 5, value: 4 }));
+    // Columns that run short, writer indices out of range, keys out of order: typed errors.
+    for (dots, stamps, keys) in [
+        (vec![0u8], vec![10u8], vec![3u8]),
+        (vec![7u8, 2], vec![10u8], vec![3u8]),
+        (vec![0u8, 2, 9], vec![10u8], vec![3u8]),
+    ] {
+        let bad = rmp_serde::to_vec(&(
+            keys,
+            Vec::<(u32, u32)>::new(),
+            vec![NodeId(1)],
+            serde_bytes::ByteBuf::from(dots),
+            serde_bytes::ByteBuf::from(stamps),
+            vec![4u32],
+            CausalContext::new(),
+        ))
+        .unwrap();
+        assert!(matches!(Map::from_bytes(&bad, &Limits::default()), Err(Error::Invalid { .. })));
+    }
     let tight = Limits { max_entries: 10, ..Limits::default() };
     assert!(matches!(Map::from_bytes(&m.to_bytes(), &tight), Err(Error::Invalid { .. })));
 }
@@ -278,7 +317,7 @@ fn stats_count_merges_and_conflicts() {
 fn sync<K, V>(a: &mut ORMap<K, V>, b: &mut ORMap<K, V>) -> usize
 where
     K: Ord + Clone + serde::Serialize + for<'de> serde::Deserialize<'de>,
-    V: Clone + serde::Serialize + for<'de> serde::Deserialize<'de>,
+    V: Clone + PartialEq + serde::Serialize + for<'de> serde::Deserialize<'de>,
 {
     let mut message = a.sync_start();
     let mut to_b = true;
