@@ -29,11 +29,13 @@
 
 mod causal;
 mod error;
+mod lww;
 mod map;
 mod sync;
 mod wire;
 
 pub use crate::causal::{CausalContext, Dot, NodeId, VClock};
 pub use crate::error::{Error, Result};
+pub use crate::lww::LwwReg;
 pub use crate::map::{Delta, Limits, MergeStats, ORMap, Write};
 pub use crate::sync::{Digest, SyncMessage, GROUPS, LEAVES};

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::wire::{from_wire, to_wire, Wire};
-use crate::{CausalContext, Dot, Error, NodeId, Result};
+use crate::{CausalContext, Dot, Error, LwwReg, NodeId, Result};
 
 /// One write of a key's value.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -210,6 +210,13 @@ impl<K: Ord + Clone, V: Clone + PartialEq> ORMap<K, V> {
     /// The current value of `key` with its timestamp.
     pub fn get_write(&self, key: &K) -> Option<&Write<V>> {
         self.entries.get(key).and_then(|w| visible(w))
+    }
+
+    /// The current value of `key` as a last-writer-wins register (value, timestamp, writer).
+    pub fn register(&self, key: &K) -> Option<LwwReg<V>> {
+        let writes = self.entries.get(key)?;
+        let (dot, w) = writes.iter().max_by_key(|(dot, w)| (w.timestamp, dot.node, dot.counter))?;
+        Some(LwwReg { value: w.value.clone(), timestamp: w.timestamp, node: dot.node })
     }
 
     /// Number of keys present.

@@ -3,7 +3,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // reason: a test fails by panicking.
 
-use hde_crdt::{CausalContext, Delta, Dot, Error, Limits, NodeId, ORMap, SyncMessage, Write};
+use hde_crdt::{CausalContext, Delta, Dot, Error, Limits, LwwReg, NodeId, ORMap, SyncMessage, Write};
 use proptest::prelude::*;
 
 type Map = ORMap<u8, u32>;
@@ -131,6 +131,21 @@ proptest! {
     }
 
     #[test]
+    fn lww_register_merge_is_a_join(
+        regs in prop::collection::vec((any::<u8>(), 0u64..3, 0u64..3), 3),
+    ) {
+        let r: Vec<LwwReg<u8>> = regs.iter().map(|&(v, t, n)| LwwReg::new(v, t, NodeId(n))).collect();
+        let join = |a: &LwwReg<u8>, b: &LwwReg<u8>| {
+            let mut x = a.clone();
+            x.merge(b);
+            x
+        };
+        prop_assert_eq!(join(&r[0], &r[1]), join(&r[1], &r[0]));
+        prop_assert_eq!(join(&join(&r[0], &r[1]), &r[2]), join(&r[0], &join(&r[1], &r[2])));
+        prop_assert_eq!(join(&r[0], &r[0]), r[0].clone());
+    }
+
+    #[test]
     fn hostile_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..512)) {
         let _ = Map::from_bytes(&bytes, &Limits::default());
         let _ = Delta::<u8, u32>::from_bytes(&bytes, &Limits::default());
@@ -175,6 +190,17 @@ fn lww_tie_does_not_diverge() {
     assert_eq!(ab.get(&1), ba.get(&1));
     assert_eq!(ab.get(&1), Some(&222)); // the higher node id breaks the tie
     assert_eq!(ab.stats().lww_resolved, 1);
+    assert_eq!(ab.register(&1), Some(LwwReg::new(222, 5, NodeId(2))));
+    // The standalone register agrees, including the same writer at the same timestamp.
+    let mut r = LwwReg::new(111, 5, NodeId(1));
+    assert!(r.write(222, 5, NodeId(2)));
+    assert!(!r.write(1, 5, NodeId(1)));
+    let mut s1 = LwwReg::new(1, 5, NodeId(3));
+    let s2 = LwwReg::new(2, 5, NodeId(3));
+    let mut s3 = s2.clone();
+    s1.merge(&s2);
+    s3.merge(&LwwReg::new(1, 5, NodeId(3)));
+    assert_eq!(s1, s3);
 }
 
 /// A causally later write wins even when its timestamp is older (skewed clock).
