@@ -370,7 +370,8 @@ where
     K: Ord + Clone + Serialize + for<'de> Deserialize<'de>,
     V: Clone + PartialEq + Serialize + for<'de> Deserialize<'de>,
 {
-    /// Encodes the state with MessagePack, in the compact form of [`crate::wire`].
+    /// Encodes the state with MessagePack, in its compact columnar form (writer indices, delta-coded
+    /// counters and timestamps).
     pub fn to_bytes(&self) -> Vec<u8> {
         // Serializing plain data into a Vec cannot fail.
         rmp_serde::to_vec(&to_wire(&self.entries, &self.context)).unwrap_or_default()
@@ -390,7 +391,8 @@ where
     K: Ord + Clone + Serialize + for<'de> Deserialize<'de>,
     V: Clone + PartialEq + Serialize + for<'de> Deserialize<'de>,
 {
-    /// Encodes the delta with MessagePack, in the compact form of [`crate::wire`].
+    /// Encodes the delta with MessagePack, in its compact columnar form (writer indices, delta-coded
+    /// counters and timestamps).
     pub fn to_bytes(&self) -> Vec<u8> {
         rmp_serde::to_vec(&to_wire(&self.entries, &self.context)).unwrap_or_default()
     }
