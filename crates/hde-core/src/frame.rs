@@ -1,0 +1,287 @@
+//! The wire format of a frame (specified in `docs/FORMAT.md`; keep the two in step).
+//!
+//! A frame is a round header followed by one record per segment, each self-checking, so a
+//! writer emits segments as they are compressed and a reader validates every length against
+//! its limits before it allocates anything.
+
+use std::io::{Read, Write};
+
+use hde_codec::CodecId;
+use hde_delta::{BaselineId, RoundHeader};
+use xxhash_rust::xxh3::xxh3_64;
+
+use crate::{Error, Result};
+
+/// The first four bytes of every frame.
+pub const MAGIC: [u8; 4] = *b"HDEF";
+/// The format version this build writes (and the newest it reads).
+pub const VERSION: u8 = 1;
+/// Bytes of the fixed part of the round header (the key and the header checksum follow).
+pub const HEADER_FIXED: usize = 56;
+/// Bytes of a segment record before its stream data.
+pub const SEGMENT_FIXED: usize = 60;
+/// The longest key a frame carries.
+pub const MAX_KEY: usize = 255;
+
+const FLAG_KEYFRAME: u8 = 1;
+const STREAM_FLAG_REFERENCE: u8 = 1;
+
+/// The streams of a segment, in wire order.
+pub const STREAMS: [&str; 4] = ["classes", "dups", "xor", "literals"];
+
+/// The round header of a frame: which key, which round, which baseline it applies to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FrameHeader {
+    /// The key (VM) the frame belongs to, UTF-8, at most 255 bytes.
+    pub key: String,
+    /// Sequence, base, geometry and image checksum.
+    pub round: RoundHeader,
+}
+
+/// How one stream of a segment is stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StreamDesc {
+    /// The codec that wrote it.
+    pub codec: CodecId,
+    /// Compressed against the segment's reference (old content of its changed pages).
+    pub with_reference: bool,
+    /// Length once decompressed.
+    pub raw_len: u32,
+    /// Length stored in the frame.
+    pub stored_len: u32,
+}
+
+/// One segment: how its four streams are stored, and their bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SegmentRecord {
+    /// The segment's index in the image.
+    pub index: u32,
+    /// Classes, dups, xor and literals, in that order.
+    pub streams: [StreamDesc; 4],
+    /// The four stored streams, concatenated.
+    pub data: Vec<u8>,
+}
+
+impl SegmentRecord {
+    /// The stored bytes of stream `i` (0..4).
+    pub fn stream(&self, i: usize) -> &[u8] {
+        let start: usize = self.streams[..i].iter().map(|s| s.stored_len as usize).sum();
+        let len = self.streams.get(i).map_or(0, |s| s.stored_len as usize);
+        self.data.get(start..start + len).unwrap_or(&[])
+    }
+}
+
+/// What a reader accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FrameLimits {
+    /// Largest image.
+    pub max_image: u64,
+}
+
+impl Default for FrameLimits {
+    fn default() -> Self {
+        FrameLimits { max_image: 64 << 30 }
+    }
+}
+
+fn le32(b: &[u8], at: usize) -> u32 {
+    let mut x = [0u8; 4];
+    x.copy_from_slice(&b[at..at + 4]);
+    u32::from_le_bytes(x)
+}
+
+fn le64(b: &[u8], at: usize) -> u64 {
+    let mut x = [0u8; 8];
+    x.copy_from_slice(&b[at..at + 8]);
+    u64::from_le_bytes(x)
+}
+
+/// Encodes the round header (fixed part, key, header checksum).
+pub fn encode_header(header: &FrameHeader) -> Result<Vec<u8>> {
+    let r = &header.round;
+    let key = header.key.as_bytes();
+    if key.len() > MAX_KEY {
+        return Err(Error::LimitExceeded { what: "key length", claimed: key.len() as u64, limit: MAX_KEY as u64 });
+    }
+    if !r.page_size.is_power_of_two() {
+        return Err(Error::CorruptFrame { reason: "page size is not a power of two" });
+    }
+    let mut out = Vec::with_capacity(HEADER_FIXED + key.len() + 8);
+    out.extend_from_slice(&MAGIC);
+    out.push(VERSION);
+    out.push(if r.is_keyframe() { FLAG_KEYFRAME } else { 0 });
+    out.push(r.page_size.trailing_zeros() as u8);
+    out.push(key.len() as u8);
+    out.extend_from_slice(&r.segment_size.to_le_bytes());
+    let segments = u32::try_from(r.segment_count()).map_err(|_| Error::CorruptFrame { reason: "too many segments" })?;
+    out.extend_from_slice(&segments.to_le_bytes());
+    out.extend_from_slice(&r.image_len.to_le_bytes());
+    out.extend_from_slice(&r.seq.to_le_bytes());
+    let base = r.base.unwrap_or(BaselineId { seq: 0, checksum: 0 });
+    out.extend_from_slice(&base.seq.to_le_bytes());
+    out.extend_from_slice(&base.checksum.to_le_bytes());
+    out.extend_from_slice(&r.checksum.to_le_bytes());
+    out.extend_from_slice(key);
+    let sum = xxh3_64(&out);
+    out.extend_from_slice(&sum.to_le_bytes());
+    Ok(out)
+}
+
+/// Reads and validates a round header.
+pub fn read_header(r: &mut impl Read, limits: &FrameLimits) -> Result<FrameHeader> {
+    let mut fixed = [0u8; HEADER_FIXED];
+    read_exact(r, &mut fixed, "frame header")?;
+    if fixed[..4] != MAGIC {
+        return Err(Error::NotAFrame { reason: "wrong magic" });
+    }
+    if fixed[4] == 0 || fixed[4] > VERSION {
+        return Err(Error::NotAFrame { reason: "unsupported format version" });
+    }
+    let key_len = fixed[7] as usize;
+    let mut rest = vec![0u8; key_len + 8];
+    read_exact(r, &mut rest, "frame header")?;
+    let mut all = fixed.to_vec();
+    all.extend_from_slice(&rest[..key_len]);
+    let stored = le64(&rest, key_len);
+    let computed = xxh3_64(&all);
+    if stored != computed {
+        return Err(Error::ChecksumMismatch { what: "header".into(), stored, computed });
+    }
+    let flags = fixed[5];
+    if flags & !FLAG_KEYFRAME != 0 {
+        return Err(Error::CorruptFrame { reason: "unknown header flags" });
+    }
+    let page_log = u32::from(fixed[6]);
+    if !(9..=16).contains(&page_log) {
+        return Err(Error::CorruptFrame { reason: "page size out of range" });
+    }
+    let page_size = 1u32 << page_log;
+    let segment_size = le32(&fixed, 8);
+    if segment_size == 0 || segment_size % page_size != 0 || segment_size > 1 << 30 {
+        return Err(Error::CorruptFrame { reason: "segment size out of range" });
+    }
+    let segments = le32(&fixed, 12);
+    let image_len = le64(&fixed, 16);
+    if image_len > limits.max_image {
+        return Err(Error::LimitExceeded { what: "image size", claimed: image_len, limit: limits.max_image });
+    }
+    if u64::from(segments) != image_len.div_ceil(u64::from(segment_size)) {
+        return Err(Error::CorruptFrame { reason: "segment count does not match image size" });
+    }
+    let key =
+        String::from_utf8(rest[..key_len].to_vec()).map_err(|_| Error::CorruptFrame { reason: "key is not UTF-8" })?;
+    let keyframe = flags & FLAG_KEYFRAME != 0;
+    let base = (!keyframe).then(|| BaselineId { seq: le64(&fixed, 32), checksum: le64(&fixed, 40) });
+    Ok(FrameHeader {
+        key,
+        round: RoundHeader {
+            seq: le64(&fixed, 24),
+            base,
+            image_len,
+            page_size,
+            segment_size,
+            checksum: le64(&fixed, 48),
+        },
+    })
+}
+
+/// Encodes a segment record.
+pub fn encode_segment(record: &SegmentRecord) -> Vec<u8> {
+    let mut out = Vec::with_capacity(SEGMENT_FIXED + record.data.len());
+    out.extend_from_slice(&record.index.to_le_bytes());
+    for s in &record.streams {
+        out.push(s.codec.to_u8());
+        out.push(if s.with_reference { STREAM_FLAG_REFERENCE } else { 0 });
+        out.extend_from_slice(&[0, 0]);
+        out.extend_from_slice(&s.raw_len.to_le_bytes());
+        out.extend_from_slice(&s.stored_len.to_le_bytes());
+    }
+    let mut sum_input = out.clone();
+    sum_input.extend_from_slice(&record.data);
+    out.extend_from_slice(&xxh3_64(&sum_input).to_le_bytes());
+    out.extend_from_slice(&record.data);
+    out
+}
+
+/// The most a stream of segment `index` may hold once decompressed, for the round `round`.
+pub fn raw_limit(round: &RoundHeader, index: u32, stream: usize) -> u64 {
+    let seg = u64::from(round.segment_size);
+    let start = u64::from(index) * seg;
+    let bytes = round.image_len.saturating_sub(start).min(seg);
+    let pages = bytes.div_ceil(u64::from(round.page_size));
+    match stream {
+        0 => pages,                                     // one class byte per page
+        1 => pages * 10,                                // one varint page index per page
+        2 => pages * (u64::from(round.page_size) + 32), // XOR records: at worst a page plus run headers
+        _ => bytes,                                     // literal pages
+    }
+}
+
+/// Reads and validates segment record `expected` of the round `header`.
+pub fn read_segment(r: &mut impl Read, header: &FrameHeader, expected: u32) -> Result<SegmentRecord> {
+    let mut fixed = [0u8; SEGMENT_FIXED];
+    read_exact(r, &mut fixed, "segment record")?;
+    let index = le32(&fixed, 0);
+    if index != expected {
+        return Err(Error::CorruptFrame { reason: "segment out of order" });
+    }
+    let mut streams = [StreamDesc { codec: CodecId::Raw, with_reference: false, raw_len: 0, stored_len: 0 }; 4];
+    let mut total = 0u64;
+    for (i, s) in streams.iter_mut().enumerate() {
+        let at = 4 + i * 12;
+        let codec = CodecId::from_u8(fixed[at]).map_err(|_| Error::CorruptFrame { reason: "unknown codec id" })?;
+        let flags = fixed[at + 1];
+        if flags & !STREAM_FLAG_REFERENCE != 0 || fixed[at + 2] != 0 || fixed[at + 3] != 0 {
+            return Err(Error::CorruptFrame { reason: "unknown stream flags" });
+        }
+        let raw_len = le32(&fixed, at + 4);
+        let stored_len = le32(&fixed, at + 8);
+        let limit = raw_limit(&header.round, index, i);
+        if u64::from(raw_len) > limit {
+            return Err(Error::LimitExceeded { what: "stream length", claimed: u64::from(raw_len), limit });
+        }
+        // A codec never needs more than this to store `raw_len` bytes.
+        let stored_limit = u64::from(raw_len) + u64::from(raw_len) / 8 + 1024;
+        if u64::from(stored_len) > stored_limit {
+            return Err(Error::LimitExceeded {
+                what: "stored stream length",
+                claimed: u64::from(stored_len),
+                limit: stored_limit,
+            });
+        }
+        total += u64::from(stored_len);
+        *s = StreamDesc { codec, with_reference: flags & STREAM_FLAG_REFERENCE != 0, raw_len, stored_len };
+    }
+    let mut data = vec![0u8; total as usize];
+    read_exact(r, &mut data, "segment data")?;
+    let stored = le64(&fixed, 52);
+    let mut sum_input = fixed[..52].to_vec();
+    sum_input.extend_from_slice(&data);
+    let computed = xxh3_64(&sum_input);
+    if stored != computed {
+        return Err(Error::ChecksumMismatch { what: format!("segment {index}"), stored, computed });
+    }
+    Ok(SegmentRecord { index, streams, data })
+}
+
+fn read_exact(r: &mut impl Read, buf: &mut [u8], what: &'static str) -> Result<()> {
+    r.read_exact(buf).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::UnexpectedEof {
+            Error::CorruptFrame {
+                reason: match what {
+                    "frame header" => "frame ends inside its header",
+                    "segment record" => "frame ends inside a segment record",
+                    _ => "frame ends inside segment data",
+                },
+            }
+        } else {
+            Error::Io(e)
+        }
+    })
+}
+
+/// Writes `bytes` to `w` (a helper so callers need not import `Write`).
+pub fn write_all(w: &mut impl Write, bytes: &[u8]) -> Result<()> {
+    w.write_all(bytes)?;
+    Ok(())
+}

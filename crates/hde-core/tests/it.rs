@@ -1,0 +1,138 @@
+//! Integration tests of the wire format: round trips, every bit flip and truncation of real
+//! headers and segments, hostile lengths, and the golden vectors of `golden/`.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // reason: a test fails by panicking.
+
+use std::path::PathBuf;
+
+use hde_core::codec::CodecId;
+use hde_core::delta::{BaselineId, RoundHeader};
+use hde_core::frame::{self, FrameHeader, FrameLimits, SegmentRecord, StreamDesc};
+use hde_core::Error;
+
+fn delta_header() -> FrameHeader {
+    FrameHeader {
+        key: "vm-42".into(),
+        round: RoundHeader {
+            seq: 1_700_000_000_000_123,
+            base: Some(BaselineId { seq: 1_700_000_000_000_122, checksum: 0x0123_4567_89ab_cdef }),
+            image_len: 10 * 4096 + 100,
+            page_size: 4096,
+            segment_size: 16 * 4096,
+            checksum: 0xfeed_face_dead_beef,
+        },
+    }
+}
+
+fn keyframe_header() -> FrameHeader {
+    let mut h = delta_header();
+    h.round.base = None;
+    h.key = "keyframe".into();
+    h
+}
+
+fn segment() -> SegmentRecord {
+    let data: Vec<u8> = (0..100u8).collect();
+    SegmentRecord {
+        index: 0,
+        streams: [
+            StreamDesc { codec: CodecId::Zstd, with_reference: false, raw_len: 11, stored_len: 10 },
+            StreamDesc { codec: CodecId::Raw, with_reference: false, raw_len: 20, stored_len: 20 },
+            StreamDesc { codec: CodecId::Lz4, with_reference: false, raw_len: 50, stored_len: 30 },
+            StreamDesc { codec: CodecId::Zstd, with_reference: true, raw_len: 4096, stored_len: 40 },
+        ],
+        data,
+    }
+}
+
+fn encode_frame(header: &FrameHeader, record: &SegmentRecord) -> Vec<u8> {
+    let mut bytes = frame::encode_header(header).unwrap();
+    bytes.extend(frame::encode_segment(record));
+    bytes
+}
+
+fn decode_frame(bytes: &[u8]) -> hde_core::Result<(FrameHeader, SegmentRecord)> {
+    let mut r = bytes;
+    let header = frame::read_header(&mut r, &FrameLimits::default())?;
+    let record = frame::read_segment(&mut r, &header, 0)?;
+    Ok((header, record))
+}
+
+#[test]
+fn headers_and_segments_round_trip() {
+    for header in [delta_header(), keyframe_header()] {
+        let bytes = encode_frame(&header, &segment());
+        let (h, s) = decode_frame(&bytes).unwrap();
+        assert_eq!(h, header);
+        assert_eq!(s, segment());
+        assert_eq!(s.stream(3), &(60u8..100).collect::<Vec<_>>()[..]);
+    }
+}
+
+#[test]
+fn every_bit_flip_and_truncation_is_an_error() {
+    let bytes = encode_frame(&delta_header(), &segment());
+    for i in 0..bytes.len() {
+        for bit in 0..8 {
+            let mut bad = bytes.clone();
+            bad[i] ^= 1 << bit;
+            assert!(decode_frame(&bad).is_err(), "flip of bit {bit} of byte {i} accepted");
+        }
+    }
+    for len in 0..bytes.len() {
+        assert!(decode_frame(&bytes[..len]).is_err(), "truncation to {len} accepted");
+    }
+}
+
+#[test]
+fn hostile_lengths_are_refused_before_allocation() {
+    // A header claiming a 1 PiB image (checksum made valid): refused by the limit.
+    let mut huge = delta_header();
+    huge.round.image_len = 1 << 50;
+    huge.round.segment_size = 1 << 30;
+    let bytes = frame::encode_header(&huge).unwrap();
+    let err = frame::read_header(&mut &bytes[..], &FrameLimits::default()).unwrap_err();
+    assert!(matches!(err, Error::LimitExceeded { what: "image size", .. }), "{err:?}");
+    // A segment claiming 4 GiB of literals for a 64 KiB segment.
+    let mut record = segment();
+    record.streams[3].raw_len = u32::MAX;
+    let bytes = encode_frame(&delta_header(), &record);
+    assert!(matches!(decode_frame(&bytes), Err(Error::LimitExceeded { .. })));
+    // Stored length far beyond what any codec writes for the raw length.
+    let mut record = segment();
+    record.streams[1].stored_len = 1 << 30;
+    let bytes = encode_frame(&delta_header(), &record);
+    assert!(matches!(decode_frame(&bytes), Err(Error::LimitExceeded { .. })));
+    // Not a frame at all.
+    assert!(matches!(
+        decode_frame(b"PK\x03\x04 some zip file ........................................................"),
+        Err(Error::NotAFrame { .. })
+    ));
+}
+
+fn golden_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("golden")
+}
+
+/// The checked-in frames of format version 1 must decode to what they were made from, for
+/// ever. `HDE_BLESS=1 cargo test -p hde-core` writes them (only when the format changes on
+/// purpose, with a new version).
+#[test]
+fn golden_frames_of_version_1_decode() {
+    let cases = [
+        ("frame-v1-delta-header-segment.bin", delta_header()),
+        ("frame-v1-keyframe-header-segment.bin", keyframe_header()),
+    ];
+    for (name, header) in cases {
+        let path = golden_dir().join(name);
+        let fresh = encode_frame(&header, &segment());
+        if std::env::var_os("HDE_BLESS").is_some() {
+            std::fs::write(&path, &fresh).unwrap();
+        }
+        let stored = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let (h, s) = decode_frame(&stored).unwrap();
+        assert_eq!(h, header, "{name}");
+        assert_eq!(s, segment(), "{name}");
+        assert_eq!(stored, fresh, "{name}: this build writes version 1 differently");
+    }
+}
