@@ -2,15 +2,29 @@
 //!
 //! `hde-core` composes the codec, delta, selector and CRDT layers through their boundary
 //! traits, with the default implementations as type defaults, into the encoder, decoder and
-//! wire format a migration tool uses (design brief §2, §4, §5). So far it holds the wire format
-//! ([`frame`], specified in `docs/FORMAT.md`) and re-exports the layers, so the CLI and users
-//! reach them through this one crate; the engine that drives them comes next (issue 6).
+//! wire format a migration tool uses (design brief §2, §4, §5):
+//!
+//! * [`Encoder`]: the delta layer classifies a round's pages; each segment's four streams are
+//!   compressed on worker threads (tables with zstd-1, literals with the selector's choice,
+//!   against the baseline reference when chosen), written as frame records, and the baseline
+//!   advances only once the whole frame is out.
+//! * [`Decoder`]: reads and validates the frame ([`frame`], specified in `docs/FORMAT.md`),
+//!   checks it applies to the baseline it holds, decompresses the streams (literals against
+//!   the same reference, rebuilt from its own baseline) and rebuilds and verifies the image.
+//!
+//! Both are generic over the layers (`DeltaEncoder`/`DeltaDecoder`, `Selector`, [`CodecBank`])
+//! with the defaults as type defaults. The layers are re-exported, so the CLI and users reach
+//! them through this one crate. Still to come here (issue 6): `HdeConfig`, metrics, CRDT
+//! replication of baseline metadata, and the CLI commands built on them.
 
 pub mod frame;
 
+mod engine;
 mod error;
 
+pub use crate::engine::{CodecBank, Decoder, Encoder, FrameSummary};
 pub use crate::error::{Error, Result};
 pub use hde_codec as codec;
 pub use hde_corpus as corpus;
 pub use hde_delta as delta;
+pub use hde_selector as selector;

@@ -136,3 +136,144 @@ fn golden_frames_of_version_1_decode() {
         assert_eq!(stored, fresh, "{name}: this build writes version 1 differently");
     }
 }
+
+mod engine {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    use hde_core::codec::{CodecId, CodecSet, CodecSpec};
+    use hde_core::corpus::{generate, CorpusConfig};
+    use hde_core::delta::{DeltaConfig, EncodeOptions, PageDeltaEncoder};
+    use hde_core::selector::{LearningSelector, NetworkMode, SelectorConfig};
+    use hde_core::{CodecBank, Decoder, Encoder, Error};
+
+    fn config() -> DeltaConfig {
+        DeltaConfig { segment_size: 1 << 20, threads: 2, first_sequence: 1, ..DeltaConfig::default() }
+    }
+
+    fn selector(mode: NetworkMode) -> SelectorConfig {
+        SelectorConfig { mode, ..SelectorConfig::default() }
+    }
+
+    fn rounds() -> Vec<Vec<u8>> {
+        generate(&CorpusConfig { size: 4 << 20, rounds: 5, ..CorpusConfig::default() }).unwrap()
+    }
+
+    #[test]
+    fn rounds_round_trip_and_deltas_are_small() {
+        for mode in [NetworkMode::Datacenter, NetworkMode::Internet, NetworkMode::Hybrid] {
+            let enc = Encoder::new(config(), selector(mode)).unwrap();
+            let dec = Decoder::new(config()).unwrap();
+            let mut sizes = Vec::new();
+            for image in rounds() {
+                let frame = enc.compress("vm", &image).unwrap();
+                let (key, decoded) = dec.decompress(&frame).unwrap();
+                assert_eq!(key, "vm");
+                assert!(decoded.as_slice() == image.as_slice(), "{mode}: round differs");
+                sizes.push(frame.len());
+            }
+            // Round 0 is a keyframe; later rounds carry only what changed.
+            assert!(sizes[1..].iter().all(|&s| s * 5 < sizes[0]), "{mode}: {sizes:?}");
+        }
+    }
+
+    #[test]
+    fn a_delta_without_its_baseline_is_a_typed_error() {
+        let enc = Encoder::new(config(), SelectorConfig::default()).unwrap();
+        let images = rounds();
+        enc.compress("vm", &images[0]).unwrap();
+        let delta = enc.compress("vm", &images[1]).unwrap();
+        let fresh = Decoder::new(config()).unwrap();
+        let err = fresh.decompress(&delta).unwrap_err();
+        assert!(matches!(err, Error::Delta(hde_core::delta::Error::MissingBaseline { .. })), "{err:?}");
+        assert!(err.to_string().contains("keyframe"));
+        // Recovery: a keyframe on request.
+        let mut key = Vec::new();
+        enc.compress_to("vm", &images[2], &mut key, EncodeOptions { force_keyframe: true }).unwrap();
+        assert_eq!(fresh.decompress(&key).unwrap().1.as_slice(), &images[2][..]);
+    }
+
+    /// A user's codec bank (here: counting calls around the default set) swaps in without
+    /// touching the delta layer or the selector.
+    #[derive(Default)]
+    struct Counting(CodecSet);
+    static CALLS: AtomicUsize = AtomicUsize::new(0);
+    impl CodecBank for Counting {
+        fn compress(
+            &mut self,
+            spec: CodecSpec,
+            input: &[u8],
+            reference: &[u8],
+            out: &mut Vec<u8>,
+        ) -> hde_core::codec::Result<usize> {
+            CALLS.fetch_add(1, Ordering::Relaxed);
+            self.0.compress(spec, input, reference, out)
+        }
+        fn decompress(
+            &mut self,
+            id: CodecId,
+            input: &[u8],
+            reference: &[u8],
+            out: &mut [u8],
+        ) -> hde_core::codec::Result<usize> {
+            self.0.decompress(id, input, reference, out)
+        }
+    }
+
+    #[test]
+    fn a_layer_swaps_without_touching_the_rest() {
+        let enc: Encoder<PageDeltaEncoder, LearningSelector, Counting> = Encoder::with_layers(
+            PageDeltaEncoder::new(config()).unwrap(),
+            LearningSelector::new(SelectorConfig::default()).unwrap(),
+            2,
+        );
+        let dec = Decoder::new(config()).unwrap();
+        for image in rounds().iter().take(2) {
+            let frame = enc.compress("vm", image).unwrap();
+            assert_eq!(dec.decompress(&frame).unwrap().1.as_slice(), &image[..]);
+        }
+        assert!(CALLS.load(Ordering::Relaxed) > 0);
+    }
+
+    #[test]
+    fn many_keys_encode_concurrently_and_round_trip() {
+        let enc = Arc::new(Encoder::new(DeltaConfig { threads: 1, ..config() }, SelectorConfig::default()).unwrap());
+        let dec = Arc::new(Decoder::new(DeltaConfig { threads: 1, ..config() }).unwrap());
+        let images = Arc::new(generate(&CorpusConfig { size: 1 << 20, rounds: 3, ..CorpusConfig::default() }).unwrap());
+        let handles: Vec<_> = (0..4)
+            .map(|t| {
+                let (enc, dec, images) = (enc.clone(), dec.clone(), images.clone());
+                std::thread::spawn(move || {
+                    let key = format!("vm-{t}");
+                    for image in images.iter() {
+                        let frame = enc.compress(&key, image).unwrap();
+                        let (k, decoded) = dec.decompress(&frame).unwrap();
+                        assert_eq!(k, key);
+                        assert!(decoded.as_slice() == image.as_slice());
+                    }
+                })
+            })
+            .collect();
+        for h in handles {
+            h.join().unwrap();
+        }
+    }
+
+    #[test]
+    fn damaged_frames_are_errors_never_wrong_images() {
+        let enc = Encoder::new(config(), SelectorConfig::default()).unwrap();
+        let images = generate(&CorpusConfig { size: 256 << 10, rounds: 2, ..CorpusConfig::default() }).unwrap();
+        let frame0 = enc.compress("vm", &images[0]).unwrap();
+        let frame1 = enc.compress("vm", &images[1]).unwrap();
+        for (i, bit) in (0..frame1.len()).step_by(13).map(|i| (i, i % 8)) {
+            let dec = Decoder::new(config()).unwrap();
+            dec.decompress(&frame0).unwrap();
+            let mut bad = frame1.clone();
+            bad[i] ^= 1 << bit;
+            match dec.decompress(&bad) {
+                Err(_) => {}
+                Ok((_, image)) => assert!(image.as_slice() == images[1].as_slice(), "flip at {i} gave a wrong image"),
+            }
+        }
+    }
+}

@@ -1,0 +1,373 @@
+//! The encoder and decoder: the layers composed through their traits.
+
+use std::io::{Read, Write};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::time::Instant;
+
+use hde_codec::{CodecId, CodecSet, CodecSpec, ZstdParams};
+use hde_delta::{
+    ClassCounts, DeltaConfig, DeltaDecoder, DeltaEncoder, EncodeOptions, Image, PageDeltaDecoder, PageDeltaEncoder,
+    Prepared, Round, SegmentStreams,
+};
+use hde_selector::{Codec, Context, LearningSelector, Outcome, Profile, Selector, SelectorConfig};
+
+use crate::frame::{self, FrameHeader, FrameLimits, SegmentRecord, StreamDesc};
+use crate::{Error, Result};
+
+/// The codecs a worker thread runs: dispatch by spec to compress, by id to decompress.
+///
+/// [`CodecSet`] is the default; a user plugs in a codec of their own by implementing this for
+/// a set that contains it.
+pub trait CodecBank: Default + Send {
+    /// Compresses `input` with `spec` against `reference`, appending to `out`.
+    fn compress(
+        &mut self,
+        spec: CodecSpec,
+        input: &[u8],
+        reference: &[u8],
+        out: &mut Vec<u8>,
+    ) -> hde_codec::Result<usize>;
+    /// Decompresses a stream of codec `id` into `out` (its length is the limit).
+    fn decompress(&mut self, id: CodecId, input: &[u8], reference: &[u8], out: &mut [u8]) -> hde_codec::Result<usize>;
+}
+
+impl CodecBank for CodecSet {
+    fn compress(
+        &mut self,
+        spec: CodecSpec,
+        input: &[u8],
+        reference: &[u8],
+        out: &mut Vec<u8>,
+    ) -> hde_codec::Result<usize> {
+        CodecSet::compress(self, spec, input, reference, out)
+    }
+    fn decompress(&mut self, id: CodecId, input: &[u8], reference: &[u8], out: &mut [u8]) -> hde_codec::Result<usize> {
+        CodecSet::decompress(self, id, input, reference, out)
+    }
+}
+
+/// The selector's codec name as a codec spec.
+fn spec_of(codec: Codec) -> CodecSpec {
+    match codec {
+        Codec::Raw => CodecSpec::Raw,
+        Codec::Lz4 => CodecSpec::Lz4,
+        Codec::Zstd { level } => {
+            ZstdParams::new(i32::from(level)).map_or(CodecSpec::Zstd(ZstdParams::FASTEST), CodecSpec::Zstd)
+        }
+    }
+}
+
+/// What encoding one round produced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FrameSummary {
+    /// The header written.
+    pub header: FrameHeader,
+    /// Bytes of the image.
+    pub input_bytes: u64,
+    /// Bytes of the frame.
+    pub output_bytes: u64,
+    /// Page classes of the round.
+    pub pages: ClassCounts,
+    /// Literal streams per codec choice (`zstd-3+ref`...).
+    pub codecs: Vec<(String, u64)>,
+}
+
+/// Runs `f` over `0..n` on up to `threads` threads, each with its own state from `init` (its
+/// codecs, created once per call, not per segment); results in index order.
+fn par_map<W, T: Send>(
+    threads: usize,
+    n: usize,
+    init: impl Fn() -> W + Sync,
+    f: impl Fn(&mut W, usize) -> T + Sync,
+) -> Vec<T> {
+    let workers = threads.clamp(1, n.max(1));
+    if workers == 1 {
+        let mut state = init();
+        return (0..n).map(|i| f(&mut state, i)).collect();
+    }
+    let next = AtomicUsize::new(0);
+    let slots: Vec<Mutex<Option<T>>> = (0..n).map(|_| Mutex::new(None)).collect();
+    let work = || {
+        let mut state = init();
+        loop {
+            let i = next.fetch_add(1, Ordering::Relaxed);
+            if i >= n {
+                break;
+            }
+            let value = f(&mut state, i);
+            *slots[i].lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(value);
+        }
+    };
+    let scoped = crossbeam::thread::scope(|s| {
+        for _ in 1..workers {
+            s.spawn(|_| work());
+        }
+        work();
+    });
+    if let Err(panic) = scoped {
+        std::panic::resume_unwind(panic);
+    }
+    slots.into_iter().filter_map(|m| m.into_inner().unwrap_or_else(std::sync::PoisonError::into_inner)).collect()
+}
+
+/// The sending side: encodes rounds of keys into frames.
+///
+/// Generic over the delta layer, the selector and the codec bank, with the defaults as type
+/// defaults: swap one without touching the others.
+#[derive(Debug)]
+pub struct Encoder<D = PageDeltaEncoder, S = LearningSelector, B = CodecSet>
+where
+    D: DeltaEncoder,
+    S: Selector,
+    B: CodecBank,
+{
+    delta: D,
+    selector: S,
+    threads: usize,
+    codecs: std::marker::PhantomData<fn() -> B>,
+}
+
+impl Encoder {
+    /// An encoder with the default layers.
+    pub fn new(delta: DeltaConfig, selector: SelectorConfig) -> Result<Self> {
+        let threads = delta.threads;
+        Ok(Encoder {
+            delta: PageDeltaEncoder::new(delta)?,
+            selector: LearningSelector::new(selector)
+                .map_err(|_| Error::CorruptFrame { reason: "invalid selector configuration" })?,
+            threads,
+            codecs: std::marker::PhantomData,
+        })
+    }
+}
+
+impl<D: DeltaEncoder, S: Selector, B: CodecBank> Encoder<D, S, B> {
+    /// An encoder from layers of the caller's choice.
+    pub fn with_layers(delta: D, selector: S, threads: usize) -> Self {
+        Encoder { delta, selector, threads: threads.max(1), codecs: std::marker::PhantomData }
+    }
+
+    /// The selector (to switch modes or set the bandwidth).
+    pub fn selector(&self) -> &S {
+        &self.selector
+    }
+
+    /// The delta layer.
+    pub fn delta(&self) -> &D {
+        &self.delta
+    }
+
+    /// Encodes `image` as the next round of `key` into a new frame.
+    pub fn compress(&self, key: &str, image: &[u8]) -> Result<Vec<u8>>
+    where
+        D::Round: Sync,
+    {
+        let mut out = Vec::new();
+        self.compress_to(key, image, &mut out, EncodeOptions::default())?;
+        Ok(out)
+    }
+
+    /// Encodes `image` as the next round of `key`, writing the frame segment by segment to
+    /// `out`. The key's baseline advances only once the whole frame was written.
+    pub fn compress_to(
+        &self,
+        key: &str,
+        image: &[u8],
+        out: &mut impl Write,
+        options: EncodeOptions,
+    ) -> Result<FrameSummary>
+    where
+        D::Round: Sync,
+    {
+        let round = self.delta.encode(key, image, options)?;
+        let header = FrameHeader { key: key.to_owned(), round: *round.header() };
+        let head = frame::encode_header(&header)?;
+        out.write_all(&head)?;
+        let segments = round.segments();
+        let records =
+            par_map(self.threads, segments.len(), B::default, |codecs, s| self.compress_segment(codecs, &round, s));
+        let mut written = head.len() as u64;
+        let mut codecs: Vec<(String, u64)> = Vec::new();
+        for record in records {
+            let (record, choice) = record?;
+            let bytes = frame::encode_segment(&record);
+            out.write_all(&bytes)?;
+            written += bytes.len() as u64;
+            if let Some(choice) = choice {
+                match codecs.iter_mut().find(|(name, _)| *name == choice) {
+                    Some((_, n)) => *n += 1,
+                    None => codecs.push((choice, 1)),
+                }
+            }
+        }
+        out.flush()?;
+        let pages = round.counts();
+        self.delta.commit(round)?;
+        Ok(FrameSummary { header, input_bytes: image.len() as u64, output_bytes: written, pages, codecs })
+    }
+
+    /// Compresses segment `s`'s four streams; returns the record and the literal choice.
+    fn compress_segment(&self, codecs: &mut B, round: &D::Round, s: usize) -> Result<(SegmentRecord, Option<String>)> {
+        let streams = &round.segments()[s];
+        let mut data = Vec::new();
+        let mut descs = [StreamDesc { codec: CodecId::Raw, with_reference: false, raw_len: 0, stored_len: 0 }; 4];
+        // Tables and XOR records: small, regular; zstd-1, or raw when that is not smaller.
+        for (i, stream) in [&streams.classes, &streams.dups, &streams.xor].into_iter().enumerate() {
+            descs[i] = store(codecs, CodecSpec::Zstd(ZstdParams::FASTEST), stream, &[], &mut data)?;
+        }
+        let mut chosen = None;
+        if !streams.literals.is_empty() {
+            let mut reference = Vec::new();
+            round.reference(s, &mut reference);
+            let profile = Profile::of(&streams.literals, round.header().page_size as usize);
+            let context = Context { reference_len: reference.len() as u64, threads: self.threads as u32 };
+            let choice = self.selector.choose(&profile, &context);
+            let start = data.len();
+            let t = Instant::now();
+            let reference_used: &[u8] = if choice.reference { &reference } else { &[] };
+            descs[3] = store(codecs, spec_of(choice.codec), &streams.literals, reference_used, &mut data)?;
+            self.selector.observe(
+                &choice,
+                &Outcome {
+                    input_bytes: streams.literals.len() as u64,
+                    output_bytes: (data.len() - start) as u64,
+                    encode: t.elapsed(),
+                    decode: None,
+                },
+            );
+            chosen = Some(if descs[3].codec == CodecId::Raw && choice.codec != Codec::Raw {
+                "raw".to_owned()
+            } else {
+                choice.to_string()
+            });
+        }
+        let index = u32::try_from(s).map_err(|_| Error::CorruptFrame { reason: "too many segments" })?;
+        Ok((SegmentRecord { index, streams: descs, data }, chosen))
+    }
+}
+
+/// Compresses `input` with `spec` (against `reference`), or stores it raw when that is not
+/// larger; appends to `data` and describes what was stored.
+fn store(
+    codecs: &mut impl CodecBank,
+    spec: CodecSpec,
+    input: &[u8],
+    reference: &[u8],
+    data: &mut Vec<u8>,
+) -> Result<StreamDesc> {
+    let raw_len = u32::try_from(input.len()).map_err(|_| Error::CorruptFrame { reason: "stream longer than 4 GiB" })?;
+    let start = data.len();
+    let mut desc = StreamDesc {
+        codec: spec.id(),
+        with_reference: !reference.is_empty() && spec != CodecSpec::Raw,
+        raw_len,
+        stored_len: 0,
+    };
+    if !input.is_empty() && spec != CodecSpec::Raw {
+        codecs.compress(spec, input, reference, data)?;
+    }
+    if input.is_empty() || spec == CodecSpec::Raw || data.len() - start >= input.len() {
+        data.truncate(start);
+        data.extend_from_slice(input);
+        desc.codec = CodecId::Raw;
+        desc.with_reference = false;
+    }
+    desc.stored_len = (data.len() - start) as u32;
+    Ok(desc)
+}
+
+/// The receiving side: decodes frames against its own baselines.
+#[derive(Debug)]
+pub struct Decoder<D = PageDeltaDecoder, B = CodecSet>
+where
+    D: DeltaDecoder,
+    B: CodecBank,
+{
+    delta: D,
+    limits: FrameLimits,
+    threads: usize,
+    codecs: std::marker::PhantomData<fn() -> B>,
+}
+
+impl Decoder {
+    /// A decoder with the default delta layer.
+    pub fn new(config: DeltaConfig) -> Result<Self> {
+        let limits = FrameLimits { max_image: config.max_image_size };
+        let threads = config.threads;
+        Ok(Decoder { delta: PageDeltaDecoder::new(config)?, limits, threads, codecs: std::marker::PhantomData })
+    }
+}
+
+impl<D: DeltaDecoder, B: CodecBank> Decoder<D, B> {
+    /// A decoder from a delta layer of the caller's choice.
+    pub fn with_layers(delta: D, limits: FrameLimits, threads: usize) -> Self {
+        Decoder { delta, limits, threads: threads.max(1), codecs: std::marker::PhantomData }
+    }
+
+    /// The delta layer (its baselines).
+    pub fn delta(&self) -> &D {
+        &self.delta
+    }
+
+    /// Decodes one frame; returns its key and the image, now this decoder's baseline.
+    pub fn decompress(&self, frame: &[u8]) -> Result<(String, Image)>
+    where
+        D::Prepared: Sync,
+    {
+        let mut input = frame;
+        let decoded = self.decompress_from(&mut input)?;
+        if !input.is_empty() {
+            return Err(Error::CorruptFrame { reason: "bytes after the last segment" });
+        }
+        Ok(decoded)
+    }
+
+    /// Reads one frame from `r` and decodes it.
+    pub fn decompress_from(&self, r: &mut impl Read) -> Result<(String, Image)>
+    where
+        D::Prepared: Sync,
+    {
+        let header = frame::read_header(r, &self.limits)?;
+        let prepared = self.delta.prepare(&header.key, &header.round)?;
+        let count = header.round.segment_count();
+        let mut records = Vec::new();
+        for index in 0..count {
+            let index = u32::try_from(index).map_err(|_| Error::CorruptFrame { reason: "too many segments" })?;
+            records.push(frame::read_segment(r, &header, index)?);
+        }
+        let streams = par_map(self.threads, records.len(), B::default, |codecs, s| {
+            decompress_segment(codecs, &prepared, &records[s])
+        });
+        let streams: Vec<SegmentStreams> = streams.into_iter().collect::<Result<_>>()?;
+        let image = self.delta.apply(&header.key, prepared, &streams)?;
+        Ok((header.key, image))
+    }
+}
+
+fn decompress_segment(
+    codecs: &mut impl CodecBank,
+    prepared: &impl Prepared,
+    record: &SegmentRecord,
+) -> Result<SegmentStreams> {
+    let mut out: [Vec<u8>; 4] = Default::default();
+    let mut reference = Vec::new();
+    for i in 0..4 {
+        let desc = record.streams[i];
+        let mut buf = vec![0u8; desc.raw_len as usize];
+        if desc.with_reference && i == 3 {
+            reference.clear();
+            prepared.reference(record.index as usize, &out[0], &mut reference)?;
+        } else if desc.with_reference {
+            return Err(Error::CorruptFrame { reason: "reference flag on a stream that has none" });
+        }
+        let used: &[u8] = if desc.with_reference { &reference } else { &[] };
+        let n = codecs.decompress(desc.codec, record.stream(i), used, &mut buf)?;
+        if n != buf.len() {
+            return Err(Error::CorruptFrame { reason: "stream shorter than its declared length" });
+        }
+        out[i] = buf;
+    }
+    let [classes, dups, xor, literals] = out;
+    Ok(SegmentStreams { classes, dups, xor, literals })
+}
