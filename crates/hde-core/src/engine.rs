@@ -310,8 +310,8 @@ impl<D: DeltaDecoder, B: CodecBank> Decoder<D, B> {
         &self.delta
     }
 
-    /// Decodes one frame; returns its key and the image, now this decoder's baseline.
-    pub fn decompress(&self, frame: &[u8]) -> Result<(String, Image)>
+    /// Decodes one frame; returns its header and the image, now this decoder's baseline.
+    pub fn decompress(&self, frame: &[u8]) -> Result<(FrameHeader, Image)>
     where
         D::Prepared: Sync,
     {
@@ -324,7 +324,7 @@ impl<D: DeltaDecoder, B: CodecBank> Decoder<D, B> {
     }
 
     /// Reads one frame from `r` and decodes it.
-    pub fn decompress_from(&self, r: &mut impl Read) -> Result<(String, Image)>
+    pub fn decompress_from(&self, r: &mut impl Read) -> Result<(FrameHeader, Image)>
     where
         D::Prepared: Sync,
     {
@@ -341,7 +341,7 @@ impl<D: DeltaDecoder, B: CodecBank> Decoder<D, B> {
         });
         let streams: Vec<SegmentStreams> = streams.into_iter().collect::<Result<_>>()?;
         let image = self.delta.apply(&header.key, prepared, &streams)?;
-        Ok((header.key, image))
+        Ok((header, image))
     }
 }
 

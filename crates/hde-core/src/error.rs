@@ -39,6 +39,15 @@ pub enum Error {
         /// The limit.
         limit: u64,
     },
+    /// A configuration value is out of range.
+    #[error("invalid configuration: {what}")]
+    InvalidConfig {
+        /// Which value and why.
+        what: String,
+    },
+    /// A peer's CRDT state could not be decoded or validated.
+    #[error(transparent)]
+    Crdt(#[from] hde_crdt::Error),
     /// A codec failed.
     #[error(transparent)]
     Codec(#[from] hde_codec::Error),

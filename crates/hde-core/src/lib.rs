@@ -14,17 +14,26 @@
 //!
 //! Both are generic over the layers (`DeltaEncoder`/`DeltaDecoder`, `Selector`, [`CodecBank`])
 //! with the defaults as type defaults. The layers are re-exported, so the CLI and users reach
-//! them through this one crate. Still to come here (issue 6): `HdeConfig`, metrics, CRDT
-//! replication of baseline metadata, and the CLI commands built on them.
+//! them through this one crate.
+//!
+//! [`Hde`] is a node: an encoder and a decoder configured by one validated [`HdeConfig`],
+//! [`Metrics`] and a [`Health`] check, and a CRDT replica of [`BaselineMeta`] (which node holds
+//! which baseline version of which key) that peers exchange with `export_crdt_state` and
+//! `merge_remote_crdt`.
 
 pub mod frame;
 
+mod config;
 mod engine;
 mod error;
+mod node;
 
+pub use crate::config::HdeConfig;
 pub use crate::engine::{CodecBank, Decoder, Encoder, FrameSummary};
 pub use crate::error::{Error, Result};
+pub use crate::node::{BaselineMeta, Hde, Health, Metrics};
 pub use hde_codec as codec;
 pub use hde_corpus as corpus;
+pub use hde_crdt as crdt;
 pub use hde_delta as delta;
 pub use hde_selector as selector;

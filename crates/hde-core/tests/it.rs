@@ -167,8 +167,8 @@ mod engine {
             let mut sizes = Vec::new();
             for image in rounds() {
                 let frame = enc.compress("vm", &image).unwrap();
-                let (key, decoded) = dec.decompress(&frame).unwrap();
-                assert_eq!(key, "vm");
+                let (header, decoded) = dec.decompress(&frame).unwrap();
+                assert_eq!(header.key, "vm");
                 assert!(decoded.as_slice() == image.as_slice(), "{mode}: round differs");
                 sizes.push(frame.len());
             }
@@ -247,8 +247,8 @@ mod engine {
                     let key = format!("vm-{t}");
                     for image in images.iter() {
                         let frame = enc.compress(&key, image).unwrap();
-                        let (k, decoded) = dec.decompress(&frame).unwrap();
-                        assert_eq!(k, key);
+                        let (header, decoded) = dec.decompress(&frame).unwrap();
+                        assert_eq!(header.key, key);
                         assert!(decoded.as_slice() == image.as_slice());
                     }
                 })
@@ -275,5 +275,129 @@ mod engine {
                 Ok((_, image)) => assert!(image.as_slice() == images[1].as_slice(), "flip at {i} gave a wrong image"),
             }
         }
+    }
+}
+
+mod node {
+    use std::sync::Arc;
+
+    use hde_core::corpus::{generate, CorpusConfig};
+    use hde_core::selector::NetworkMode;
+    use hde_core::{Error, Hde, HdeConfig};
+
+    fn config(node: u64) -> HdeConfig {
+        let mut c = HdeConfig::new(node);
+        c.threads = 2;
+        c.delta.segment_size = 1 << 20;
+        c.delta.first_sequence = 1 + node * 1_000_000;
+        c
+    }
+
+    fn rounds(n: usize) -> Vec<Vec<u8>> {
+        generate(&CorpusConfig { size: 2 << 20, rounds: n, ..CorpusConfig::default() }).unwrap()
+    }
+
+    #[test]
+    fn defaults_are_valid_and_bad_configs_are_typed_errors() {
+        HdeConfig::new(1).validate().unwrap();
+        let mut bad = HdeConfig::new(1);
+        bad.threads = 0;
+        assert!(matches!(Hde::new(bad), Err(Error::Delta(_))));
+        let mut bad = HdeConfig::new(1);
+        bad.bandwidth = -5.0;
+        assert!(matches!(Hde::new(bad), Err(Error::InvalidConfig { .. })));
+        let mut bad = HdeConfig::new(1);
+        bad.delta.segment_size = 5000;
+        assert!(Hde::new(bad).is_err());
+    }
+
+    #[test]
+    fn two_nodes_exchange_rounds_with_exact_metrics() {
+        let a = Hde::new(config(1)).unwrap();
+        let b = Hde::new(config(2)).unwrap();
+        let images = rounds(4);
+        let mut out_bytes = 0;
+        for image in &images {
+            let frame = a.compress("vm", image).unwrap();
+            out_bytes += frame.len() as u64;
+            let (header, decoded) = b.decompress(&frame).unwrap();
+            assert_eq!(header.key, "vm");
+            assert!(decoded.as_slice() == image.as_slice());
+        }
+        let m = a.metrics();
+        assert_eq!(m.frames_encoded, 4);
+        assert_eq!(m.bytes_in, images.iter().map(|i| i.len() as u64).sum::<u64>());
+        assert_eq!(m.bytes_out, out_bytes);
+        assert!((m.compression_ratio - out_bytes as f64 / m.bytes_in as f64).abs() < 1e-12);
+        assert!(m.bandwidth_saving_percent > 50.0);
+        assert!((m.delta_hit_rate - 0.75).abs() < 1e-12);
+        assert_eq!(m.pages.total(), 4 * (2 << 20) / 4096);
+        assert!(m.codec_use.values().sum::<u64>() >= 4);
+        assert_eq!(b.metrics().frames_decoded, 4);
+        assert!(a.health().healthy);
+    }
+
+    #[test]
+    fn mode_switch_and_delta_off() {
+        let a = Hde::new(config(1)).unwrap();
+        assert_eq!(a.health().network_mode, NetworkMode::Hybrid);
+        a.update_network_mode(NetworkMode::Datacenter);
+        assert_eq!(a.health().network_mode, NetworkMode::Datacenter);
+        let mut off = config(3);
+        off.enable_delta = false;
+        let n = Hde::new(off).unwrap();
+        for image in rounds(3) {
+            n.compress("vm", &image).unwrap();
+        }
+        assert_eq!(n.metrics().delta_hit_rate, 0.0);
+    }
+
+    #[test]
+    fn baseline_metadata_replicates_between_nodes() {
+        let a = Hde::new(config(1)).unwrap();
+        let b = Hde::new(config(2)).unwrap();
+        let images = rounds(2);
+        let f0 = a.compress("vm-1", &images[0]).unwrap();
+        b.decompress(&f0).unwrap();
+        let f1 = a.compress("vm-1", &images[1]).unwrap();
+        let seq1 = a.baseline_record("vm-1").unwrap().seq;
+        // b has not seen round 1 yet; a's replica says round 1.
+        assert!(b.baseline_record("vm-1").unwrap().seq < seq1);
+        b.merge_remote_crdt(&a.export_crdt_state()).unwrap();
+        assert_eq!(b.baseline_record("vm-1").unwrap().seq, seq1);
+        assert_eq!(b.metrics().crdt_merges, 1);
+        b.decompress(&f1).unwrap();
+        a.merge_remote_crdt(&b.export_crdt_state()).unwrap();
+        let record = a.baseline_record("vm-1").unwrap();
+        assert_eq!((record.seq, record.holder), (seq1, 2)); // b's later write wins
+        assert!(matches!(a.merge_remote_crdt(b"not a crdt"), Err(Error::Crdt(_))));
+    }
+
+    #[test]
+    fn many_threads_many_keys_exact_metrics() {
+        let a = Arc::new(Hde::new(config(1)).unwrap());
+        let b = Arc::new(Hde::new(config(2)).unwrap());
+        let images =
+            Arc::new(generate(&CorpusConfig { size: 512 << 10, rounds: 3, ..CorpusConfig::default() }).unwrap());
+        let handles: Vec<_> = (0..4)
+            .map(|t| {
+                let (a, b, images) = (a.clone(), b.clone(), images.clone());
+                std::thread::spawn(move || {
+                    for image in images.iter() {
+                        let frame = a.compress(&format!("vm-{t}"), image).unwrap();
+                        assert!(b.decompress(&frame).unwrap().1.as_slice() == image.as_slice());
+                    }
+                })
+            })
+            .collect();
+        for h in handles {
+            h.join().unwrap();
+        }
+        let m = a.metrics();
+        assert_eq!(m.frames_encoded, 12);
+        assert_eq!(m.bytes_in, 12 * (512 << 10));
+        assert_eq!(b.metrics().frames_decoded, 12);
+        assert_eq!(m.baselines, 4);
+        assert!((m.delta_hit_rate - 8.0 / 12.0).abs() < 1e-12);
     }
 }

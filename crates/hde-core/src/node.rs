@@ -1,0 +1,289 @@
+//! An HDE node: encoder, decoder, metrics and the replicated baseline metadata, in one object.
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::sync::{Mutex, PoisonError};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use hde_codec::CodecSet;
+use hde_crdt::{Limits, NodeId, ORMap};
+use hde_delta::{ClassCounts, DeltaEncoder, EncodeOptions, Image, PageDeltaEncoder};
+use hde_selector::{LearningSelector, NetworkMode, Selector};
+use serde::{Deserialize, Serialize};
+
+use crate::frame::FrameHeader;
+use crate::{CodecBank, Decoder, Encoder, FrameSummary, HdeConfig, Result};
+
+/// What the cluster knows about one key's baseline: who holds which version.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BaselineMeta {
+    /// The node that recorded it (sender or receiver of the frame).
+    pub holder: u64,
+    /// Sequence of the round that produced it.
+    pub seq: u64,
+    /// Image checksum.
+    pub checksum: u64,
+    /// Image size in bytes.
+    pub size: u64,
+    /// The literal codecs of the frame (`zstd-3+ref`, ...), most used first.
+    pub codec: String,
+    /// Whether that frame was a keyframe.
+    pub keyframe: bool,
+}
+
+/// The node's counters, as `metrics()` reports them.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Metrics {
+    /// Frames encoded.
+    pub frames_encoded: u64,
+    /// Frames decoded.
+    pub frames_decoded: u64,
+    /// Image bytes encoded.
+    pub bytes_in: u64,
+    /// Frame bytes produced.
+    pub bytes_out: u64,
+    /// `bytes_out / bytes_in`.
+    pub compression_ratio: f64,
+    /// `100 * (1 - compression_ratio)`.
+    pub bandwidth_saving_percent: f64,
+    /// Share of encoded rounds sent as deltas.
+    pub delta_hit_rate: f64,
+    /// Segments per literal codec choice.
+    pub codec_use: BTreeMap<String, u64>,
+    /// Page classes over all encoded rounds.
+    pub pages: ClassCounts,
+    /// Baselines held by the encoder, and their memory.
+    pub baselines: u64,
+    /// Bytes of baseline state held by the encoder.
+    pub baseline_memory: u64,
+    /// CRDT merges of remote state.
+    pub crdt_merges: u64,
+    /// Of which merged without concurrent writes to resolve.
+    pub crdt_conflict_free: u64,
+}
+
+/// The node's health: is it within its limits?
+#[derive(Debug, Clone, PartialEq)]
+pub struct Health {
+    /// Everything within limits.
+    pub healthy: bool,
+    /// The current network mode.
+    pub network_mode: NetworkMode,
+    /// Baselines held by the encoder.
+    pub baselines: u64,
+    /// Their memory, and the limit.
+    pub memory_bytes: u64,
+    /// `max_memory_usage`.
+    pub memory_limit: u64,
+    /// What is wrong, if anything.
+    pub problems: Vec<String>,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    frames_encoded: u64,
+    frames_decoded: u64,
+    bytes_in: u64,
+    bytes_out: u64,
+    codec_use: BTreeMap<String, u64>,
+    pages: ClassCounts,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// An HDE node: sends rounds of its keys, receives rounds from peers, replicates baseline
+/// metadata. Generic over the delta layer, selector and codec bank of its encoder, with the
+/// defaults as type defaults. Shared by many threads: different keys at once.
+#[derive(Debug)]
+pub struct Hde<D = PageDeltaEncoder, S = LearningSelector, B = CodecSet>
+where
+    D: DeltaEncoder,
+    S: Selector,
+    B: CodecBank,
+{
+    config: HdeConfig,
+    encoder: Encoder<D, S, B>,
+    decoder: Decoder<hde_delta::PageDeltaDecoder, B>,
+    counters: Mutex<Counters>,
+    crdt: Mutex<ORMap<String, BaselineMeta>>,
+}
+
+impl Hde {
+    /// A node with the default layers; the configuration is validated first.
+    pub fn new(config: HdeConfig) -> Result<Self> {
+        config.validate()?;
+        let encoder = Encoder::with_layers(
+            PageDeltaEncoder::new(config.delta_config())?,
+            LearningSelector::new(config.selector_config())
+                .map_err(|e| crate::Error::InvalidConfig { what: e.to_string() })?,
+            config.threads,
+        );
+        Hde::assemble(config, encoder)
+    }
+}
+
+impl<D, S, B> Hde<D, S, B>
+where
+    D: DeltaEncoder,
+    D::Round: Sync,
+    S: Selector,
+    B: CodecBank,
+{
+    /// A node whose encoder uses the caller's delta layer and selector.
+    pub fn with_layers(config: HdeConfig, delta: D, selector: S) -> Result<Self> {
+        config.validate()?;
+        let threads = config.threads;
+        Hde::assemble(config, Encoder::with_layers(delta, selector, threads))
+    }
+
+    fn assemble(config: HdeConfig, encoder: Encoder<D, S, B>) -> Result<Self> {
+        let decoder = Decoder::with_layers(
+            hde_delta::PageDeltaDecoder::new(config.delta_config())?,
+            crate::frame::FrameLimits { max_image: config.delta.max_image_size },
+            config.threads,
+        );
+        Ok(Hde { config, encoder, decoder, counters: Mutex::default(), crdt: Mutex::default() })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &HdeConfig {
+        &self.config
+    }
+
+    /// Encodes `data` as the next round of `key` into a frame.
+    pub fn compress(&self, key: &str, data: &[u8]) -> Result<Vec<u8>> {
+        let mut out = Vec::new();
+        self.compress_to(key, data, &mut out)?;
+        Ok(out)
+    }
+
+    /// Encodes `data` as the next round of `key`, writing the frame to `out`.
+    pub fn compress_to(&self, key: &str, data: &[u8], out: &mut impl Write) -> Result<FrameSummary> {
+        let options = EncodeOptions { force_keyframe: !self.config.enable_delta };
+        let summary = self.encoder.compress_to(key, data, out, options)?;
+        {
+            let mut c = lock(&self.counters);
+            c.frames_encoded += 1;
+            c.bytes_in += summary.input_bytes;
+            c.bytes_out += summary.output_bytes;
+            c.pages.merge(&summary.pages);
+            for (codec, n) in &summary.codecs {
+                *c.codec_use.entry(codec.clone()).or_default() += n;
+            }
+        }
+        let codec = summary.codecs.iter().max_by_key(|(_, n)| *n).map_or_else(String::new, |(c, _)| c.clone());
+        self.record(key, &summary.header.round, codec);
+        Ok(summary)
+    }
+
+    /// Decodes a frame received from a peer; returns its header and the image.
+    pub fn decompress(&self, frame: &[u8]) -> Result<(FrameHeader, Image)> {
+        let (header, image) = self.decoder.decompress(frame)?;
+        self.after_decode(&header);
+        Ok((header, image))
+    }
+
+    /// Reads one frame from `r` and decodes it.
+    pub fn decompress_from(&self, r: &mut impl Read) -> Result<(FrameHeader, Image)> {
+        let (header, image) = self.decoder.decompress_from(r)?;
+        self.after_decode(&header);
+        Ok((header, image))
+    }
+
+    fn after_decode(&self, header: &FrameHeader) {
+        lock(&self.counters).frames_decoded += 1;
+        self.record(&header.key, &header.round, String::new());
+    }
+
+    /// Records in the replica that this node now holds the baseline `round` produced.
+    fn record(&self, key: &str, round: &hde_delta::RoundHeader, codec: String) {
+        if !self.config.enable_crdt {
+            return;
+        }
+        let meta = BaselineMeta {
+            holder: self.config.node_id,
+            seq: round.seq,
+            checksum: round.checksum,
+            size: round.image_len,
+            codec,
+            keyframe: round.is_keyframe(),
+        };
+        lock(&self.crdt).update(NodeId(self.config.node_id), key.to_owned(), meta, now_ms());
+    }
+
+    /// Switches the network mode; the next frame uses it.
+    pub fn update_network_mode(&self, mode: NetworkMode) {
+        self.encoder.selector().set_mode(mode);
+    }
+
+    /// Sets the link bandwidth used by hybrid mode (bytes/s), e.g. from a measurement.
+    pub fn set_bandwidth(&self, bytes_per_second: f64) {
+        self.encoder.selector().set_bandwidth(bytes_per_second);
+    }
+
+    /// This node's replica of the baseline metadata, encoded for a peer.
+    pub fn export_crdt_state(&self) -> Vec<u8> {
+        lock(&self.crdt).to_bytes()
+    }
+
+    /// Merges a peer's exported state; a malformed one is an error and changes nothing.
+    pub fn merge_remote_crdt(&self, bytes: &[u8]) -> Result<()> {
+        let remote: ORMap<String, BaselineMeta> = ORMap::from_bytes(bytes, &Limits::default())?;
+        lock(&self.crdt).merge(&remote);
+        Ok(())
+    }
+
+    /// What the replica says about `key`'s baseline.
+    pub fn baseline_record(&self, key: &str) -> Option<BaselineMeta> {
+        lock(&self.crdt).get(&key.to_owned()).cloned()
+    }
+
+    /// The node's counters.
+    pub fn metrics(&self) -> Metrics {
+        let delta = self.encoder.delta().stats();
+        let crdt = lock(&self.crdt).stats();
+        let c = lock(&self.counters);
+        let ratio = if c.bytes_in == 0 { 0.0 } else { c.bytes_out as f64 / c.bytes_in as f64 };
+        Metrics {
+            frames_encoded: c.frames_encoded,
+            frames_decoded: c.frames_decoded,
+            bytes_in: c.bytes_in,
+            bytes_out: c.bytes_out,
+            compression_ratio: ratio,
+            bandwidth_saving_percent: if c.bytes_in == 0 { 0.0 } else { 100.0 * (1.0 - ratio) },
+            delta_hit_rate: delta.delta_hit_rate(),
+            codec_use: c.codec_use.clone(),
+            pages: c.pages,
+            baselines: delta.baselines,
+            baseline_memory: delta.memory,
+            crdt_merges: crdt.merges,
+            crdt_conflict_free: crdt.conflict_free,
+        }
+    }
+
+    /// Whether the node is within its limits.
+    pub fn health(&self) -> Health {
+        let delta = self.encoder.delta().stats();
+        let mut problems = Vec::new();
+        if delta.memory > self.config.max_memory_usage {
+            problems.push(format!("baseline memory {} over the limit {}", delta.memory, self.config.max_memory_usage));
+        }
+        if delta.baselines > self.config.max_baselines as u64 {
+            problems.push(format!("{} baselines over the limit {}", delta.baselines, self.config.max_baselines));
+        }
+        Health {
+            healthy: problems.is_empty(),
+            network_mode: self.encoder.selector().mode(),
+            baselines: delta.baselines,
+            memory_bytes: delta.memory,
+            memory_limit: self.config.max_memory_usage,
+            problems,
+        }
+    }
+}
