@@ -22,6 +22,7 @@
 //! `merge_remote_crdt`.
 
 pub mod frame;
+pub mod state;
 
 mod config;
 mod engine;

@@ -115,6 +115,16 @@ where
 }
 
 impl Hde {
+    /// The sender's delta layer (to save and restore its baselines).
+    pub fn sender(&self) -> &PageDeltaEncoder {
+        self.encoder.delta()
+    }
+
+    /// The receiver's delta layer (to save and restore its baselines).
+    pub fn receiver(&self) -> &hde_delta::PageDeltaDecoder {
+        self.decoder.delta()
+    }
+
     /// A node with the default layers; the configuration is validated first.
     pub fn new(config: HdeConfig) -> Result<Self> {
         config.validate()?;

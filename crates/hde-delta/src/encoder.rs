@@ -28,6 +28,17 @@ pub enum KeyframeReason {
     Forced,
 }
 
+/// What the encoder holds for a key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BaselineInfo {
+    /// The baseline's identity.
+    pub id: BaselineId,
+    /// Deltas sent since its keyframe.
+    pub chain: u32,
+    /// Time since that keyframe.
+    pub since_keyframe: Duration,
+}
+
 /// Options of one `encode` call.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct EncodeOptions {
@@ -237,6 +248,69 @@ impl<C: Clock> PageDeltaEncoder<C> {
     /// The baseline held for `key`, if any.
     pub fn baseline(&self, key: &str) -> Option<BaselineId> {
         lock(&self.store).entries.get(key).and_then(|e| e.baseline.as_ref().map(|b| b.id))
+    }
+
+    /// The baseline held for `key` with its delta chain length and time since its keyframe.
+    pub fn baseline_info(&self, key: &str) -> Option<BaselineInfo> {
+        let now = self.clock.now();
+        lock(&self.store).entries.get(key).and_then(|e| {
+            e.baseline.as_ref().map(|b| BaselineInfo {
+                id: b.id,
+                chain: e.chain,
+                since_keyframe: now.saturating_sub(e.keyframe_at),
+            })
+        })
+    }
+
+    /// Installs `image` as `key`'s baseline `id` (restoring state saved by another process);
+    /// `chain` and `since_keyframe` carry the keyframe policy over. The image is verified
+    /// against `id.checksum`, and later sequences are kept above `id.seq`.
+    pub fn restore(
+        &self,
+        key: &str,
+        id: BaselineId,
+        image: Vec<u8>,
+        chain: u32,
+        since_keyframe: Duration,
+    ) -> Result<()> {
+        let ps = self.config.page_size;
+        let hashes: Vec<u128> = image.chunks(ps).map(crate::checksum::page_hash).collect();
+        let actual = combine(&hashes);
+        if actual != id.checksum {
+            return Err(Error::ChecksumMismatch { key: key.to_owned(), expected: id.checksum, actual });
+        }
+        let mut index = HashMap::new();
+        for (p, &h) in hashes.iter().enumerate() {
+            if h != 0 {
+                index.entry(index_key(h)).or_insert(p as u32);
+            }
+        }
+        let content = match self.config.content {
+            BaselineContent::Full => Content::Full(image.clone()),
+            BaselineContent::Bounded { cache_bytes } => Content::Bounded(PageCache::new(cache_bytes)),
+        };
+        let baseline = EncBaseline { id, len: image.len(), page_size: ps, content, hashes, index };
+        let memory = baseline.memory();
+        let now = self.clock.now();
+        let mut store = lock(&self.store);
+        store.tick += 1;
+        let tick = store.tick;
+        store.next_seq = store.next_seq.max(id.seq + 1);
+        let entry = Entry {
+            seq: id.seq,
+            baseline: Some(Arc::new(baseline)),
+            chain,
+            keyframe_at: now.saturating_sub(since_keyframe),
+            updated_at: now,
+            last_used: tick,
+            memory,
+        };
+        if let Some(old) = store.entries.insert(key.to_owned(), entry) {
+            store.memory -= old.memory;
+        }
+        store.memory += memory;
+        self.enforce_caps(&mut store);
+        Ok(())
     }
 
     /// Forgets `key`'s baseline; its next round is a keyframe.

@@ -58,7 +58,7 @@ pub use crate::clock::{Clock, ManualClock, SystemClock};
 pub use crate::config::{BaselineContent, DeltaConfig, Policy};
 pub use crate::decoder::{DeltaDecoder, Image, PageDeltaDecoder, Prepared, PreparedRound};
 pub use crate::encoder::{
-    DeltaEncoder, EncodeOptions, EncodedRound, EncoderStats, KeyframeReason, PageDeltaEncoder, Round,
+    BaselineInfo, DeltaEncoder, EncodeOptions, EncodedRound, EncoderStats, KeyframeReason, PageDeltaEncoder, Round,
 };
 pub use crate::error::{Error, Result};
 pub use crate::payload::{BaselineId, ClassCounts, PageClass, RoundHeader, SegmentStreams};

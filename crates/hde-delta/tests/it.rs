@@ -416,3 +416,21 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn restored_baselines_continue_the_chain() {
+    let images = corpus(1 << 20, 3);
+    let enc = PageDeltaEncoder::new(config(4096, 256 << 10, 1)).unwrap();
+    let dec = PageDeltaDecoder::new(config(4096, 256 << 10, 1)).unwrap();
+    step(&enc, &dec, "k", &images[0]);
+    let info = enc.baseline_info("k").unwrap();
+    // Another process: a new encoder restored from the saved image.
+    let again = PageDeltaEncoder::new(config(4096, 256 << 10, 1)).unwrap();
+    again.restore("k", info.id, images[0].clone(), info.chain, info.since_keyframe).unwrap();
+    let s = step(&again, &dec, "k", &images[1]);
+    assert_eq!(s.keyframe, None, "restored baseline must give a delta");
+    // A wrong image is refused.
+    let mut wrong = images[0].clone();
+    wrong[100] ^= 1;
+    assert!(matches!(again.restore("x", info.id, wrong, 0, Duration::ZERO), Err(Error::ChecksumMismatch { .. })));
+}

@@ -1,0 +1,183 @@
+//! Baselines kept between processes: a state directory the CLI's `--state` points to.
+//!
+//! One file per key and side (`send/` for the encoder, `recv/` for the decoder), named by the
+//! key's hex, holding a small header and the baseline image. Every write goes to a temporary
+//! file that is fsynced and renamed over the old one (then the directory is fsynced), so after a
+//! crash a key's state is the old round or the new one, never a torn mix; a damaged file is
+//! detected by its checksums and refused.
+
+use std::fs::{self, File};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use hde_delta::BaselineId;
+use xxhash_rust::xxh3::xxh3_64;
+
+use crate::{Error, Hde, Result};
+
+const MAGIC: [u8; 4] = *b"HDES";
+const VERSION: u8 = 1;
+const HEADER: usize = 48;
+
+/// Which side's baselines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    /// The encoder's.
+    Send,
+    /// The decoder's.
+    Receive,
+}
+
+impl Side {
+    fn dir(self) -> &'static str {
+        match self {
+            Side::Send => "send",
+            Side::Receive => "recv",
+        }
+    }
+}
+
+/// A saved baseline.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Saved {
+    /// Its identity.
+    pub id: BaselineId,
+    /// Deltas since its keyframe (sender side).
+    pub chain: u32,
+    /// Wall-clock time of that keyframe, ms since the Unix epoch (sender side).
+    pub keyframe_ms: u64,
+    /// The image.
+    pub image: Vec<u8>,
+}
+
+/// A directory of saved baselines.
+#[derive(Debug, Clone)]
+pub struct StateDir {
+    root: PathBuf,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+fn io_at(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
+    move |e| Error::Io(std::io::Error::new(e.kind(), format!("{}: {e}", path.display())))
+}
+
+impl StateDir {
+    /// Opens (creating if needed) the state directory at `root`.
+    pub fn open(root: impl Into<PathBuf>) -> Result<Self> {
+        let root = root.into();
+        for side in [Side::Send, Side::Receive] {
+            let dir = root.join(side.dir());
+            fs::create_dir_all(&dir).map_err(io_at(&dir))?;
+        }
+        Ok(StateDir { root })
+    }
+
+    /// The file of `key` on `side`.
+    pub fn path(&self, side: Side, key: &str) -> PathBuf {
+        let hex: String = key.bytes().map(|b| format!("{b:02x}")).collect();
+        self.root.join(side.dir()).join(format!("{hex}.hde"))
+    }
+
+    /// Loads `key`'s baseline on `side`, if saved.
+    pub fn load(&self, side: Side, key: &str, max_image: u64) -> Result<Option<Saved>> {
+        let path = self.path(side, key);
+        let mut file = match File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io_at(&path)(e)),
+        };
+        let mut head = [0u8; HEADER];
+        file.read_exact(&mut head).map_err(io_at(&path))?;
+        let field = |at: usize| {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(&head[at..at + 8]);
+            u64::from_le_bytes(b)
+        };
+        if head[..4] != MAGIC || head[4] != VERSION {
+            return Err(Error::CorruptFrame { reason: "state file has a wrong magic or version" });
+        }
+        let stored = field(40);
+        let computed = xxh3_64(&head[..40]);
+        if stored != computed {
+            return Err(Error::ChecksumMismatch { what: format!("state file {}", path.display()), stored, computed });
+        }
+        let len = field(32);
+        if len > max_image {
+            return Err(Error::LimitExceeded { what: "saved image size", claimed: len, limit: max_image });
+        }
+        let mut image = Vec::with_capacity(len as usize);
+        file.read_to_end(&mut image).map_err(io_at(&path))?;
+        if image.len() as u64 != len {
+            return Err(Error::CorruptFrame { reason: "state file is truncated" });
+        }
+        let packed = field(24);
+        let chain = u32::try_from(packed & 0xffff_ffff).unwrap_or(0);
+        let keyframe_ms = (packed >> 32) * 1000;
+        Ok(Some(Saved { id: BaselineId { seq: field(8), checksum: field(16) }, chain, keyframe_ms, image }))
+    }
+
+    /// Saves `key`'s baseline on `side` crash-safely.
+    pub fn save(&self, side: Side, key: &str, saved: &Saved) -> Result<()> {
+        let path = self.path(side, key);
+        let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
+        let mut head = Vec::with_capacity(HEADER);
+        head.extend_from_slice(&MAGIC);
+        head.push(VERSION);
+        head.extend_from_slice(&[0, 0, 0]);
+        head.extend_from_slice(&saved.id.seq.to_le_bytes());
+        head.extend_from_slice(&saved.id.checksum.to_le_bytes());
+        // Chain in the low 32 bits, keyframe time (seconds-resolution is plenty) in the high.
+        let packed = u64::from(saved.chain) | ((saved.keyframe_ms / 1000) << 32);
+        head.extend_from_slice(&packed.to_le_bytes());
+        head.extend_from_slice(&(saved.image.len() as u64).to_le_bytes());
+        let sum = xxh3_64(&head);
+        head.extend_from_slice(&sum.to_le_bytes());
+        let write = || -> std::io::Result<()> {
+            let mut f = File::create(&tmp)?;
+            f.write_all(&head)?;
+            f.write_all(&saved.image)?;
+            f.sync_all()?;
+            fs::rename(&tmp, &path)?;
+            if let Some(dir) = path.parent() {
+                File::open(dir)?.sync_all()?;
+            }
+            Ok(())
+        };
+        write().map_err(|e| {
+            let _ = fs::remove_file(&tmp);
+            io_at(&path)(e)
+        })
+    }
+
+    /// Restores the sender's baseline of `key` into `hde` (if saved); returns whether it did.
+    pub fn restore_sender(&self, hde: &Hde, key: &str) -> Result<bool> {
+        let Some(saved) = self.load(Side::Send, key, hde.config().delta.max_image_size)? else { return Ok(false) };
+        let age = Duration::from_secs(now_ms().saturating_sub(saved.keyframe_ms * 1000) / 1000);
+        hde.sender().restore(key, saved.id, saved.image, saved.chain, age)?;
+        Ok(true)
+    }
+
+    /// Saves the sender's baseline of `key` (the image just encoded) from `hde`.
+    pub fn save_sender(&self, hde: &Hde, key: &str, image: &[u8]) -> Result<()> {
+        let Some(info) = hde.sender().baseline_info(key) else { return Ok(()) };
+        let keyframe_ms = now_ms().saturating_sub(u64::try_from(info.since_keyframe.as_millis()).unwrap_or(0));
+        self.save(Side::Send, key, &Saved { id: info.id, chain: info.chain, keyframe_ms, image: image.to_vec() })
+    }
+
+    /// Restores the receiver's baseline of `key` into `hde` (if saved); returns whether it did.
+    pub fn restore_receiver(&self, hde: &Hde, key: &str) -> Result<bool> {
+        let Some(saved) = self.load(Side::Receive, key, hde.config().delta.max_image_size)? else { return Ok(false) };
+        hde.receiver().restore(key, saved.id, hde.config().delta.page_size, saved.image)?;
+        Ok(true)
+    }
+
+    /// Saves the receiver's baseline of `key` (the image just decoded) from `hde`.
+    pub fn save_receiver(&self, hde: &Hde, key: &str) -> Result<()> {
+        let (Some(id), Some(image)) = (hde.receiver().baseline(key), hde.receiver().image(key)) else { return Ok(()) };
+        self.save(Side::Receive, key, &Saved { id, chain: 0, keyframe_ms: 0, image: image.to_vec() })
+    }
+}
