@@ -192,6 +192,14 @@ where
         Ok(summary)
     }
 
+    /// Reads the whole image from `input` (once: it is held in memory only once) and encodes
+    /// it as the next round of `key`, writing the frame to `output` segment by segment.
+    pub fn compress_stream(&self, key: &str, input: &mut impl Read, output: &mut impl Write) -> Result<FrameSummary> {
+        let mut image = Vec::new();
+        input.read_to_end(&mut image)?;
+        self.compress_to(key, &image, output)
+    }
+
     /// Decodes a frame received from a peer; returns its header and the image.
     pub fn decompress(&self, frame: &[u8]) -> Result<(FrameHeader, Image)> {
         let (header, image) = self.decoder.decompress(frame)?;

@@ -401,3 +401,89 @@ mod node {
         assert!((m.delta_hit_rate - 8.0 / 12.0).abs() < 1e-12);
     }
 }
+
+mod golden_engine {
+    use hde_core::corpus::{generate, CorpusConfig};
+    use hde_core::delta::DeltaConfig;
+    use hde_core::selector::SelectorConfig;
+    use hde_core::{Decoder, Encoder};
+
+    fn config() -> DeltaConfig {
+        DeltaConfig { segment_size: 64 << 10, threads: 1, first_sequence: 1, ..DeltaConfig::default() }
+    }
+
+    fn images() -> Vec<Vec<u8>> {
+        generate(&CorpusConfig { size: 256 << 10, rounds: 2, seed: 11, ..CorpusConfig::default() }).unwrap()
+    }
+
+    /// Whole frames written by the engine of format version 1 (a keyframe and a delta against
+    /// it) must decode to the images they were made from, for ever. The encoder's own output
+    /// may change (its codec choices learn from measured times); what it wrote must stay
+    /// readable. `HDE_BLESS=1` writes them.
+    #[test]
+    fn engine_frames_of_version_1_decode() {
+        let dir = super::golden_dir();
+        let names = ["engine-v1-keyframe.hde", "engine-v1-delta.hde"];
+        if std::env::var_os("HDE_BLESS").is_some() {
+            let enc = Encoder::new(config(), SelectorConfig::default()).unwrap();
+            for (name, image) in names.iter().zip(images()) {
+                std::fs::write(dir.join(name), enc.compress("golden", &image).unwrap()).unwrap();
+            }
+        }
+        let dec = Decoder::new(config()).unwrap();
+        for (name, image) in names.iter().zip(images()) {
+            let frame = std::fs::read(dir.join(name)).unwrap_or_else(|e| panic!("{name}: {e}"));
+            let (header, decoded) = dec.decompress(&frame).unwrap();
+            assert_eq!(header.key, "golden");
+            assert!(decoded.as_slice() == image.as_slice(), "{name} decodes to another image");
+        }
+    }
+}
+
+mod modes {
+    use hde_core::corpus::{generate, CorpusConfig};
+    use hde_core::selector::NetworkMode;
+    use hde_core::{Hde, HdeConfig};
+
+    fn total_bytes(mode: NetworkMode, bandwidth: Option<f64>) -> usize {
+        let mut c = HdeConfig::new(1);
+        c.network_mode = mode;
+        c.threads = 2;
+        if let Some(b) = bandwidth {
+            c.bandwidth = b;
+        }
+        let node = Hde::new(c).unwrap();
+        generate(&CorpusConfig { size: 4 << 20, rounds: 3, ..CorpusConfig::default() })
+            .unwrap()
+            .iter()
+            .map(|image| node.compress("vm", image).unwrap().len())
+            .sum()
+    }
+
+    /// Bytes only (time is never asserted): internet sends far less than datacenter, and hybrid
+    /// follows the bandwidth from one to the other.
+    #[test]
+    fn modes_trade_bytes_for_speed() {
+        let datacenter = total_bytes(NetworkMode::Datacenter, None);
+        let internet = total_bytes(NetworkMode::Internet, None);
+        assert!(internet * 10 < datacenter * 9, "internet {internet} vs datacenter {datacenter}");
+        let slow = total_bytes(NetworkMode::Hybrid, Some(1.25e6));
+        let fast = total_bytes(NetworkMode::Hybrid, Some(1.25e9));
+        assert!(slow * 2 < fast, "hybrid at 10 Mbit/s {slow} vs 10 Gbit/s {fast}");
+    }
+}
+
+#[test]
+fn compress_stream_reads_once_and_round_trips() {
+    let node = hde_core::Hde::new(hde_core::HdeConfig::new(9)).unwrap();
+    let image =
+        hde_core::corpus::generate(&hde_core::corpus::CorpusConfig { size: 1 << 20, rounds: 1, ..Default::default() })
+            .unwrap()
+            .remove(0);
+    let mut frame = Vec::new();
+    let summary = node.compress_stream("vm", &mut &image[..], &mut frame).unwrap();
+    assert_eq!(summary.output_bytes, frame.len() as u64);
+    let receiver = hde_core::Hde::new(hde_core::HdeConfig::new(10)).unwrap();
+    let (_, decoded) = receiver.decompress_from(&mut &frame[..]).unwrap();
+    assert!(decoded.as_slice() == image.as_slice());
+}
