@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::wire::{from_wire, to_wire, Wire};
+use crate::wire;
 use crate::{CausalContext, Dot, Error, LwwReg, NodeId, Result};
 
 /// One write of a key's value.
@@ -373,15 +373,12 @@ where
     /// Encodes the state with MessagePack, in its compact columnar form (writer indices, delta-coded
     /// counters and timestamps).
     pub fn to_bytes(&self) -> Vec<u8> {
-        // Serializing plain data into a Vec cannot fail.
-        rmp_serde::to_vec(&to_wire(&self.entries, &self.context)).unwrap_or_default()
+        wire::encode(&self.entries, &self.context)
     }
 
     /// Decodes and validates a peer's state.
     pub fn from_bytes(bytes: &[u8], limits: &Limits) -> Result<Self> {
-        let wire: Wire<K, V> = decode(bytes, limits)?;
-        let (entries, context) = from_wire(wire, limits)?;
-        check(&entries, &context, limits, true)?;
+        let (entries, context) = wire::decode(bytes, limits, true)?;
         Ok(ORMap { entries, context, stats: MergeStats::default() })
     }
 }
@@ -394,14 +391,12 @@ where
     /// Encodes the delta with MessagePack, in its compact columnar form (writer indices, delta-coded
     /// counters and timestamps).
     pub fn to_bytes(&self) -> Vec<u8> {
-        rmp_serde::to_vec(&to_wire(&self.entries, &self.context)).unwrap_or_default()
+        wire::encode(&self.entries, &self.context)
     }
 
     /// Decodes and validates a peer's delta.
     pub fn from_bytes(bytes: &[u8], limits: &Limits) -> Result<Self> {
-        let wire: Wire<K, V> = decode(bytes, limits)?;
-        let (entries, context) = from_wire(wire, limits)?;
-        check(&entries, &context, limits, false)?;
+        let (entries, context) = wire::decode(bytes, limits, false)?;
         Ok(Delta { entries, context })
     }
 }

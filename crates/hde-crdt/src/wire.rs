@@ -17,12 +17,34 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::map::{Write, Writes};
+use crate::map::{check, Write, Writes};
 use crate::{CausalContext, Dot, Error, Limits, NodeId, Result};
+
+/// Encodes entries and context (of a state or a delta) in the compact form.
+pub(crate) fn encode<K: Ord + Serialize, V: Serialize>(
+    entries: &BTreeMap<K, Writes<V>>,
+    context: &CausalContext,
+) -> Vec<u8> {
+    // Serializing plain data into a Vec cannot fail.
+    rmp_serde::to_vec(&to_wire(entries, context)).unwrap_or_default()
+}
+
+/// Decodes a peer's bytes (size checked first) and validates them as a state (`full`) or a
+/// delta.
+pub(crate) fn decode<K, V>(bytes: &[u8], limits: &Limits, full: bool) -> Result<(BTreeMap<K, Writes<V>>, CausalContext)>
+where
+    K: Ord + for<'de> Deserialize<'de>,
+    V: for<'de> Deserialize<'de>,
+{
+    let wire: Wire<K, V> = crate::map::decode(bytes, limits)?;
+    let (entries, context) = from_wire(wire, limits)?;
+    check(&entries, &context, limits, full)?;
+    Ok((entries, context))
+}
 
 /// What is written (borrowing the map, nothing cloned).
 #[derive(Serialize)]
-pub(crate) struct WireRef<'a, K, V> {
+struct WireRef<'a, K, V> {
     keys: Vec<&'a K>,
     multi: Vec<(u32, u32)>,
     nodes: Vec<NodeId>,
@@ -36,7 +58,7 @@ pub(crate) struct WireRef<'a, K, V> {
 
 /// What is read.
 #[derive(Deserialize)]
-pub(crate) struct Wire<K, V> {
+struct Wire<K, V> {
     keys: Vec<K>,
     multi: Vec<(u32, u32)>,
     nodes: Vec<NodeId>,
@@ -84,10 +106,7 @@ fn get_delta(input: &[u8], pos: &mut usize, previous: u64) -> Result<u64> {
     Ok(previous.wrapping_add(d as u64))
 }
 
-pub(crate) fn to_wire<'a, K: Ord, V>(
-    entries: &'a BTreeMap<K, Writes<V>>,
-    context: &'a CausalContext,
-) -> WireRef<'a, K, V> {
+fn to_wire<'a, K: Ord, V>(entries: &'a BTreeMap<K, Writes<V>>, context: &'a CausalContext) -> WireRef<'a, K, V> {
     let mut w = WireRef {
         keys: Vec::with_capacity(entries.len()),
         multi: Vec::new(),
@@ -122,10 +141,7 @@ pub(crate) fn to_wire<'a, K: Ord, V>(
     w
 }
 
-pub(crate) fn from_wire<K: Ord, V>(
-    wire: Wire<K, V>,
-    limits: &Limits,
-) -> Result<(BTreeMap<K, Writes<V>>, CausalContext)> {
+fn from_wire<K: Ord, V>(wire: Wire<K, V>, limits: &Limits) -> Result<(BTreeMap<K, Writes<V>>, CausalContext)> {
     let invalid = |reason| Error::Invalid { reason };
     if wire.keys.len() > limits.max_entries {
         return Err(invalid("more keys than allowed"));
