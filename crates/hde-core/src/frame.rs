@@ -4,7 +4,7 @@
 //! writer emits segments as they are compressed and a reader validates every length against
 //! its limits before it allocates anything.
 
-use std::io::{Read, Write};
+use std::io::Read;
 
 use hde_codec::CodecId;
 use hde_delta::{BaselineId, RoundHeader};
@@ -278,10 +278,4 @@ fn read_exact(r: &mut impl Read, buf: &mut [u8], what: &'static str) -> Result<(
             Error::Io(e)
         }
     })
-}
-
-/// Writes `bytes` to `w` (a helper so callers need not import `Write`).
-pub fn write_all(w: &mut impl Write, bytes: &[u8]) -> Result<()> {
-    w.write_all(bytes)?;
-    Ok(())
 }
