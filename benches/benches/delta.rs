@@ -1,6 +1,6 @@
 //! Throughput of the delta layer on a generated VM image (`HDE_BENCH_SIZE`, default 64M):
 //! scanning an unchanged image (the memory-bandwidth claim), encoding a pre-copy round against
-//! its baseline, encoding a keyframe, and rebuilding a round on the receiver; at 1 and 2
+//! its baseline and building its streams, the same for a keyframe, and rebuilding a round on the receiver; at 1 and 2
 //! threads, beside a memcpy of the image.
 
 #![allow(missing_docs)] // reason: criterion's macros generate undocumented items.
@@ -15,6 +15,29 @@ use hde_delta::{
 
 fn config(threads: usize) -> DeltaConfig {
     DeltaConfig { threads, first_sequence: 1, ..DeltaConfig::default() }
+}
+
+/// Builds every segment's streams on `threads` threads, as the engine's workers do; returns
+/// the total stream bytes.
+fn build_all(round: &impl Round, threads: usize) -> usize {
+    let n = round.segment_count();
+    std::thread::scope(|s| {
+        let workers: Vec<_> = (0..threads)
+            .map(|t| {
+                s.spawn(move || {
+                    let mut streams = SegmentStreams::default();
+                    (t..n)
+                        .step_by(threads)
+                        .map(|i| {
+                            round.build(i, &mut streams);
+                            streams.len()
+                        })
+                        .sum::<usize>()
+                })
+            })
+            .collect();
+        workers.into_iter().map(|w| w.join().unwrap()).sum()
+    })
 }
 
 fn delta(c: &mut Criterion) {
@@ -32,14 +55,17 @@ fn delta(c: &mut Criterion) {
             b.iter(|| black_box(enc.encode("vm", &round0, EncodeOptions::default()).unwrap().counts()))
         });
         group.bench_function(BenchmarkId::new("encode_round1", threads), |b| {
-            b.iter(|| black_box(enc.encode("vm", &round1, EncodeOptions::default()).unwrap().counts()))
+            b.iter(|| black_box(build_all(&enc.encode("vm", &round1, EncodeOptions::default()).unwrap(), threads)))
         });
         group.bench_function(BenchmarkId::new("keyframe_round0", threads), |b| {
-            b.iter(|| black_box(enc.encode("vm", &round0, EncodeOptions { force_keyframe: true }).unwrap().counts()))
+            b.iter(|| {
+                let round = enc.encode("vm", &round0, EncodeOptions { force_keyframe: true }).unwrap();
+                black_box(build_all(&round, threads))
+            })
         });
         let round = enc.encode("vm", &round1, EncodeOptions::default()).unwrap();
         let header = *round.header();
-        let segments: Vec<SegmentStreams> = round.segments().to_vec();
+        let segments: Vec<SegmentStreams> = round.segments();
         let base_id = header.base.unwrap();
         group.bench_function(BenchmarkId::new("apply_round1", threads), |b| {
             b.iter_batched(

@@ -8,13 +8,19 @@ use anyhow::Result;
 
 use crate::{cargo, root, run};
 
-/// Crates with loom models, each in its `tests/loom.rs`.
-const MODELLED: &[&str] = &["hde-delta", "hde-selector"];
+/// Crates with loom models, and where they are: a `tests/loom.rs` of the public API, or unit
+/// tests named `loom_*` beside crate-private structures.
+const MODELLED: &[(&str, &[&str])] = &[
+    ("hde-delta", &["--test", "loom"]),
+    ("hde-selector", &["--test", "loom"]),
+    ("hde-core", &["--lib", "--", "loom_"]),
+];
 
 pub(crate) fn run_models() -> Result<()> {
-    for krate in MODELLED {
+    for (krate, target) in MODELLED {
         run(cargo()
-            .args(["test", "--release", "--locked", "-p", krate, "--test", "loom"])
+            .args(["test", "--release", "--locked", "-p", krate])
+            .args(*target)
             .env("RUSTFLAGS", "--cfg hde_loom")
             .env("CARGO_TARGET_DIR", root().join("target/loom")))?;
     }

@@ -13,7 +13,7 @@ use hde_delta::{
 use hde_selector::{Codec, Context, LearningSelector, Outcome, Profile, Selector, SelectorConfig};
 
 use crate::frame::{self, FrameHeader, FrameLimits, SegmentRecord, StreamDesc};
-use crate::{Error, Result};
+use crate::{pipeline, Error, Result};
 
 /// The codecs a worker thread runs: dispatch by spec to compress, by id to decompress.
 ///
@@ -159,10 +159,7 @@ impl<D: DeltaEncoder, S: Selector, B: CodecBank> Encoder<D, S, B> {
     }
 
     /// Encodes `image` as the next round of `key` into a new frame.
-    pub fn compress(&self, key: &str, image: &[u8]) -> Result<Vec<u8>>
-    where
-        D::Round: Sync,
-    {
+    pub fn compress(&self, key: &str, image: &[u8]) -> Result<Vec<u8>> {
         let mut out = Vec::new();
         self.compress_to(key, image, &mut out, EncodeOptions::default())?;
         Ok(out)
@@ -170,46 +167,56 @@ impl<D: DeltaEncoder, S: Selector, B: CodecBank> Encoder<D, S, B> {
 
     /// Encodes `image` as the next round of `key`, writing the frame segment by segment to
     /// `out`. The key's baseline advances only once the whole frame was written.
+    ///
+    /// Memory: besides the image and the baseline, a class byte and a hash per page and the
+    /// streams of the few segments in flight (at most `3 * threads`): segments are built,
+    /// compressed and written one after another, never all at once.
     pub fn compress_to(
         &self,
         key: &str,
         image: &[u8],
         out: &mut impl Write,
         options: EncodeOptions,
-    ) -> Result<FrameSummary>
-    where
-        D::Round: Sync,
-    {
+    ) -> Result<FrameSummary> {
         let round = self.delta.encode(key, image, options)?;
         let header = FrameHeader { key: key.to_owned(), round: *round.header() };
         let head = frame::encode_header(&header)?;
         out.write_all(&head)?;
-        let segments = round.segments();
-        let records =
-            par_map(self.threads, segments.len(), B::default, |codecs, s| self.compress_segment(codecs, &round, s));
         let mut written = head.len() as u64;
         let mut codecs: Vec<(String, u64)> = Vec::new();
-        for record in records {
-            let (record, choice) = record?;
-            let bytes = frame::encode_segment(&record);
-            out.write_all(&bytes)?;
-            written += bytes.len() as u64;
-            if let Some(choice) = choice {
-                match codecs.iter_mut().find(|(name, _)| *name == choice) {
-                    Some((_, n)) => *n += 1,
-                    None => codecs.push((choice, 1)),
+        pipeline::ordered(
+            self.threads,
+            round.segment_count(),
+            Worker::<B>::default,
+            |worker, s| self.compress_segment(worker, &round, s),
+            |record| {
+                let (record, choice) = record?;
+                written += frame::write_segment(out, &record)?;
+                if let Some(choice) = choice {
+                    match codecs.iter_mut().find(|(name, _)| *name == choice) {
+                        Some((_, n)) => *n += 1,
+                        None => codecs.push((choice, 1)),
+                    }
                 }
-            }
-        }
+                Ok::<(), Error>(())
+            },
+        )?;
         out.flush()?;
         let pages = round.counts();
         self.delta.commit(round)?;
         Ok(FrameSummary { header, input_bytes: image.len() as u64, output_bytes: written, pages, codecs })
     }
 
-    /// Compresses segment `s`'s four streams; returns the record and the literal choice.
-    fn compress_segment(&self, codecs: &mut B, round: &D::Round, s: usize) -> Result<(SegmentRecord, Option<String>)> {
-        let streams = &round.segments()[s];
+    /// Builds and compresses segment `s`'s four streams; returns the record and the literal
+    /// choice.
+    fn compress_segment(
+        &self,
+        worker: &mut Worker<B>,
+        round: &D::Round<'_>,
+        s: usize,
+    ) -> Result<(SegmentRecord, Option<String>)> {
+        let Worker { codecs, streams, reference } = worker;
+        round.build(s, streams);
         let mut data = Vec::new();
         let mut descs = [StreamDesc { codec: CodecId::Raw, with_reference: false, raw_len: 0, stored_len: 0 }; 4];
         // Tables and XOR records: small, regular; zstd-1, or raw when that is not smaller.
@@ -218,14 +225,14 @@ impl<D: DeltaEncoder, S: Selector, B: CodecBank> Encoder<D, S, B> {
         }
         let mut chosen = None;
         if !streams.literals.is_empty() {
-            let mut reference = Vec::new();
-            round.reference(s, &mut reference);
+            reference.clear();
+            round.reference(s, &streams.classes, reference);
             let profile = Profile::of(&streams.literals, round.header().page_size as usize);
             let context = Context { reference_len: reference.len() as u64, threads: self.threads as u32 };
             let choice = self.selector.choose(&profile, &context);
             let start = data.len();
             let t = Instant::now();
-            let reference_used: &[u8] = if choice.reference { &reference } else { &[] };
+            let reference_used: &[u8] = if choice.reference { reference } else { &[] };
             descs[3] = store(codecs, spec_of(choice.codec), &streams.literals, reference_used, &mut data)?;
             self.selector.observe(
                 &choice,
@@ -245,6 +252,14 @@ impl<D: DeltaEncoder, S: Selector, B: CodecBank> Encoder<D, S, B> {
         let index = u32::try_from(s).map_err(|_| Error::CorruptFrame { reason: "too many segments" })?;
         Ok((SegmentRecord { index, streams: descs, data }, chosen))
     }
+}
+
+/// What an encoding worker thread keeps between segments: its codecs and buffers.
+#[derive(Default)]
+struct Worker<B> {
+    codecs: B,
+    streams: SegmentStreams,
+    reference: Vec<u8>,
 }
 
 /// Compresses `input` with `spec` (against `reference`), or stores it raw when that is not

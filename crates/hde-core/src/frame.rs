@@ -4,11 +4,11 @@
 //! writer emits segments as they are compressed and a reader validates every length against
 //! its limits before it allocates anything.
 
-use std::io::Read;
+use std::io::{Read, Write};
 
 use hde_codec::CodecId;
 use hde_delta::{BaselineId, RoundHeader};
-use xxhash_rust::xxh3::xxh3_64;
+use xxhash_rust::xxh3::{xxh3_64, Xxh3};
 
 use crate::{Error, Result};
 
@@ -188,19 +188,29 @@ pub fn read_header(r: &mut impl Read, limits: &FrameLimits) -> Result<FrameHeade
 /// Encodes a segment record.
 pub fn encode_segment(record: &SegmentRecord) -> Vec<u8> {
     let mut out = Vec::with_capacity(SEGMENT_FIXED + record.data.len());
-    out.extend_from_slice(&record.index.to_le_bytes());
-    for s in &record.streams {
-        out.push(s.codec.to_u8());
-        out.push(if s.with_reference { STREAM_FLAG_REFERENCE } else { 0 });
-        out.extend_from_slice(&[0, 0]);
-        out.extend_from_slice(&s.raw_len.to_le_bytes());
-        out.extend_from_slice(&s.stored_len.to_le_bytes());
-    }
-    let mut sum_input = out.clone();
-    sum_input.extend_from_slice(&record.data);
-    out.extend_from_slice(&xxh3_64(&sum_input).to_le_bytes());
-    out.extend_from_slice(&record.data);
+    // Writing to a Vec cannot fail.
+    let _ = write_segment(&mut out, record);
     out
+}
+
+/// Writes a segment record to `out` without copying its data; returns the bytes written.
+pub fn write_segment(out: &mut impl Write, record: &SegmentRecord) -> std::io::Result<u64> {
+    let mut head = [0u8; SEGMENT_FIXED];
+    head[..4].copy_from_slice(&record.index.to_le_bytes());
+    for (i, s) in record.streams.iter().enumerate() {
+        let at = 4 + i * 12;
+        head[at] = s.codec.to_u8();
+        head[at + 1] = if s.with_reference { STREAM_FLAG_REFERENCE } else { 0 };
+        head[at + 4..at + 8].copy_from_slice(&s.raw_len.to_le_bytes());
+        head[at + 8..at + 12].copy_from_slice(&s.stored_len.to_le_bytes());
+    }
+    let mut sum = Xxh3::new();
+    sum.update(&head[..SEGMENT_FIXED - 8]);
+    sum.update(&record.data);
+    head[SEGMENT_FIXED - 8..].copy_from_slice(&sum.digest().to_le_bytes());
+    out.write_all(&head)?;
+    out.write_all(&record.data)?;
+    Ok((SEGMENT_FIXED + record.data.len()) as u64)
 }
 
 /// The most a stream of segment `index` may hold once decompressed, for the round `round`.

@@ -28,6 +28,8 @@ mod config;
 mod engine;
 mod error;
 mod node;
+mod pipeline;
+mod sync;
 
 pub use crate::config::HdeConfig;
 pub use crate::engine::{CodecBank, Decoder, Encoder, FrameSummary};

@@ -141,7 +141,6 @@ impl Hde {
 impl<D, S, B> Hde<D, S, B>
 where
     D: DeltaEncoder,
-    D::Round: Sync,
     S: Selector,
     B: CodecBank,
 {

@@ -6,7 +6,7 @@ use std::time::Duration;
 use crate::baseline::{index_key, Content, EncBaseline, PageCache};
 use crate::checksum::combine;
 use crate::page::{hash, is_zero, put_varint, xor_encode};
-use crate::sync::{lock, Arc, Mutex};
+use crate::sync::{lock, Arc, AtomicU32, Mutex, Ordering};
 use crate::{
     par, BaselineContent, BaselineId, ClassCounts, Clock, DeltaConfig, Error, PageClass, Result, RoundHeader,
     SegmentStreams, SystemClock,
@@ -78,16 +78,30 @@ impl EncoderStats {
     }
 }
 
-/// One encoded round: header, streams per segment, and what `commit` needs.
+/// One encoded round: the header and the per-page decisions, borrowing the image.
 ///
-/// Dropping it without [`commit`](DeltaEncoder::commit) leaves the key's baseline as it was:
-/// the right outcome when the frame could not be sent.
+/// The streams of a segment are built on demand ([`Round::build`]), so the engine can build,
+/// compress and write segment after segment without a second copy of the image: the round
+/// itself holds a class byte and a hash per page. Dropping it without
+/// [`commit`](DeltaEncoder::commit) leaves the key's baseline as it was: the right outcome when
+/// the frame could not be sent.
 #[derive(Debug)]
-pub struct EncodedRound {
+pub struct EncodedRound<'a> {
     key: String,
     header: RoundHeader,
-    segments: Vec<SegmentStreams>,
-    counts: ClassCounts,
+    image: &'a [u8],
+    /// Pages per segment.
+    per_seg: usize,
+    xor_limit: usize,
+    /// Scan result per page (`SCAN_*`).
+    scan: Vec<u8>,
+    /// Changed pages that duplicate a baseline page or an earlier page of the image.
+    dup_of: HashMap<u32, (PageClass, u32)>,
+    /// Per segment: unchanged, zero and duplicate pages as scanned, the rest in `literal`
+    /// (split into XOR and literal as `build` decides).
+    seg_counts: Vec<ClassCounts>,
+    /// Per segment: XOR pages found by the last `build`, or `UNBUILT`.
+    seg_xor: Vec<AtomicU32>,
     reason: Option<KeyframeReason>,
     /// The key's entry sequence when encoded (None: no entry).
     prev_seq: Option<u64>,
@@ -96,11 +110,11 @@ pub struct EncodedRound {
     hashes: Vec<u128>,
     /// Pages that differ from the baseline, ascending.
     changed: Vec<u32>,
-    /// New content of the changed non-zero pages, in `changed` order.
-    content: Vec<u8>,
 }
 
-impl EncodedRound {
+const UNBUILT: u32 = u32::MAX;
+
+impl EncodedRound<'_> {
     /// The key this round belongs to.
     pub fn key(&self) -> &str {
         &self.key
@@ -112,36 +126,94 @@ impl EncodedRound {
     }
 }
 
-/// A round as the engine sees it: header, streams, references.
-pub trait Round {
+/// A round as the engine sees it: header, segment streams built on demand, references.
+pub trait Round: Sync {
     /// The header (sequence, baseline identity, geometry, checksum).
     fn header(&self) -> &RoundHeader;
-    /// The streams of every segment, in order.
-    fn segments(&self) -> &[SegmentStreams];
-    /// Page counts per class.
+    /// Number of segments.
+    fn segment_count(&self) -> usize;
+    /// Builds the streams of segment `segment` into `out` (replacing what it held). Segments
+    /// may be built in any order, on any thread, and again with the same result.
+    fn build(&self, segment: usize, out: &mut SegmentStreams);
+    /// Appends segment `segment`'s literal reference, given its built classes stream: the old
+    /// content of its `LiteralRef` pages.
+    fn reference(&self, segment: usize, classes: &[u8], out: &mut Vec<u8>);
+    /// Page counts per class; XOR and literal pages are told apart once their segment was
+    /// built (an unbuilt segment counts them as literal).
     fn counts(&self) -> ClassCounts;
-    /// Appends segment `segment`'s literal reference (old content of its `LiteralRef` pages).
-    fn reference(&self, segment: usize, out: &mut Vec<u8>);
+    /// The streams of every segment, in order (convenient in tests; the engine builds one
+    /// segment at a time).
+    fn segments(&self) -> Vec<SegmentStreams> {
+        (0..self.segment_count())
+            .map(|s| {
+                let mut streams = SegmentStreams::default();
+                self.build(s, &mut streams);
+                streams
+            })
+            .collect()
+    }
 }
 
-impl Round for EncodedRound {
+impl Round for EncodedRound<'_> {
     fn header(&self) -> &RoundHeader {
         &self.header
     }
 
-    fn segments(&self) -> &[SegmentStreams] {
-        &self.segments
+    fn segment_count(&self) -> usize {
+        self.seg_counts.len()
     }
 
-    fn counts(&self) -> ClassCounts {
-        self.counts
-    }
-
-    fn reference(&self, segment: usize, out: &mut Vec<u8>) {
-        let (Some(base), Some(streams)) = (&self.base, self.segments.get(segment)) else { return };
+    fn build(&self, segment: usize, st: &mut SegmentStreams) {
+        st.classes.clear();
+        st.dups.clear();
+        st.xor.clear();
+        st.literals.clear();
+        if segment >= self.segment_count() {
+            return;
+        }
         let ps = self.header.page_size as usize;
-        let first = segment * (self.header.segment_size as usize / ps);
-        for (i, &code) in streams.classes.iter().enumerate() {
+        let image = self.image;
+        let base = self.base.as_deref();
+        let first = segment * self.per_seg;
+        let last = (first + self.per_seg).min(self.scan.len());
+        let mut xor_pages = 0u32;
+        for p in first..last {
+            let page = &image[p * ps..(p * ps + ps).min(image.len())];
+            let class = match self.scan[p] {
+                SCAN_UNCHANGED => PageClass::Unchanged,
+                SCAN_ZERO => PageClass::Zero,
+                _ => {
+                    if let Some(&(class, q)) = self.dup_of.get(&(p as u32)) {
+                        put_varint(&mut st.dups, u64::from(q));
+                        class
+                    } else {
+                        match base.and_then(|b| b.old_page(p, page.len())) {
+                            Some(old) if xor_encode(page, old, self.xor_limit, &mut st.xor) => {
+                                xor_pages += 1;
+                                PageClass::Xor
+                            }
+                            Some(_) => {
+                                st.literals.extend_from_slice(page);
+                                PageClass::LiteralRef
+                            }
+                            None => {
+                                st.literals.extend_from_slice(page);
+                                PageClass::Literal
+                            }
+                        }
+                    }
+                }
+            };
+            st.classes.push(class as u8);
+        }
+        self.seg_xor[segment].store(xor_pages, Ordering::Relaxed);
+    }
+
+    fn reference(&self, segment: usize, classes: &[u8], out: &mut Vec<u8>) {
+        let Some(base) = &self.base else { return };
+        let ps = self.header.page_size as usize;
+        let first = segment * self.per_seg;
+        for (i, &code) in classes.iter().enumerate() {
             if code == PageClass::LiteralRef as u8 {
                 let p = first + i;
                 let len = page_len(self.header.image_len as usize, ps, p);
@@ -151,30 +223,49 @@ impl Round for EncodedRound {
             }
         }
     }
+
+    fn counts(&self) -> ClassCounts {
+        let mut total = ClassCounts::default();
+        for (counts, xor) in self.seg_counts.iter().zip(&self.seg_xor) {
+            let mut c = *counts;
+            let xor = xor.load(Ordering::Relaxed);
+            if xor != UNBUILT {
+                c.xor = u64::from(xor);
+                c.literal -= c.xor;
+            }
+            total.merge(&c);
+        }
+        total
+    }
 }
 
 /// The boundary of the sending side of the delta layer.
 pub trait DeltaEncoder: Send + Sync {
-    /// What `encode` returns.
-    type Round: Round;
+    /// What `encode` returns: borrows the image until committed or dropped.
+    type Round<'a>: Round
+    where
+        Self: 'a;
 
     /// Encodes `image` as the next round of `key`, against its baseline unless the policy (or
     /// `options`) calls for a keyframe. The baseline does not change until `commit`.
-    fn encode(&self, key: &str, image: &[u8], options: EncodeOptions) -> Result<Self::Round>;
+    fn encode<'a>(&'a self, key: &str, image: &'a [u8], options: EncodeOptions) -> Result<Self::Round<'a>>;
 
     /// Makes the round's image the key's baseline: call it once the frame has been emitted.
-    fn commit(&self, round: Self::Round) -> Result<BaselineId>;
+    fn commit(&self, round: Self::Round<'_>) -> Result<BaselineId>;
 
     /// Counters since creation.
     fn stats(&self) -> EncoderStats;
 }
 
 impl<E: DeltaEncoder + ?Sized> DeltaEncoder for Arc<E> {
-    type Round = E::Round;
-    fn encode(&self, key: &str, image: &[u8], options: EncodeOptions) -> Result<Self::Round> {
+    type Round<'a>
+        = E::Round<'a>
+    where
+        Self: 'a;
+    fn encode<'a>(&'a self, key: &str, image: &'a [u8], options: EncodeOptions) -> Result<Self::Round<'a>> {
         (**self).encode(key, image, options)
     }
-    fn commit(&self, round: Self::Round) -> Result<BaselineId> {
+    fn commit(&self, round: Self::Round<'_>) -> Result<BaselineId> {
         (**self).commit(round)
     }
     fn stats(&self) -> EncoderStats {
@@ -361,7 +452,7 @@ impl<C: Clock> PageDeltaEncoder<C> {
         }
     }
 
-    fn encode_round(&self, key: &str, image: &[u8], options: EncodeOptions) -> Result<EncodedRound> {
+    fn encode_round<'a>(&self, key: &str, image: &'a [u8], options: EncodeOptions) -> Result<EncodedRound<'a>> {
         let cfg = &self.config;
         if image.len() as u64 > cfg.max_image_size {
             return Err(Error::TooLarge { what: "image", claimed: image.len() as u64, limit: cfg.max_image_size });
@@ -459,59 +550,25 @@ impl<C: Clock> PageDeltaEncoder<C> {
             }
         }
 
-        // Phase 3 (parallel): the streams of each segment.
-        let xor_limit = cfg.xor_max_bytes;
-        let built = par::map(cfg.threads, segments, |s| {
+        // Per-segment counts and the changed pages; the streams are built on demand.
+        let mut seg_counts = Vec::with_capacity(segments);
+        let mut changed = Vec::new();
+        for s in 0..segments {
             let first = s * per_seg;
             let last = (first + per_seg).min(pages);
-            let mut st = SegmentStreams { classes: Vec::with_capacity(last - first), ..SegmentStreams::default() };
-            let mut counts = ClassCounts::default();
-            let mut changed = Vec::new();
-            let mut content = Vec::new();
-            for p in first..last {
-                let page = &image[p * ps..(p * ps + ps).min(image.len())];
-                let class = match classes[p] {
-                    SCAN_UNCHANGED => PageClass::Unchanged,
-                    SCAN_ZERO => PageClass::Zero,
-                    _ => {
-                        if let Some(&(class, q)) = dup_of.get(&(p as u32)) {
-                            put_varint(&mut st.dups, u64::from(q));
-                            class
-                        } else {
-                            match base_ref.and_then(|b| b.old_page(p, page.len())) {
-                                Some(old) if xor_encode(page, old, xor_limit, &mut st.xor) => PageClass::Xor,
-                                Some(_) => {
-                                    st.literals.extend_from_slice(page);
-                                    PageClass::LiteralRef
-                                }
-                                None => {
-                                    st.literals.extend_from_slice(page);
-                                    PageClass::Literal
-                                }
-                            }
-                        }
-                    }
-                };
-                if class != PageClass::Unchanged {
-                    changed.push(p as u32);
-                    if class != PageClass::Zero {
-                        content.extend_from_slice(page);
-                    }
+            let mut c = ClassCounts::default();
+            for (p, &kind) in classes.iter().enumerate().take(last).skip(first) {
+                match kind {
+                    SCAN_UNCHANGED => c.unchanged += 1,
+                    SCAN_ZERO => c.zero += 1,
+                    _ if dup_of.contains_key(&(p as u32)) => c.duplicate += 1,
+                    _ => c.literal += 1,
                 }
-                st.classes.push(class as u8);
-                counts.add(class);
+                if kind != SCAN_UNCHANGED {
+                    changed.push(p as u32);
+                }
             }
-            (st, counts, changed, content)
-        });
-        let mut round_segments = Vec::with_capacity(segments);
-        let mut counts = ClassCounts::default();
-        let mut changed = Vec::new();
-        let mut content = Vec::new();
-        for (st, c, ch, co) in built {
-            round_segments.push(st);
-            counts.merge(&c);
-            changed.extend(ch);
-            content.extend(co);
+            seg_counts.push(c);
         }
         let header = RoundHeader {
             seq,
@@ -524,19 +581,23 @@ impl<C: Clock> PageDeltaEncoder<C> {
         Ok(EncodedRound {
             key: key.to_owned(),
             header,
-            segments: round_segments,
-            counts,
+            image,
+            per_seg,
+            xor_limit: cfg.xor_max_bytes,
+            scan: classes,
+            dup_of,
+            seg_xor: (0..segments).map(|_| AtomicU32::new(UNBUILT)).collect(),
+            seg_counts,
             reason,
             prev_seq,
             base,
             hashes,
             changed,
-            content,
         })
     }
 
     /// Builds the baseline that results from applying `round` to its base.
-    fn next_baseline(&self, old: Option<EncBaseline>, round: &mut EncodedRound) -> EncBaseline {
+    fn next_baseline(&self, old: Option<EncBaseline>, round: &mut EncodedRound<'_>) -> EncBaseline {
         let ps = self.config.page_size;
         let len = round.header.image_len as usize;
         let pages = round.hashes.len();
@@ -562,7 +623,6 @@ impl<C: Clock> PageDeltaEncoder<C> {
                 }
             }
         }
-        let mut cursor = 0;
         match &mut content {
             Content::Full(data) => data.resize(len, 0),
             Content::Bounded(cache) => {
@@ -575,10 +635,7 @@ impl<C: Clock> PageDeltaEncoder<C> {
             let p = p as usize;
             let plen = page_len(len, ps, p);
             let zero = round.hashes[p] == 0;
-            let new = if zero { None } else { round.content.get(cursor..cursor + plen) };
-            if !zero {
-                cursor += plen;
-            }
+            let new = if zero { None } else { round.image.get(p * ps..p * ps + plen) };
             match &mut content {
                 Content::Full(data) => {
                     let dst = &mut data[p * ps..p * ps + plen];
@@ -611,7 +668,7 @@ impl<C: Clock> PageDeltaEncoder<C> {
         }
     }
 
-    fn commit_round(&self, mut round: EncodedRound) -> Result<BaselineId> {
+    fn commit_round(&self, mut round: EncodedRound<'_>) -> Result<BaselineId> {
         let key = round.key.clone();
         // Take the key's baseline out of the store (so a racing commit fails), build the new
         // one without holding the lock, then put it back.
@@ -676,7 +733,7 @@ impl<C: Clock> PageDeltaEncoder<C> {
         } else {
             store.stats.deltas += 1;
         }
-        store.stats.pages.merge(&round.counts);
+        store.stats.pages.merge(&round.counts());
         self.enforce_caps(&mut store);
         Ok(id)
     }
@@ -696,13 +753,16 @@ impl<C: Clock> PageDeltaEncoder<C> {
 }
 
 impl<C: Clock> DeltaEncoder for PageDeltaEncoder<C> {
-    type Round = EncodedRound;
+    type Round<'a>
+        = EncodedRound<'a>
+    where
+        C: 'a;
 
-    fn encode(&self, key: &str, image: &[u8], options: EncodeOptions) -> Result<EncodedRound> {
+    fn encode<'a>(&'a self, key: &str, image: &'a [u8], options: EncodeOptions) -> Result<EncodedRound<'a>> {
         self.encode_round(key, image, options)
     }
 
-    fn commit(&self, round: EncodedRound) -> Result<BaselineId> {
+    fn commit(&self, round: EncodedRound<'_>) -> Result<BaselineId> {
         self.commit_round(round)
     }
 

@@ -14,8 +14,9 @@
 //!    the segment's *reference*, which the engine gives the codec (zstd matches into it the way
 //!    `zstd --patch-from` does, but over the changed pages only).
 //!
-//! This crate never runs a codec: an encoded round exposes per segment four byte streams
-//! ([`SegmentStreams`]) and the reference for its literals; `hde-core` compresses them with
+//! This crate never runs a codec: an encoded round borrows the image and builds, on demand and
+//! one segment at a time, four byte streams ([`SegmentStreams`]) and the reference for its
+//! literals; `hde-core` compresses them with
 //! the codec the selector picks, and on the other side decompresses them, asking the prepared
 //! round for the same reference.
 //!
@@ -37,8 +38,8 @@
 //!
 //! Images are cut into segments (default 4 MiB) processed on `threads` threads; the output is
 //! the same for any thread count. Duplicates are found over the whole image in a short
-//! sequential pass over changed pages between the parallel scan and the parallel stream
-//! building. Shared state (the baseline stores) is behind `crate::sync`, model-checked by loom
+//! sequential pass over changed pages after the parallel scan; streams are built per segment
+//! by whoever asks (the engine's workers). Shared state (the baseline stores) is behind `crate::sync`, model-checked by loom
 //! under `--cfg hde_loom`.
 
 mod baseline;

@@ -105,16 +105,6 @@ pub struct ClassCounts {
 }
 
 impl ClassCounts {
-    pub(crate) fn add(&mut self, class: PageClass) {
-        match class {
-            PageClass::Unchanged => self.unchanged += 1,
-            PageClass::Zero => self.zero += 1,
-            PageClass::DupBaseline | PageClass::DupCurrent => self.duplicate += 1,
-            PageClass::Xor => self.xor += 1,
-            PageClass::Literal | PageClass::LiteralRef => self.literal += 1,
-        }
-    }
-
     /// Adds another count to this one.
     pub fn merge(&mut self, other: &ClassCounts) {
         self.unchanged += other.unchanged;

@@ -3,10 +3,16 @@
 //! structure without the crate's dependencies noticing.
 
 #[cfg(hde_loom)]
-pub(crate) use loom::sync::{Arc, Mutex, MutexGuard};
+pub(crate) use loom::sync::{
+    atomic::{AtomicU32, Ordering},
+    Arc, Mutex, MutexGuard,
+};
 
 #[cfg(not(hde_loom))]
-pub(crate) use std::sync::{Arc, Mutex, MutexGuard};
+pub(crate) use std::sync::{
+    atomic::{AtomicU32, Ordering},
+    Arc, Mutex, MutexGuard,
+};
 
 /// Locks `m`, recovering the data if a thread panicked while holding it: every critical
 /// section of this crate leaves the data consistent before anything that can panic.

@@ -18,15 +18,16 @@ fn config(page_size: usize, segment_size: usize, threads: usize) -> DeltaConfig 
 
 /// Sends `round` to `decoder` as the engine would (streams as they are, references checked
 /// to be identical on both sides) and returns the decoded image.
-fn deliver(decoder: &PageDeltaDecoder, round: &EncodedRound) -> Result<Vec<u8>, Error> {
+fn deliver(decoder: &PageDeltaDecoder, round: &EncodedRound<'_>) -> Result<Vec<u8>, Error> {
     let prepared = decoder.prepare(round.key(), round.header())?;
-    for (s, streams) in round.segments().iter().enumerate() {
+    let segments = round.segments();
+    for (s, streams) in segments.iter().enumerate() {
         let (mut sent, mut rebuilt) = (Vec::new(), Vec::new());
-        round.reference(s, &mut sent);
+        round.reference(s, &streams.classes, &mut sent);
         prepared.reference(s, &streams.classes, &mut rebuilt)?;
         assert!(sent == rebuilt, "segment {s}: references differ");
     }
-    Ok(decoder.apply(round.key(), prepared, round.segments())?.to_vec())
+    Ok(decoder.apply(round.key(), prepared, &segments)?.to_vec())
 }
 
 /// Encodes, delivers, checks and commits one round.
@@ -96,7 +97,7 @@ fn output_is_the_same_for_any_thread_count() {
         let mut rounds = Vec::new();
         for image in &images {
             let round = enc.encode("k", image, EncodeOptions::default()).unwrap();
-            rounds.push((*round.header(), round.segments().to_vec()));
+            rounds.push((*round.header(), round.segments()));
             enc.commit(round).unwrap();
         }
         outputs.push(rounds);
@@ -170,7 +171,7 @@ fn corrupted_payloads_are_typed_errors() {
     step(&enc, &dec, "k", &images[0]);
     let round = enc.encode("k", &images[1], EncodeOptions::default()).unwrap();
     let header = *round.header();
-    let clean = round.segments().to_vec();
+    let clean = round.segments();
     type Damage = fn(&mut Vec<SegmentStreams>);
     let damages: Vec<(&str, Damage)> = vec![
         ("literal byte flipped", |s| s.iter_mut().find(|x| !x.literals.is_empty()).unwrap().literals[5] ^= 1),
