@@ -59,7 +59,9 @@ fn delta(c: &mut Criterion) {
         });
         group.bench_function(BenchmarkId::new("keyframe_round0", threads), |b| {
             b.iter(|| {
-                let round = enc.encode("vm", &round0, EncodeOptions { force_keyframe: true }).unwrap();
+                let round = enc
+                    .encode("vm", &round0, EncodeOptions { force_keyframe: true, ..EncodeOptions::default() })
+                    .unwrap();
                 black_box(build_all(&round, threads))
             })
         });

@@ -7,6 +7,7 @@ mod ci;
 mod corpus;
 mod crdt_compare;
 mod loom;
+mod peers;
 mod replay;
 #[cfg(test)]
 mod tidy;
@@ -37,6 +38,9 @@ enum Task {
     SelectorReplay(replay::Args),
     /// Compare hde-crdt with the crdts crate: merge time, state bytes, sync bytes.
     CrdtCompare,
+    /// The release `hde` against lz4, zstd, zstd --patch-from and xdelta3 on snapshot files:
+    /// bytes, wall and CPU seconds, peak memory, verified decodes, and the goals of issue 7.
+    BenchPeers(peers::Args),
     /// Run the criterion benches (`cargo bench -p hde-benches`), passing arguments through.
     Bench {
         /// Arguments for criterion (e.g. a filter such as `compress`).
@@ -51,6 +55,7 @@ fn main() -> Result<()> {
         Task::SelectorReplay(args) => replay::run(&args),
         Task::CrdtCompare => crdt_compare::run(),
         Task::Corpus(args) => corpus::run(&args),
+        Task::BenchPeers(args) => peers::run_bench(&args),
         Task::Bench { args } => {
             let mut cmd = cargo();
             cmd.args(["bench", "-p", "hde-benches", "--"]).args(args);

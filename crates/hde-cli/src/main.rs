@@ -16,6 +16,7 @@ use anyhow::{bail, Context as _, Result};
 use clap::{Args, Parser, Subcommand};
 use hde_core::codec::{CodecSet, CodecSpec};
 use hde_core::corpus::{self, Corpus, CorpusConfig};
+use hde_core::delta::{EncodeOptions, Image};
 use hde_core::frame::{self, FrameLimits};
 use hde_core::selector::NetworkMode;
 use hde_core::state::StateDir;
@@ -65,6 +66,10 @@ enum Command {
         /// Keep baselines here between runs.
         #[arg(long)]
         state: Option<PathBuf>,
+        /// Encode against this image as the baseline (e.g. the previous round's file, as
+        /// `zstd --patch-from` takes it); the decoder needs the same file as its --base.
+        #[arg(long, conflicts_with = "state")]
+        base: Option<PathBuf>,
         #[command(flatten)]
         engine: EngineArgs,
     },
@@ -78,6 +83,9 @@ enum Command {
         /// Keep baselines here between runs.
         #[arg(long)]
         state: Option<PathBuf>,
+        /// The image the frame was encoded against with `encode --base`.
+        #[arg(long, conflicts_with = "state")]
+        base: Option<PathBuf>,
         /// Worker threads (default: all cores).
         #[arg(long)]
         threads: Option<usize>,
@@ -217,18 +225,60 @@ fn is_stdio(path: &Path) -> bool {
     path.as_os_str() == "-"
 }
 
-fn read_input(path: &Path) -> Result<Vec<u8>> {
+/// An input's bytes: a regular file mapped into memory, or read (stdin, empty files).
+enum Input {
+    Mapped(memmap2::Mmap),
+    Read(Vec<u8>),
+}
+
+impl std::ops::Deref for Input {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            Input::Mapped(m) => m,
+            Input::Read(v) => v,
+        }
+    }
+}
+
+impl Input {
+    /// The bytes as an [`Image`] the library can keep without a copy.
+    fn into_image(self) -> Image {
+        match self {
+            Input::Mapped(m) => Image::shared(std::sync::Arc::new(m)),
+            Input::Read(v) => Image::from(v),
+        }
+    }
+}
+
+fn read_input(path: &Path) -> Result<Input> {
     if is_stdio(path) {
         let mut data = Vec::new();
         io::stdin().lock().read_to_end(&mut data).context("cannot read stdin")?;
-        return Ok(data);
+        return Ok(Input::Read(data));
     }
-    fs::read(path).with_context(|| format!("cannot read {}", path.display()))
+    let file = File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let meta = file.metadata().with_context(|| format!("cannot read {}", path.display()))?;
+    if meta.is_file() && meta.len() > 0 {
+        // Mapped with all pages populated up front: no copy through a read buffer, no page
+        // fault per page later.
+        // SAFETY: the map is read-only and private to this process. Another process changing
+        // the file while we run could change the bytes under us; the frame checksums catch
+        // the result at the receiver (a typed error there), as with any input changed mid-read.
+        let map = unsafe { memmap2::MmapOptions::new().populate().map(&file) };
+        if let Ok(map) = map {
+            return Ok(Input::Mapped(map));
+        }
+    }
+    let mut data = Vec::new();
+    (&file).read_to_end(&mut data).with_context(|| format!("cannot read {}", path.display()))?;
+    Ok(Input::Read(data))
 }
 
 /// Writes through `f` to `path` atomically (a temporary file renamed into place, so a failure
-/// leaves no partial output), or to stdout for `-`.
-fn write_output<T>(path: &Path, f: impl FnOnce(&mut dyn Write) -> Result<T>) -> Result<T> {
+/// leaves no partial output), or to stdout for `-`. With `durable` the file is fsynced before
+/// the rename: needed when a state directory will record the round as done.
+fn write_output<T>(path: &Path, durable: bool, f: impl FnOnce(&mut dyn Write) -> Result<T>) -> Result<T> {
     if is_stdio(path) {
         let stdout = io::stdout();
         let mut lock = io::BufWriter::new(stdout.lock());
@@ -243,7 +293,9 @@ fn write_output<T>(path: &Path, f: impl FnOnce(&mut dyn Write) -> Result<T>) -> 
         let value = f(&mut w)?;
         let file =
             w.into_inner().map_err(|e| e.into_error()).with_context(|| format!("cannot write {}", path.display()))?;
-        file.sync_all().with_context(|| format!("cannot write {}", path.display()))?;
+        if durable {
+            file.sync_all().with_context(|| format!("cannot write {}", path.display()))?;
+        }
         fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))?;
         Ok(value)
     })();
@@ -253,9 +305,30 @@ fn write_output<T>(path: &Path, f: impl FnOnce(&mut dyn Write) -> Result<T>) -> 
     result
 }
 
+/// Writes a decoded image to `path` like [`write_output`], as a sparse file (zero blocks left
+/// as holes, as `zstd -d` does) when `path` is a file.
+fn write_image(path: &Path, durable: bool, image: &[u8]) -> Result<()> {
+    if is_stdio(path) {
+        return write_output(path, durable, |w| Ok(w.write_all(image)?));
+    }
+    let tmp = path.with_extension(format!("hde-tmp.{}", std::process::id()));
+    let result = (|| -> Result<()> {
+        let file = File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
+        hde_core::state::write_sparse(&file, 0, image).with_context(|| format!("cannot write {}", path.display()))?;
+        if durable {
+            file.sync_all().with_context(|| format!("cannot write {}", path.display()))?;
+        }
+        fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
+}
+
 fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
-        Command::Encode { input, output, key, state, engine } => {
+        Command::Encode { input, output, key, state, base, engine } => {
             let image = read_input(&input)?;
             let key = key.unwrap_or_else(|| match input.file_stem() {
                 Some(stem) if !is_stdio(&input) => stem.to_string_lossy().into_owned(),
@@ -266,9 +339,15 @@ fn run(cli: Cli) -> Result<ExitCode> {
             if let Some(dir) = &state {
                 dir.restore_sender(&hde, &key).context("cannot load the saved baseline")?;
             }
-            let summary = write_output(&output, |w| {
+            if let Some(base) = &base {
+                let image = read_input(base)?.into_image();
+                hde.sender().install(&key, image).with_context(|| format!("cannot use {} as base", base.display()))?;
+            }
+            // Without --state nothing keeps the new baseline: a detached frame skips the commit.
+            let options = EncodeOptions { detached: state.is_none(), ..EncodeOptions::default() };
+            let summary = write_output(&output, state.is_some(), |w| {
                 let mut w = w;
-                Ok(hde.compress_to(&key, &image, &mut w)?)
+                Ok(hde.compress_with(&key, &image, &mut w, options)?)
             })
             .with_context(|| format!("cannot encode {}", input.display()))?;
             if let Some(dir) = &state {
@@ -285,7 +364,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Decode { input, output, state, threads } => {
+        Command::Decode { input, output, state, base, threads } => {
             let bytes = read_input(&input)?;
             let header = frame::read_header(&mut &bytes[..], &FrameLimits::default())
                 .with_context(|| format!("cannot decode {}", input.display()))?;
@@ -294,8 +373,14 @@ fn run(cli: Cli) -> Result<ExitCode> {
             if let Some(dir) = &state {
                 dir.restore_receiver(&hde, &header.key).context("cannot load the saved baseline")?;
             }
+            if let Some(base) = &base {
+                let image = read_input(base)?.into_image();
+                hde.receiver()
+                    .install(&header.key, header.round.page_size as usize, image)
+                    .with_context(|| format!("cannot use {} as base", base.display()))?;
+            }
             let (_, image) = hde.decompress(&bytes).with_context(|| format!("cannot decode {}", input.display()))?;
-            write_output(&output, |w| Ok(w.write_all(&image)?))?;
+            write_image(&output, state.is_some(), &image)?;
             if let Some(dir) = &state {
                 dir.save_receiver(&hde, &header.key).context("cannot save the baseline")?;
             }

@@ -147,3 +147,36 @@ fn inspect_describes_a_frame() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn base_files_give_deltas_like_patch_from_and_a_wrong_base_is_refused() {
+    let dir = tmp("base");
+    let files = corpus(&dir);
+    let frame = dir.join("f.hde");
+    let out = dir.join("d.raw");
+    let enc = hde(&["encode", "--base", s(&files[0]), s(&files[1]), "-o", s(&frame)]);
+    assert!(enc.status.success(), "{}", String::from_utf8_lossy(&enc.stderr));
+    let keyframe = dir.join("k.hde");
+    assert!(hde(&["encode", s(&files[1]), "-o", s(&keyframe)]).status.success());
+    let (delta_len, key_len) = (std::fs::metadata(&frame).unwrap().len(), std::fs::metadata(&keyframe).unwrap().len());
+    assert!(delta_len * 5 < key_len, "delta {delta_len} vs keyframe {key_len}");
+
+    let dec = hde(&["decode", "--base", s(&files[0]), s(&frame), "-o", s(&out)]);
+    assert!(dec.status.success(), "{}", String::from_utf8_lossy(&dec.stderr));
+    assert!(std::fs::read(&out).unwrap() == std::fs::read(&files[1]).unwrap());
+
+    // Against another base: one clear line, exit 1, no output file.
+    let wrong = dir.join("wrong.raw");
+    let _ = std::fs::remove_file(&out);
+    let dec = hde(&["decode", "--base", s(&files[2]), s(&frame), "-o", s(&wrong)]);
+    assert_eq!(dec.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&dec.stderr);
+    assert!(err.contains("baseline"), "{err}");
+    assert!(!wrong.exists());
+    // --base and --state do not mix.
+    assert_eq!(
+        hde(&["decode", "--base", s(&files[0]), "--state", s(&dir), s(&frame), "-o", "-"]).status.code(),
+        Some(2)
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -166,7 +166,8 @@ impl<D: DeltaEncoder, S: Selector, B: CodecBank> Encoder<D, S, B> {
     }
 
     /// Encodes `image` as the next round of `key`, writing the frame segment by segment to
-    /// `out`. The key's baseline advances only once the whole frame was written.
+    /// `out`. The key's baseline advances only once the whole frame was written (and not at
+    /// all for a `detached` frame).
     ///
     /// Memory: besides the image and the baseline, a class byte and a hash per page and the
     /// streams of the few segments in flight (at most `3 * threads`): segments are built,
@@ -203,7 +204,9 @@ impl<D: DeltaEncoder, S: Selector, B: CodecBank> Encoder<D, S, B> {
         )?;
         out.flush()?;
         let pages = round.counts();
-        self.delta.commit(round)?;
+        if !options.detached {
+            self.delta.commit(round)?;
+        }
         Ok(FrameSummary { header, input_bytes: image.len() as u64, output_bytes: written, pages, codecs })
     }
 

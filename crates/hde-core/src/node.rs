@@ -174,7 +174,19 @@ where
 
     /// Encodes `data` as the next round of `key`, writing the frame to `out`.
     pub fn compress_to(&self, key: &str, data: &[u8], out: &mut impl Write) -> Result<FrameSummary> {
-        let options = EncodeOptions { force_keyframe: !self.config.enable_delta };
+        self.compress_with(key, data, out, EncodeOptions::default())
+    }
+
+    /// [`compress_to`](Self::compress_to) with options: force a keyframe, or send a detached
+    /// one-off frame that leaves the key's baseline as it is.
+    pub fn compress_with(
+        &self,
+        key: &str,
+        data: &[u8],
+        out: &mut impl Write,
+        mut options: EncodeOptions,
+    ) -> Result<FrameSummary> {
+        options.force_keyframe |= !self.config.enable_delta;
         let summary = self.encoder.compress_to(key, data, out, options)?;
         {
             let mut c = lock(&self.counters);
@@ -186,8 +198,10 @@ where
                 *c.codec_use.entry(codec.clone()).or_default() += n;
             }
         }
-        let codec = summary.codecs.iter().max_by_key(|(_, n)| *n).map_or_else(String::new, |(c, _)| c.clone());
-        self.record(key, &summary.header.round, codec);
+        if !options.detached {
+            let codec = summary.codecs.iter().max_by_key(|(_, n)| *n).map_or_else(String::new, |(c, _)| c.clone());
+            self.record(key, &summary.header.round, codec);
+        }
         Ok(summary)
     }
 

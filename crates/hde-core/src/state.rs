@@ -65,6 +65,34 @@ fn io_at(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
     move |e| Error::Io(std::io::Error::new(e.kind(), format!("{}: {e}", path.display())))
 }
 
+/// Writes `bytes` at `offset` of `file` (a fresh one), leaving holes where whole 4 KiB blocks
+/// are zero, and sets the file's length to `offset + bytes.len()`.
+///
+/// VM images are a third or more zero pages: holes save the copy into the page cache and the
+/// disk blocks, as `zstd -d --sparse` does. Reading a hole gives zeros.
+pub fn write_sparse(file: &File, offset: u64, bytes: &[u8]) -> std::io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    const BLOCK: usize = 4096;
+    let mut run_start = None;
+    let mut at = 0;
+    for block in bytes.chunks(BLOCK) {
+        let zero = block.len() == BLOCK && hde_delta::is_zero(block);
+        match (zero, run_start) {
+            (false, None) => run_start = Some(at),
+            (true, Some(start)) => {
+                file.write_all_at(&bytes[start..at], offset + start as u64)?;
+                run_start = None;
+            }
+            _ => {}
+        }
+        at += block.len();
+    }
+    if let Some(start) = run_start {
+        file.write_all_at(&bytes[start..], offset + start as u64)?;
+    }
+    file.set_len(offset + bytes.len() as u64)
+}
+
 impl StateDir {
     /// Opens (creating if needed) the state directory at `root`.
     pub fn open(root: impl Into<PathBuf>) -> Result<Self> {
@@ -120,8 +148,9 @@ impl StateDir {
         Ok(Some(Saved { id: BaselineId { seq: field(8), checksum: field(16) }, chain, keyframe_ms, image }))
     }
 
-    /// Saves `key`'s baseline on `side` crash-safely.
-    pub fn save(&self, side: Side, key: &str, saved: &Saved) -> Result<()> {
+    /// Saves `key`'s baseline on `side` crash-safely: `saved`'s identity and policy state with
+    /// `image` (borrowed, so saving costs no copy of it; `saved.image` is not written).
+    pub fn save(&self, side: Side, key: &str, saved: &Saved, image: &[u8]) -> Result<()> {
         let path = self.path(side, key);
         let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
         let mut head = Vec::with_capacity(HEADER);
@@ -133,13 +162,13 @@ impl StateDir {
         // Chain in the low 32 bits, keyframe time (seconds-resolution is plenty) in the high.
         let packed = u64::from(saved.chain) | ((saved.keyframe_ms / 1000) << 32);
         head.extend_from_slice(&packed.to_le_bytes());
-        head.extend_from_slice(&(saved.image.len() as u64).to_le_bytes());
+        head.extend_from_slice(&(image.len() as u64).to_le_bytes());
         let sum = xxh3_64(&head);
         head.extend_from_slice(&sum.to_le_bytes());
         let write = || -> std::io::Result<()> {
             let mut f = File::create(&tmp)?;
             f.write_all(&head)?;
-            f.write_all(&saved.image)?;
+            write_sparse(&f, HEADER as u64, image)?;
             f.sync_all()?;
             fs::rename(&tmp, &path)?;
             if let Some(dir) = path.parent() {
@@ -165,7 +194,7 @@ impl StateDir {
     pub fn save_sender(&self, hde: &Hde, key: &str, image: &[u8]) -> Result<()> {
         let Some(info) = hde.sender().baseline_info(key) else { return Ok(()) };
         let keyframe_ms = now_ms().saturating_sub(u64::try_from(info.since_keyframe.as_millis()).unwrap_or(0));
-        self.save(Side::Send, key, &Saved { id: info.id, chain: info.chain, keyframe_ms, image: image.to_vec() })
+        self.save(Side::Send, key, &Saved { id: info.id, chain: info.chain, keyframe_ms, image: Vec::new() }, image)
     }
 
     /// Restores the receiver's baseline of `key` into `hde` (if saved); returns whether it did.
@@ -178,6 +207,6 @@ impl StateDir {
     /// Saves the receiver's baseline of `key` (the image just decoded) from `hde`.
     pub fn save_receiver(&self, hde: &Hde, key: &str) -> Result<()> {
         let (Some(id), Some(image)) = (hde.receiver().baseline(key), hde.receiver().image(key)) else { return Ok(()) };
-        self.save(Side::Receive, key, &Saved { id, chain: 0, keyframe_ms: 0, image: image.to_vec() })
+        self.save(Side::Receive, key, &Saved { id, chain: 0, keyframe_ms: 0, image: Vec::new() }, &image)
     }
 }

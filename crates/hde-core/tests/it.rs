@@ -189,7 +189,8 @@ mod engine {
         assert!(err.to_string().contains("keyframe"));
         // Recovery: a keyframe on request.
         let mut key = Vec::new();
-        enc.compress_to("vm", &images[2], &mut key, EncodeOptions { force_keyframe: true }).unwrap();
+        enc.compress_to("vm", &images[2], &mut key, EncodeOptions { force_keyframe: true, ..EncodeOptions::default() })
+            .unwrap();
         assert_eq!(fresh.decompress(&key).unwrap().1.as_slice(), &images[2][..]);
     }
 

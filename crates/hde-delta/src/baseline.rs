@@ -2,7 +2,7 @@
 
 use std::collections::{HashMap, VecDeque};
 
-use crate::BaselineId;
+use crate::{BaselineId, Image};
 
 /// Bounded content of recently changed pages (bounded-memory baselines).
 #[derive(Debug, Clone, Default)]
@@ -64,6 +64,8 @@ impl PageCache {
 pub(crate) enum Content {
     /// The whole image.
     Full(Vec<u8>),
+    /// The whole image, shared (installed by the caller); becomes `Full` on the first commit.
+    Shared(Image),
     /// Recently changed pages only.
     Bounded(PageCache),
 }
@@ -97,6 +99,7 @@ impl EncBaseline {
         }
         match &self.content {
             Content::Full(data) => data.get(page * self.page_size..page * self.page_size + len),
+            Content::Shared(data) => data.get(page * self.page_size..page * self.page_size + len),
             Content::Bounded(cache) if self.hashes[page] == 0 => {
                 // A zero page needs no cache entry.
                 let _ = cache;
@@ -110,6 +113,7 @@ impl EncBaseline {
     pub(crate) fn memory(&self) -> u64 {
         let content = match &self.content {
             Content::Full(data) => data.capacity() as u64,
+            Content::Shared(data) => data.len() as u64,
             Content::Bounded(cache) => cache.memory(),
         };
         // A hashbrown entry of (u64, u32) with its control byte, at its usual load.

@@ -34,8 +34,20 @@ pub(crate) fn combine(page_hashes: &[u128]) -> u64 {
 
 /// The checksum of `image` with pages of `page_size` bytes, as a round header carries it.
 pub fn checksum(image: &[u8], page_size: usize) -> u64 {
-    let hashes: Vec<u128> = image.chunks(page_size.max(1)).map(page_hash).collect();
-    combine(&hashes)
+    combine(&page_hashes(image, page_size, 1))
+}
+
+/// The hash of every page of `image`, on up to `threads` threads.
+pub(crate) fn page_hashes(image: &[u8], page_size: usize, threads: usize) -> Vec<u128> {
+    let page_size = page_size.max(1);
+    // 1024 pages a task: large enough to amortise, small enough to balance.
+    let chunk = page_size * 1024;
+    crate::par::map(threads, image.len().div_ceil(chunk), |c| {
+        image[c * chunk..((c + 1) * chunk).min(image.len())].chunks(page_size).map(page_hash).collect::<Vec<_>>()
+    })
+    .into_iter()
+    .flatten()
+    .collect()
 }
 
 #[cfg(test)]

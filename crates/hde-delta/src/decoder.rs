@@ -5,10 +5,7 @@ use std::collections::HashMap;
 use crate::checksum::{combine, page_hash};
 use crate::page::{get_varint, xor_decode};
 use crate::sync::{lock, Arc, Mutex};
-use crate::{par, BaselineId, DeltaConfig, Error, PageClass, Result, RoundHeader, SegmentStreams};
-
-/// A reconstructed image, shared with the decoder's baseline store (no copy).
-pub type Image = Arc<Vec<u8>>;
+use crate::{par, BaselineId, DeltaConfig, Error, Image, PageClass, Result, RoundHeader, SegmentStreams};
 
 #[derive(Debug, Clone)]
 struct Held {
@@ -127,15 +124,42 @@ impl PageDeltaDecoder {
 
     /// Installs `image` as `key`'s baseline `id` (restoring saved state); it is verified first.
     pub fn restore(&self, key: &str, id: BaselineId, page_size: usize, image: Vec<u8>) -> Result<()> {
+        self.install_baseline(key, Some(id), page_size, image.into()).map(|_| ())
+    }
+
+    /// Installs `image` as `key`'s baseline with sequence 0 and its own checksum: the
+    /// receiving side of [`PageDeltaEncoder::install`](crate::PageDeltaEncoder::install).
+    pub fn install(&self, key: &str, page_size: usize, image: impl Into<Image>) -> Result<BaselineId> {
+        self.install_baseline(key, None, page_size, image.into())
+    }
+
+    fn install_baseline(
+        &self,
+        key: &str,
+        expected: Option<BaselineId>,
+        page_size: usize,
+        image: Image,
+    ) -> Result<BaselineId> {
         if !page_size.is_power_of_two() || !(512..=65536).contains(&page_size) {
             return Err(Error::InvalidConfig { what: "page_size must be a power of two from 512 to 65536" });
         }
-        let actual = crate::checksum(&image, page_size);
-        if actual != id.checksum {
-            return Err(Error::ChecksumMismatch { key: key.to_owned(), expected: id.checksum, actual });
+        if image.len() as u64 > self.config.max_image_size {
+            return Err(Error::TooLarge {
+                what: "baseline image",
+                claimed: image.len() as u64,
+                limit: self.config.max_image_size,
+            });
         }
-        lock(&self.store).insert(key.to_owned(), Held { id, page_size, data: Arc::new(image) });
-        Ok(())
+        let actual = combine(&crate::checksum::page_hashes(&image, page_size, self.config.threads));
+        let id = match expected {
+            Some(id) if id.checksum != actual => {
+                return Err(Error::ChecksumMismatch { key: key.to_owned(), expected: id.checksum, actual });
+            }
+            Some(id) => id,
+            None => BaselineId { seq: 0, checksum: actual },
+        };
+        lock(&self.store).insert(key.to_owned(), Held { id, page_size, data: image });
+        Ok(id)
     }
 
     /// Forgets `key`'s baseline.
@@ -303,7 +327,7 @@ impl DeltaDecoder for PageDeltaDecoder {
         if actual != header.checksum {
             return Err(Error::ChecksumMismatch { key: key.to_owned(), expected: header.checksum, actual });
         }
-        let data = Arc::new(image);
+        let data = Image::from(image);
         let mut store = lock(&self.store);
         let current = store.get(key).map(|h| h.id);
         if current != prepared.base.as_ref().map(|b| b.id) && current.is_some_and(|c| c.seq >= header.seq) {

@@ -7,6 +7,7 @@ use crate::baseline::{index_key, Content, EncBaseline, PageCache};
 use crate::checksum::combine;
 use crate::page::{hash, is_zero, put_varint, xor_encode};
 use crate::sync::{lock, Arc, AtomicU32, Mutex, Ordering};
+use crate::Image;
 use crate::{
     par, BaselineContent, BaselineId, ClassCounts, Clock, DeltaConfig, Error, PageClass, Result, RoundHeader,
     SegmentStreams, SystemClock,
@@ -44,6 +45,10 @@ pub struct BaselineInfo {
 pub struct EncodeOptions {
     /// Encode a keyframe whatever the policy says.
     pub force_keyframe: bool,
+    /// A one-off frame: the caller will not commit the round, so the key's baseline stays as
+    /// it is (e.g. a delta against a reference image that is supplied again next time, or a
+    /// process that exits after one frame). Engines skip `commit` for it.
+    pub detached: bool,
 }
 
 /// Counters of an encoder since it was created.
@@ -364,23 +369,58 @@ impl<C: Clock> PageDeltaEncoder<C> {
         chain: u32,
         since_keyframe: Duration,
     ) -> Result<()> {
+        self.install_baseline(key, Some(id), Image::from(image), chain, since_keyframe).map(|_| ())
+    }
+
+    /// Installs `image` as `key`'s baseline with sequence 0 and the image's own checksum, and
+    /// returns that identity: a reference image both sides already have (the previous round's
+    /// file, as `zstd --patch-from` takes it). The receiver installs the same image with
+    /// [`PageDeltaDecoder::install`](crate::PageDeltaDecoder::install); a delta against it is
+    /// refused by a receiver whose image differs.
+    ///
+    /// A shared image ([`Image::shared`], e.g. a memory-mapped file) is used in place; it is
+    /// copied only if a round is committed on top of it.
+    pub fn install(&self, key: &str, image: impl Into<Image>) -> Result<BaselineId> {
+        self.install_baseline(key, None, image.into(), 0, Duration::ZERO)
+    }
+
+    fn install_baseline(
+        &self,
+        key: &str,
+        expected: Option<BaselineId>,
+        image: Image,
+        chain: u32,
+        since_keyframe: Duration,
+    ) -> Result<BaselineId> {
         let ps = self.config.page_size;
-        let hashes: Vec<u128> = image.chunks(ps).map(crate::checksum::page_hash).collect();
-        let actual = combine(&hashes);
-        if actual != id.checksum {
-            return Err(Error::ChecksumMismatch { key: key.to_owned(), expected: id.checksum, actual });
+        if image.len() as u64 > self.config.max_image_size {
+            return Err(Error::TooLarge {
+                what: "baseline image",
+                claimed: image.len() as u64,
+                limit: self.config.max_image_size,
+            });
         }
+        let hashes = crate::checksum::page_hashes(&image, ps, self.config.threads);
+        let actual = combine(&hashes);
+        let id = match expected {
+            Some(id) if id.checksum != actual => {
+                return Err(Error::ChecksumMismatch { key: key.to_owned(), expected: id.checksum, actual });
+            }
+            Some(id) => id,
+            None => BaselineId { seq: 0, checksum: actual },
+        };
         let mut index = HashMap::new();
         for (p, &h) in hashes.iter().enumerate() {
             if h != 0 {
                 index.entry(index_key(h)).or_insert(p as u32);
             }
         }
+        let len = image.len();
         let content = match self.config.content {
-            BaselineContent::Full => Content::Full(image.clone()),
+            BaselineContent::Full => Content::Shared(image),
             BaselineContent::Bounded { cache_bytes } => Content::Bounded(PageCache::new(cache_bytes)),
         };
-        let baseline = EncBaseline { id, len: image.len(), page_size: ps, content, hashes, index };
+        let baseline = EncBaseline { id, len, page_size: ps, content, hashes, index };
         let memory = baseline.memory();
         let now = self.clock.now();
         let mut store = lock(&self.store);
@@ -401,7 +441,7 @@ impl<C: Clock> PageDeltaEncoder<C> {
         }
         store.memory += memory;
         self.enforce_caps(&mut store);
-        Ok(())
+        Ok(id)
     }
 
     /// Forgets `key`'s baseline; its next round is a keyframe.
@@ -530,7 +570,7 @@ impl<C: Clock> PageDeltaEncoder<C> {
             let from_base = base_ref.and_then(|b| {
                 let q = *b.index.get(&index_key(h))? as usize;
                 let same = match &b.content {
-                    Content::Full(_) => b.old_page(q, page.len()) == Some(page),
+                    Content::Full(_) | Content::Shared(_) => b.old_page(q, page.len()) == Some(page),
                     Content::Bounded(_) => b.hashes.get(q) == Some(&h) && b.page_len(q) == page.len(),
                 };
                 same.then_some(q as u32)
@@ -606,9 +646,19 @@ impl<C: Clock> PageDeltaEncoder<C> {
             BaselineContent::Full => Content::Full(Vec::new()),
             BaselineContent::Bounded { cache_bytes } => Content::Bounded(PageCache::new(cache_bytes)),
         };
-        let (mut content, mut index, old_hashes) = match old {
+        let (content, mut index, old_hashes) = match old {
             Some(b) => (b.content, b.index, b.hashes),
             None => (fresh_content(), HashMap::new(), Vec::new()),
+        };
+        // What the commit writes to: owned content (a shared image is copied once, here).
+        enum Target {
+            Full(Vec<u8>),
+            Bounded(PageCache),
+        }
+        let mut content = match content {
+            Content::Full(data) => Target::Full(data),
+            Content::Shared(image) => Target::Full(image.into_vec()),
+            Content::Bounded(cache) => Target::Bounded(cache),
         };
         if keyframe {
             index.clear();
@@ -624,8 +674,8 @@ impl<C: Clock> PageDeltaEncoder<C> {
             }
         }
         match &mut content {
-            Content::Full(data) => data.resize(len, 0),
-            Content::Bounded(cache) => {
+            Target::Full(data) => data.resize(len, 0),
+            Target::Bounded(cache) => {
                 for p in pages..old_hashes.len() {
                     cache.remove(p as u32);
                 }
@@ -637,14 +687,14 @@ impl<C: Clock> PageDeltaEncoder<C> {
             let zero = round.hashes[p] == 0;
             let new = if zero { None } else { round.image.get(p * ps..p * ps + plen) };
             match &mut content {
-                Content::Full(data) => {
+                Target::Full(data) => {
                     let dst = &mut data[p * ps..p * ps + plen];
                     match new {
                         Some(src) => dst.copy_from_slice(src),
                         None => dst.fill(0),
                     }
                 }
-                Content::Bounded(cache) => match new {
+                Target::Bounded(cache) => match new {
                     Some(src) => cache.insert(p as u32, src),
                     None => cache.remove(p as u32),
                 },
@@ -662,7 +712,10 @@ impl<C: Clock> PageDeltaEncoder<C> {
             id: round.header.produces(),
             len,
             page_size: ps,
-            content,
+            content: match content {
+                Target::Full(data) => Content::Full(data),
+                Target::Bounded(cache) => Content::Bounded(cache),
+            },
             hashes: std::mem::take(&mut round.hashes),
             index,
         }

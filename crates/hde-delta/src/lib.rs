@@ -49,6 +49,7 @@ mod config;
 mod decoder;
 mod encoder;
 mod error;
+mod image;
 mod page;
 mod par;
 mod payload;
@@ -57,9 +58,11 @@ mod sync;
 pub use crate::checksum::checksum;
 pub use crate::clock::{Clock, ManualClock, SystemClock};
 pub use crate::config::{BaselineContent, DeltaConfig, Policy};
-pub use crate::decoder::{DeltaDecoder, Image, PageDeltaDecoder, Prepared, PreparedRound};
+pub use crate::decoder::{DeltaDecoder, PageDeltaDecoder, Prepared, PreparedRound};
 pub use crate::encoder::{
     BaselineInfo, DeltaEncoder, EncodeOptions, EncodedRound, EncoderStats, KeyframeReason, PageDeltaEncoder, Round,
 };
 pub use crate::error::{Error, Result};
+pub use crate::image::{Image, SharedBytes};
+pub use crate::page::is_zero;
 pub use crate::payload::{BaselineId, ClassCounts, PageClass, RoundHeader, SegmentStreams};

@@ -8,7 +8,7 @@ use crate::Error;
 ///
 /// Reads 16 bytes per step and ORs them, which the compiler vectorises: memory-bandwidth class.
 #[inline]
-pub(crate) fn is_zero(page: &[u8]) -> bool {
+pub fn is_zero(page: &[u8]) -> bool {
     let mut chunks = page.chunks_exact(64);
     for chunk in &mut chunks {
         let mut acc = 0u128;

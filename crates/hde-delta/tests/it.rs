@@ -157,7 +157,7 @@ fn delta_without_its_baseline_is_a_typed_error() {
     assert!(matches!(deliver(&fresh, &r2), Err(Error::MissingBaseline { .. })));
     assert!(matches!(deliver(&fresh, &r2).unwrap_err().to_string(), s if s.contains("keyframe")));
     // Recovery: a forced keyframe.
-    let r3 = enc.encode("k", &images[2], EncodeOptions { force_keyframe: true }).unwrap();
+    let r3 = enc.encode("k", &images[2], EncodeOptions { force_keyframe: true, ..EncodeOptions::default() }).unwrap();
     assert_eq!(r3.keyframe_reason(), Some(KeyframeReason::Forced));
     assert_eq!(deliver(&dec, &r3).unwrap(), images[2]);
     assert_eq!(deliver(&fresh, &r3).unwrap(), images[2]);
@@ -434,4 +434,27 @@ fn restored_baselines_continue_the_chain() {
     let mut wrong = images[0].clone();
     wrong[100] ^= 1;
     assert!(matches!(again.restore("x", info.id, wrong, 0, Duration::ZERO), Err(Error::ChecksumMismatch { .. })));
+}
+
+#[test]
+fn an_installed_reference_image_is_a_baseline_both_sides_name_alike() {
+    let images = corpus(1 << 20, 2);
+    let enc = PageDeltaEncoder::new(config(4096, 64 * 4096, 2)).unwrap();
+    let id = enc.install("k", images[0].clone()).unwrap();
+    assert_eq!(id, hde_delta::BaselineId { seq: 0, checksum: hde_delta::checksum(&images[0], 4096) });
+    let round = enc.encode("k", &images[1], EncodeOptions::default()).unwrap();
+    assert_eq!(round.header().base, Some(id));
+    assert!(round.counts().unchanged > 0);
+
+    let dec = PageDeltaDecoder::new(config(4096, 64 * 4096, 2)).unwrap();
+    assert_eq!(dec.install("k", 4096, images[0].clone()).unwrap(), id);
+    assert!(deliver(&dec, &round).unwrap() == images[1]);
+
+    // A receiver holding another image refuses the delta.
+    let other = PageDeltaDecoder::new(config(4096, 64 * 4096, 2)).unwrap();
+    let mut wrong = images[0].clone();
+    wrong[12345] ^= 1;
+    other.install("k", 4096, wrong).unwrap();
+    assert!(matches!(deliver(&other, &round), Err(Error::BaselineMismatch { .. })));
+    enc.commit(round).unwrap();
 }

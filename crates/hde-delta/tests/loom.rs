@@ -122,8 +122,10 @@ fn decoder_never_installs_a_stale_round_over_a_newer_one() {
     model(|| {
         let enc = PageDeltaEncoder::new(config(16)).unwrap();
         let dec = Arc::new(PageDeltaDecoder::new(config(16)).unwrap());
-        let r1 = enc.encode("k", &[1u8; 1024], EncodeOptions { force_keyframe: true }).unwrap();
-        let r2 = enc.encode("k", &[2u8; 1024], EncodeOptions { force_keyframe: true }).unwrap();
+        let r1 =
+            enc.encode("k", &[1u8; 1024], EncodeOptions { force_keyframe: true, ..EncodeOptions::default() }).unwrap();
+        let r2 =
+            enc.encode("k", &[2u8; 1024], EncodeOptions { force_keyframe: true, ..EncodeOptions::default() }).unwrap();
         let newest = r2.header().produces();
         let frames = [(*r1.header(), r1.segments().to_vec()), (*r2.header(), r2.segments().to_vec())];
         let handles: Vec<_> = frames
