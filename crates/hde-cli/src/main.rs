@@ -16,7 +16,7 @@ use anyhow::{bail, Context as _, Result};
 use clap::{Args, Parser, Subcommand};
 use hde_core::codec::{CodecSet, CodecSpec};
 use hde_core::corpus::{self, Corpus, CorpusConfig};
-use hde_core::delta::{EncodeOptions, Image};
+use hde_core::delta::{ClassCounts, EncodeOptions, Image, PageClass};
 use hde_core::frame::{self, FrameLimits};
 use hde_core::selector::NetworkMode;
 use hde_core::state::StateDir;
@@ -591,7 +591,7 @@ fn inspect(path: &Path) -> Result<()> {
     let mut raw = [0u64; 4];
     let mut stored = [0u64; 4];
     let mut codecs: Vec<std::collections::BTreeMap<String, u64>> = vec![Default::default(); 4];
-    let mut classes = [0u64; 7];
+    let mut pages = ClassCounts::default();
     for index in 0..round.segment_count() {
         let index = u32::try_from(index).context("too many segments")?;
         let record = frame::read_segment(&mut r, &header, index)
@@ -604,10 +604,8 @@ fn inspect(path: &Path) -> Result<()> {
         }
         let mut buf = vec![0u8; record.streams[0].raw_len as usize];
         set.decompress(record.streams[0].codec, record.stream(0), &[], &mut buf)?;
-        for code in buf {
-            if let Some(slot) = classes.get_mut(code as usize) {
-                *slot += 1;
-            }
+        for class in buf.into_iter().filter_map(PageClass::from_u8) {
+            pages.count(class);
         }
     }
     writeln!(out, "{:<10} {:>12} {:>12}  codecs (segments)", "stream", "raw bytes", "stored")?;
@@ -618,11 +616,7 @@ fn inspect(path: &Path) -> Result<()> {
     writeln!(
         out,
         "pages      unchanged {}, zero {}, duplicate {}, xor {}, literal {}",
-        classes[0],
-        classes[1],
-        classes[2] + classes[3],
-        classes[4],
-        classes[5] + classes[6]
+        pages.unchanged, pages.zero, pages.duplicate, pages.xor, pages.literal
     )?;
     Ok(())
 }

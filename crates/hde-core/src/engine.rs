@@ -222,31 +222,21 @@ impl<D: DeltaEncoder, S: Selector, B: CodecBank> Encoder<D, S, B> {
         round.build(s, streams);
         let mut data = Vec::new();
         let mut descs = [StreamDesc { codec: CodecId::Raw, with_reference: false, raw_len: 0, stored_len: 0 }; 4];
-        // Tables and XOR records: small, regular; zstd-1, or raw when that is not smaller.
-        for (i, stream) in [&streams.classes, &streams.dups, &streams.xor].into_iter().enumerate() {
+        // Page classes and duplicate indices: small, regular; zstd-1, or raw when that is not
+        // smaller.
+        for (i, stream) in [&streams.classes, &streams.dups].into_iter().enumerate() {
             descs[i] = store(codecs, CodecSpec::Zstd(ZstdParams::FASTEST), stream, &[], &mut data)?;
         }
+        // Patch records (new bytes of small changes) with the selector's choice, alone.
+        descs[2] = self.store_chosen(codecs, &streams.xor, &[], round.header().page_size, &mut data)?.0;
         let mut chosen = None;
         if !streams.literals.is_empty() {
             reference.clear();
             round.reference(s, &streams.classes, reference);
-            let profile = Profile::of(&streams.literals, round.header().page_size as usize);
-            let context = Context { reference_len: reference.len() as u64, threads: self.threads as u32 };
-            let choice = self.selector.choose(&profile, &context);
-            let start = data.len();
-            let t = Instant::now();
-            let reference_used: &[u8] = if choice.reference { reference } else { &[] };
-            descs[3] = store(codecs, spec_of(choice.codec), &streams.literals, reference_used, &mut data)?;
-            self.selector.observe(
-                &choice,
-                &Outcome {
-                    input_bytes: streams.literals.len() as u64,
-                    output_bytes: (data.len() - start) as u64,
-                    encode: t.elapsed(),
-                    decode: None,
-                },
-            );
-            chosen = Some(if descs[3].codec == CodecId::Raw && choice.codec != Codec::Raw {
+            let (desc, choice) =
+                self.store_chosen(codecs, &streams.literals, reference, round.header().page_size, &mut data)?;
+            descs[3] = desc;
+            chosen = Some(if desc.codec == CodecId::Raw && choice.codec != Codec::Raw {
                 "raw".to_owned()
             } else {
                 choice.to_string()
@@ -254,6 +244,39 @@ impl<D: DeltaEncoder, S: Selector, B: CodecBank> Encoder<D, S, B> {
         }
         let index = u32::try_from(s).map_err(|_| Error::CorruptFrame { reason: "too many segments" })?;
         Ok((SegmentRecord { index, streams: descs, data }, chosen))
+    }
+}
+
+impl<D: DeltaEncoder, S: Selector, B: CodecBank> Encoder<D, S, B> {
+    /// Compresses `input` with the selector's choice for its profile (against `reference` if
+    /// the choice says so), stores it, and tells the selector how it went.
+    fn store_chosen(
+        &self,
+        codecs: &mut B,
+        input: &[u8],
+        reference: &[u8],
+        page_size: u32,
+        data: &mut Vec<u8>,
+    ) -> Result<(StreamDesc, hde_selector::Choice)> {
+        let profile = Profile::of(input, page_size as usize);
+        let context = Context { reference_len: reference.len() as u64, threads: self.threads as u32 };
+        let choice = self.selector.choose(&profile, &context);
+        let start = data.len();
+        let t = Instant::now();
+        let used: &[u8] = if choice.reference { reference } else { &[] };
+        let desc = store(codecs, spec_of(choice.codec), input, used, data)?;
+        if !input.is_empty() {
+            self.selector.observe(
+                &choice,
+                &Outcome {
+                    input_bytes: input.len() as u64,
+                    output_bytes: (data.len() - start) as u64,
+                    encode: t.elapsed(),
+                    decode: None,
+                },
+            );
+        }
+        Ok((desc, choice))
     }
 }
 

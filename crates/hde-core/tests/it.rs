@@ -417,26 +417,34 @@ mod golden_engine {
         generate(&CorpusConfig { size: 256 << 10, rounds: 2, seed: 11, ..CorpusConfig::default() }).unwrap()
     }
 
-    /// Whole frames written by the engine of format version 1 (a keyframe and a delta against
-    /// it) must decode to the images they were made from, for ever. The encoder's own output
-    /// may change (its codec choices learn from measured times); what it wrote must stay
-    /// readable. `HDE_BLESS=1` writes them.
+    /// Whole frames written by the engine of format version 1 must decode to the images they
+    /// were made from, for ever: a keyframe, and two deltas against it (one from the first
+    /// encoders, with XOR pages; one with patch pages). The encoder's own output may change
+    /// (its codec choices learn from measured times); what it wrote must stay readable.
+    /// `HDE_BLESS=1` writes the frames that are missing, never over an existing one.
     #[test]
     fn engine_frames_of_version_1_decode() {
         let dir = super::golden_dir();
-        let names = ["engine-v1-keyframe.hde", "engine-v1-delta.hde"];
+        let [keyframe, xor_delta, patch_delta] =
+            ["engine-v1-keyframe.hde", "engine-v1-delta.hde", "engine-v1-patch.hde"].map(|n| dir.join(n));
+        let images = images();
         if std::env::var_os("HDE_BLESS").is_some() {
             let enc = Encoder::new(config(), SelectorConfig::default()).unwrap();
-            for (name, image) in names.iter().zip(images()) {
-                std::fs::write(dir.join(name), enc.compress("golden", &image).unwrap()).unwrap();
+            let frames = [enc.compress("golden", &images[0]).unwrap(), enc.compress("golden", &images[1]).unwrap()];
+            for (path, frame) in [&keyframe, &patch_delta].into_iter().zip(frames) {
+                if !path.exists() {
+                    std::fs::write(path, frame).unwrap();
+                }
             }
         }
-        let dec = Decoder::new(config()).unwrap();
-        for (name, image) in names.iter().zip(images()) {
-            let frame = std::fs::read(dir.join(name)).unwrap_or_else(|e| panic!("{name}: {e}"));
-            let (header, decoded) = dec.decompress(&frame).unwrap();
-            assert_eq!(header.key, "golden");
-            assert!(decoded.as_slice() == image.as_slice(), "{name} decodes to another image");
+        let read = |path: &std::path::Path| std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        for delta in [&xor_delta, &patch_delta] {
+            let dec = Decoder::new(config()).unwrap();
+            for (frame, image) in [read(&keyframe), read(delta)].iter().zip(&images) {
+                let (header, decoded) = dec.decompress(frame).unwrap();
+                assert_eq!(header.key, "golden");
+                assert!(decoded.as_slice() == image.as_slice(), "{} decodes to another image", delta.display());
+            }
         }
     }
 }

@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 
 use crate::checksum::{combine, page_hash};
-use crate::page::{get_varint, xor_decode};
+use crate::page::{get_varint, run_decode, RunBytes};
 use crate::sync::{lock, Arc, Mutex};
 use crate::{par, BaselineId, DeltaConfig, Error, Image, PageClass, Result, RoundHeader, SegmentStreams};
 
@@ -238,11 +238,12 @@ fn apply_segment(
                     deferred.push((p, q));
                 }
             }
-            PageClass::Xor => {
+            PageClass::Xor | PageClass::Patch => {
                 let old = old_page(base, p, plen)?;
                 let dst = &mut out[at..at + plen];
                 dst.copy_from_slice(old);
-                xor_decode(&streams.xor, &mut xor_pos, dst)?;
+                let how = if class == PageClass::Xor { RunBytes::Xor } else { RunBytes::New };
+                run_decode(&streams.xor, &mut xor_pos, how, dst)?;
             }
             PageClass::Literal | PageClass::LiteralRef => {
                 if class == PageClass::LiteralRef {

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use crate::baseline::{index_key, Content, EncBaseline, PageCache};
 use crate::checksum::combine;
-use crate::page::{hash, is_zero, put_varint, xor_encode};
+use crate::page::{hash, is_zero, put_varint, run_encode, RunBytes};
 use crate::sync::{lock, Arc, AtomicU32, Mutex, Ordering};
 use crate::Image;
 use crate::{
@@ -193,9 +193,9 @@ impl Round for EncodedRound<'_> {
                         class
                     } else {
                         match base.and_then(|b| b.old_page(p, page.len())) {
-                            Some(old) if xor_encode(page, old, self.xor_limit, &mut st.xor) => {
+                            Some(old) if run_encode(page, old, self.xor_limit, RunBytes::New, &mut st.xor) => {
                                 xor_pages += 1;
-                                PageClass::Xor
+                                PageClass::Patch
                             }
                             Some(_) => {
                                 st.literals.extend_from_slice(page);

@@ -59,45 +59,77 @@ pub(crate) fn get_varint(input: &[u8], pos: &mut usize) -> Result<u64, Error> {
     Err(Error::Corrupt { reason: "varint longer than 64 bits" })
 }
 
-/// Appends the XOR of `new` and `old` (same length) as alternating zero runs and literal runs
-/// of XOR bytes: `zero_run, (literal_len, bytes, zero_run)*`, ending when the page is covered.
+/// Length of the common prefix of `a` and `b`, compared 8 bytes at a time.
+#[inline]
+fn equal_prefix(a: &[u8], b: &[u8]) -> usize {
+    let n = a.len().min(b.len());
+    let mut i = 0;
+    while i + 8 <= n {
+        let mut x = [0u8; 8];
+        let mut y = [0u8; 8];
+        x.copy_from_slice(&a[i..i + 8]);
+        y.copy_from_slice(&b[i..i + 8]);
+        let diff = u64::from_le_bytes(x) ^ u64::from_le_bytes(y);
+        if diff != 0 {
+            return i + (diff.trailing_zeros() / 8) as usize;
+        }
+        i += 8;
+    }
+    i + a[i..n].iter().zip(&b[i..n]).take_while(|(x, y)| x == y).count()
+}
+
+/// How a run record carries the bytes that differ.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum RunBytes {
+    /// `new ^ old` (the `Xor` class of format v1 frames).
+    Xor,
+    /// The new bytes themselves (the `Patch` class): they compress better, because a changed
+    /// pointer or counter often equals a value stored elsewhere, which its XOR does not.
+    New,
+}
+
+/// Appends the difference of `new` from `old` (same length) as alternating equal runs and
+/// differing runs: `equal_len, (diff_len, bytes, equal_len)*`, ending when the page is
+/// covered; `bytes` as `how` says.
 ///
 /// Gives up once the encoding would exceed `limit` bytes and returns `false`, leaving `out` as
 /// it was: the caller then sends the page as a literal.
-pub(crate) fn xor_encode(new: &[u8], old: &[u8], limit: usize, out: &mut Vec<u8>) -> bool {
+pub(crate) fn run_encode(new: &[u8], old: &[u8], limit: usize, how: RunBytes, out: &mut Vec<u8>) -> bool {
     debug_assert_eq!(new.len(), old.len());
     let start = out.len();
     let len = new.len();
     let mut pos = 0;
     loop {
-        let zeros = new[pos..].iter().zip(&old[pos..]).take_while(|(a, b)| a == b).count();
-        put_varint(out, zeros as u64);
-        pos += zeros;
+        let same = equal_prefix(&new[pos..], &old[pos..]);
+        put_varint(out, same as u64);
+        pos += same;
         if pos == len {
             return true;
         }
-        // A literal run ends at the next stretch of at least 4 equal bytes (shorter equal
-        // stretches cost more as a new run header than as literal bytes).
+        // A differing run ends at the next stretch of at least 4 equal bytes (shorter equal
+        // stretches cost more as a new run header than as differing bytes).
         let mut end = pos;
-        let mut same = 0;
+        let mut equal = 0;
         while end < len {
             if new[end] == old[end] {
-                same += 1;
-                if same == 4 {
+                equal += 1;
+                if equal == 4 {
                     end -= 3;
                     break;
                 }
             } else {
-                same = 0;
+                equal = 0;
             }
             end += 1;
         }
         if end == len {
-            end -= same.min(end - pos - 1);
+            end -= equal.min(end - pos - 1);
         }
-        let run = end - pos;
-        put_varint(out, run as u64);
-        out.extend(new[pos..end].iter().zip(&old[pos..end]).map(|(a, b)| a ^ b));
+        put_varint(out, (end - pos) as u64);
+        match how {
+            RunBytes::Xor => out.extend(new[pos..end].iter().zip(&old[pos..end]).map(|(a, b)| a ^ b)),
+            RunBytes::New => out.extend_from_slice(&new[pos..end]),
+        }
         pos = end;
         if out.len() - start > limit {
             out.truncate(start);
@@ -109,9 +141,9 @@ pub(crate) fn xor_encode(new: &[u8], old: &[u8], limit: usize, out: &mut Vec<u8>
     }
 }
 
-/// Decodes one XOR record from `input` at `*pos` onto `page` (which holds the old content and
+/// Decodes one run record from `input` at `*pos` onto `page` (which holds the old content and
 /// becomes the new one).
-pub(crate) fn xor_decode(input: &[u8], pos: &mut usize, page: &mut [u8]) -> Result<(), Error> {
+pub(crate) fn run_decode(input: &[u8], pos: &mut usize, how: RunBytes, page: &mut [u8]) -> Result<(), Error> {
     let len = page.len();
     let mut at = 0usize;
     loop {
@@ -133,8 +165,13 @@ pub(crate) fn xor_decode(input: &[u8], pos: &mut usize, page: &mut [u8]) -> Resu
         let bytes = input
             .get(*pos..*pos + (end - at))
             .ok_or(Error::Corrupt { reason: "XOR literal run past the end of its stream" })?;
-        for (dst, x) in page[at..end].iter_mut().zip(bytes) {
-            *dst ^= x;
+        match how {
+            RunBytes::Xor => {
+                for (dst, x) in page[at..end].iter_mut().zip(bytes) {
+                    *dst ^= x;
+                }
+            }
+            RunBytes::New => page[at..end].copy_from_slice(bytes),
         }
         *pos += end - at;
         at = end;
@@ -178,14 +215,31 @@ mod tests {
     }
 
     fn xor_round_trip(old: &[u8], new: &[u8]) -> usize {
-        let mut buf = Vec::new();
-        assert!(xor_encode(new, old, usize::MAX, &mut buf));
-        let mut page = old.to_vec();
-        let mut pos = 0;
-        xor_decode(&buf, &mut pos, &mut page).unwrap();
-        assert_eq!(pos, buf.len());
-        assert_eq!(page, new);
-        buf.len()
+        let mut lens = [0; 2];
+        for (i, how) in [RunBytes::Xor, RunBytes::New].into_iter().enumerate() {
+            let mut buf = Vec::new();
+            assert!(run_encode(new, old, usize::MAX, how, &mut buf));
+            let mut page = old.to_vec();
+            let mut pos = 0;
+            run_decode(&buf, &mut pos, how, &mut page).unwrap();
+            assert_eq!(pos, buf.len());
+            assert_eq!(page, new);
+            lens[i] = buf.len();
+        }
+        assert_eq!(lens[0], lens[1]);
+        lens[0]
+    }
+
+    #[test]
+    fn equal_prefix_at_every_offset() {
+        let a: Vec<u8> = (0..100u8).collect();
+        for i in 0..100 {
+            let mut b = a.clone();
+            b[i] ^= 0x80;
+            assert_eq!(equal_prefix(&a, &b), i);
+        }
+        assert_eq!(equal_prefix(&a, &a), 100);
+        assert_eq!(equal_prefix(&a[..10], &a), 10);
     }
 
     #[test]
@@ -209,7 +263,7 @@ mod tests {
         let old = vec![0u8; 4096];
         let new = vec![1u8; 4096];
         let mut buf = vec![7];
-        assert!(!xor_encode(&new, &old, 100, &mut buf));
+        assert!(!run_encode(&new, &old, 100, RunBytes::New, &mut buf));
         assert_eq!(buf, vec![7]);
     }
 
@@ -217,7 +271,7 @@ mod tests {
     fn xor_decode_rejects_bad_records() {
         let mut page = vec![0u8; 16];
         for bad in [&[17u8][..], &[0, 0], &[0, 17], &[0, 4, 1, 2], &[], &[3]] {
-            assert!(xor_decode(bad, &mut 0, &mut page).is_err(), "{bad:?}");
+            assert!(run_decode(bad, &mut 0, RunBytes::Xor, &mut page).is_err(), "{bad:?}");
         }
     }
 }

@@ -64,13 +64,17 @@ pub enum PageClass {
     DupBaseline = 2,
     /// Same as an earlier page of this image; its index is in the dups stream.
     DupCurrent = 3,
-    /// The baseline page at the same index XOR a record of the xor stream.
+    /// The baseline page at the same index XOR a record of the xor stream (format v1 frames
+    /// before `Patch`; still decoded, no longer produced).
     Xor = 4,
     /// Literal bytes, with no old version in the reference.
     Literal = 5,
     /// Literal bytes whose old version (the baseline page at the same index) is part of the
     /// segment's reference.
     LiteralRef = 6,
+    /// The baseline page at the same index with the runs of a record of the xor stream
+    /// replaced by that record's new bytes.
+    Patch = 7,
 }
 
 impl PageClass {
@@ -84,6 +88,7 @@ impl PageClass {
             4 => PageClass::Xor,
             5 => PageClass::Literal,
             6 => PageClass::LiteralRef,
+            7 => PageClass::Patch,
             _ => return None,
         })
     }
@@ -105,6 +110,17 @@ pub struct ClassCounts {
 }
 
 impl ClassCounts {
+    /// Counts one page of `class`.
+    pub fn count(&mut self, class: PageClass) {
+        match class {
+            PageClass::Unchanged => self.unchanged += 1,
+            PageClass::Zero => self.zero += 1,
+            PageClass::DupBaseline | PageClass::DupCurrent => self.duplicate += 1,
+            PageClass::Xor | PageClass::Patch => self.xor += 1,
+            PageClass::Literal | PageClass::LiteralRef => self.literal += 1,
+        }
+    }
+
     /// Adds another count to this one.
     pub fn merge(&mut self, other: &ClassCounts) {
         self.unchanged += other.unchanged;

@@ -119,7 +119,7 @@ fn moved_pages_become_duplicates_of_the_baseline() {
     let classes: Vec<u8> = round.segments().iter().flat_map(|s| s.classes.clone()).collect();
     assert_eq!(classes[40], PageClass::DupBaseline as u8);
     assert_eq!(classes[11], PageClass::DupCurrent as u8);
-    assert_eq!(classes[10], PageClass::Xor as u8);
+    assert_eq!(classes[10], PageClass::Patch as u8);
     assert_eq!(deliver(&dec, &round).unwrap(), image);
 }
 

@@ -30,9 +30,14 @@ impl Codec {
         Codec::Zstd { level: 9 },
     ];
 
-    /// Whether the codec can compress against a reference.
+    /// Whether the codec is worth running against a reference.
+    ///
+    /// Only zstd: its window spans the whole reference, while LZ4's 64 KiB window reaches only
+    /// the reference's tail, and a literal's old version sits as far back as the literals
+    /// before it plus the reference after its own old version (measured on a real delta
+    /// round: lz4+ref stored 5.3 MB where zstd-1+ref stored 2.2 MB, at the same speed).
     pub fn uses_reference(self) -> bool {
-        !matches!(self, Codec::Raw)
+        matches!(self, Codec::Zstd { .. })
     }
 }
 

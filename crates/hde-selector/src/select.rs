@@ -191,7 +191,13 @@ impl Core {
                 let (transfer, transfer_optimism) = if g.count > 0 {
                     (g.correction(), 0.25)
                 } else if let Some(a) = anchor[usize::from(reference)] {
-                    (a, 0.5)
+                    // What the reference does to the ratio carries over between codecs; their
+                    // speeds do not (one slow codec must not make every other look slow), so
+                    // speed comes from this codec's other arm when it was tried here.
+                    let twin = (0..n_arms).find(|&j| self.arms[j] == (codec, !reference));
+                    let speed =
+                        twin.map(|j| st.stats[row + j]).filter(|t| t.count > 0).map_or([0.0; 3], |t| t.correction());
+                    ([a[0], speed[1], speed[2]], 0.5)
                 } else {
                     ([0.0; 3], 1.0)
                 };
