@@ -352,10 +352,7 @@ impl<D: DeltaDecoder, B: CodecBank> Decoder<D, B> {
     }
 
     /// Decodes one frame; returns its header and the image, now this decoder's baseline.
-    pub fn decompress(&self, frame: &[u8]) -> Result<(FrameHeader, Image)>
-    where
-        D::Prepared: Sync,
-    {
+    pub fn decompress(&self, frame: &[u8]) -> Result<(FrameHeader, Image)> {
         let mut input = frame;
         let decoded = self.decompress_from(&mut input)?;
         if !input.is_empty() {
@@ -365,10 +362,12 @@ impl<D: DeltaDecoder, B: CodecBank> Decoder<D, B> {
     }
 
     /// Reads one frame from `r` and decodes it.
-    pub fn decompress_from(&self, r: &mut impl Read) -> Result<(FrameHeader, Image)>
-    where
-        D::Prepared: Sync,
-    {
+    ///
+    /// The compressed records are read first (bounded by the frame's validated lengths);
+    /// then each worker decompresses a segment into its own buffers and rebuilds it straight
+    /// into its part of the new image, so the decompressed streams of at most `threads`
+    /// segments exist at a time.
+    pub fn decompress_from(&self, r: &mut impl Read) -> Result<(FrameHeader, Image)> {
         let header = frame::read_header(r, &self.limits)?;
         let prepared = self.delta.prepare(&header.key, &header.round)?;
         let count = header.round.segment_count();
@@ -377,38 +376,64 @@ impl<D: DeltaDecoder, B: CodecBank> Decoder<D, B> {
             let index = u32::try_from(index).map_err(|_| Error::CorruptFrame { reason: "too many segments" })?;
             records.push(frame::read_segment(r, &header, index)?);
         }
-        let streams = par_map(self.threads, records.len(), B::default, |codecs, s| {
-            decompress_segment(codecs, &prepared, &records[s])
-        });
-        let streams: Vec<SegmentStreams> = streams.into_iter().collect::<Result<_>>()?;
-        let image = self.delta.apply(&header.key, prepared, &streams)?;
+        let len = usize::try_from(header.round.image_len)
+            .map_err(|_| Error::CorruptFrame { reason: "image larger than this machine's address space" })?;
+        // Bounded by the limits `read_header` and `prepare` checked; pages stay unmapped until
+        // a worker writes them.
+        let mut image = vec![0u8; len];
+        let seg_size = (header.round.segment_size as usize).max(1);
+        let slots: Vec<Mutex<Option<&mut [u8]>>> = image.chunks_mut(seg_size).map(|c| Mutex::new(Some(c))).collect();
+        if slots.len() != records.len() {
+            return Err(Error::CorruptFrame { reason: "segment count differs from the image's" });
+        }
+        let applied = par_map(
+            self.threads,
+            records.len(),
+            || (B::default(), SegmentStreams::default(), Vec::new()),
+            |(codecs, streams, reference), s| {
+                decompress_segment(codecs, &prepared, &records[s], streams, reference)?;
+                let out = slots[s].lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
+                let out = out.ok_or(Error::CorruptFrame { reason: "segment applied twice" })?;
+                Ok(self.delta.apply_segment(&prepared, s, streams, out)?)
+            },
+        );
+        let applied = applied.into_iter().collect::<Result<Vec<_>>>()?;
+        drop(slots);
+        let image = self.delta.finish(&header.key, prepared, image, applied)?;
         Ok((header, image))
     }
 }
 
+/// Decompresses the four streams of `record` into `streams` (buffers reused between
+/// segments), the literals against the reference `prepared` rebuilds from its baseline.
 fn decompress_segment(
     codecs: &mut impl CodecBank,
     prepared: &impl Prepared,
     record: &SegmentRecord,
-) -> Result<SegmentStreams> {
-    let mut out: [Vec<u8>; 4] = Default::default();
-    let mut reference = Vec::new();
+    streams: &mut SegmentStreams,
+    reference: &mut Vec<u8>,
+) -> Result<()> {
     for i in 0..4 {
         let desc = record.streams[i];
-        let mut buf = vec![0u8; desc.raw_len as usize];
         if desc.with_reference && i == 3 {
             reference.clear();
-            prepared.reference(record.index as usize, &out[0], &mut reference)?;
+            prepared.reference(record.index as usize, &streams.classes, reference)?;
         } else if desc.with_reference {
             return Err(Error::CorruptFrame { reason: "reference flag on a stream that has none" });
         }
-        let used: &[u8] = if desc.with_reference { &reference } else { &[] };
-        let n = codecs.decompress(desc.codec, record.stream(i), used, &mut buf)?;
+        let used: &[u8] = if desc.with_reference { reference } else { &[] };
+        let buf = match i {
+            0 => &mut streams.classes,
+            1 => &mut streams.dups,
+            2 => &mut streams.xor,
+            _ => &mut streams.literals,
+        };
+        // `raw_len` was checked against the segment's geometry by `read_segment`.
+        buf.resize(desc.raw_len as usize, 0);
+        let n = codecs.decompress(desc.codec, record.stream(i), used, buf)?;
         if n != buf.len() {
             return Err(Error::CorruptFrame { reason: "stream shorter than its declared length" });
         }
-        out[i] = buf;
     }
-    let [classes, dups, xor, literals] = out;
-    Ok(SegmentStreams { classes, dups, xor, literals })
+    Ok(())
 }

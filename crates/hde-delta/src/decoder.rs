@@ -74,27 +74,95 @@ impl Prepared for PreparedRound {
 }
 
 /// The boundary of the receiving side of the delta layer.
+///
+/// A round is rebuilt in three steps: `prepare` (check the header against the baseline held),
+/// `apply_segment` for every segment (in any order, on any thread, each into its own part of
+/// a fresh image), and `finish` (cross-segment work, checksum, install). `apply` does all
+/// three from streams already in memory.
 pub trait DeltaDecoder: Send + Sync {
     /// What `prepare` returns.
-    type Prepared: Prepared;
+    type Prepared: Prepared + Sync;
+    /// What rebuilding one segment leaves for `finish`.
+    type Applied: Send;
 
     /// Checks `header` (limits, sequence, baseline identity) for `key`; the result lends the
     /// references needed to decompress the round's literal streams.
     fn prepare(&self, key: &str, header: &RoundHeader) -> Result<Self::Prepared>;
 
+    /// Rebuilds segment `segment` from its decompressed streams into `out`: the segment's
+    /// bytes of the new image (`segment_size` bytes, fewer for the last segment).
+    fn apply_segment(
+        &self,
+        prepared: &Self::Prepared,
+        segment: usize,
+        streams: &SegmentStreams,
+        out: &mut [u8],
+    ) -> Result<Self::Applied>;
+
+    /// Completes `image` (every segment applied, in any order), verifies its checksum and
+    /// makes it the key's baseline.
+    fn finish(&self, key: &str, prepared: Self::Prepared, image: Vec<u8>, applied: Vec<Self::Applied>)
+        -> Result<Image>;
+
     /// Rebuilds the image from the round's decompressed streams, verifies its checksum and
     /// makes it the key's baseline.
-    fn apply(&self, key: &str, prepared: Self::Prepared, segments: &[SegmentStreams]) -> Result<Image>;
+    fn apply(&self, key: &str, prepared: Self::Prepared, segments: &[SegmentStreams]) -> Result<Image> {
+        let header = *prepared.header();
+        if segments.len() as u64 != header.segment_count() {
+            return Err(Error::Corrupt { reason: "segment count differs from the header's" });
+        }
+        let len = usize::try_from(header.image_len).map_err(|_| Error::TooLarge {
+            what: "image",
+            claimed: header.image_len,
+            limit: usize::MAX as u64,
+        })?;
+        let mut image = vec![0u8; len];
+        let mut applied = Vec::with_capacity(segments.len());
+        for (s, (streams, out)) in
+            segments.iter().zip(image.chunks_mut(header.segment_size.max(1) as usize)).enumerate()
+        {
+            applied.push(self.apply_segment(&prepared, s, streams, out)?);
+        }
+        self.finish(key, prepared, image, applied)
+    }
 }
 
 impl<D: DeltaDecoder + ?Sized> DeltaDecoder for Arc<D> {
     type Prepared = D::Prepared;
+    type Applied = D::Applied;
     fn prepare(&self, key: &str, header: &RoundHeader) -> Result<Self::Prepared> {
         (**self).prepare(key, header)
+    }
+    fn apply_segment(
+        &self,
+        prepared: &Self::Prepared,
+        segment: usize,
+        streams: &SegmentStreams,
+        out: &mut [u8],
+    ) -> Result<Self::Applied> {
+        (**self).apply_segment(prepared, segment, streams, out)
+    }
+    fn finish(
+        &self,
+        key: &str,
+        prepared: Self::Prepared,
+        image: Vec<u8>,
+        applied: Vec<Self::Applied>,
+    ) -> Result<Image> {
+        (**self).finish(key, prepared, image, applied)
     }
     fn apply(&self, key: &str, prepared: Self::Prepared, segments: &[SegmentStreams]) -> Result<Image> {
         (**self).apply(key, prepared, segments)
     }
+}
+
+/// What rebuilding one segment leaves for [`PageDeltaDecoder`]'s `finish`: its page hashes
+/// and its duplicates of pages in earlier segments (copied once every segment is done).
+#[derive(Debug)]
+pub struct AppliedSegment {
+    segment: usize,
+    hashes: Vec<u128>,
+    deferred: Vec<(usize, usize)>,
 }
 
 /// The default decoder: keeps the last image of every key as its baseline.
@@ -266,6 +334,7 @@ fn apply_segment(
 
 impl DeltaDecoder for PageDeltaDecoder {
     type Prepared = PreparedRound;
+    type Applied = AppliedSegment;
 
     fn prepare(&self, key: &str, header: &RoundHeader) -> Result<PreparedRound> {
         self.check_geometry(header)?;
@@ -292,38 +361,57 @@ impl DeltaDecoder for PageDeltaDecoder {
         Ok(PreparedRound { header: *header, base })
     }
 
-    fn apply(&self, key: &str, prepared: PreparedRound, segments: &[SegmentStreams]) -> Result<Image> {
+    fn apply_segment(
+        &self,
+        prepared: &PreparedRound,
+        segment: usize,
+        streams: &SegmentStreams,
+        out: &mut [u8],
+    ) -> Result<AppliedSegment> {
+        let header = &prepared.header;
+        let seg_size = header.segment_size as u64;
+        let start = (segment as u64).checked_mul(seg_size).filter(|&s| s < header.image_len.max(1));
+        let expected = start.map(|s| header.image_len.saturating_sub(s).min(seg_size));
+        if expected != Some(out.len() as u64) || (header.image_len == 0 && segment > 0) {
+            return Err(Error::Corrupt { reason: "segment index or length outside the image" });
+        }
+        let deferred = apply_segment(prepared, segment, streams, out)?;
+        let ps = header.page_size as usize;
+        let hashes = out.chunks(ps).map(page_hash).collect();
+        Ok(AppliedSegment { segment, hashes, deferred })
+    }
+
+    fn finish(
+        &self,
+        key: &str,
+        prepared: PreparedRound,
+        mut image: Vec<u8>,
+        mut applied: Vec<AppliedSegment>,
+    ) -> Result<Image> {
         let header = prepared.header;
-        let count = header.segment_count();
-        if segments.len() as u64 != count {
-            return Err(Error::Corrupt { reason: "segment count differs from the header's" });
+        applied.sort_unstable_by_key(|a| a.segment);
+        let complete = applied.len() as u64 == header.segment_count()
+            && applied.iter().enumerate().all(|(i, a)| a.segment == i)
+            && image.len() as u64 == header.image_len;
+        if !complete {
+            return Err(Error::Corrupt { reason: "segments missing, repeated, or of another image" });
         }
-        // Bounded by max_image_size in prepare; zeroed memory is lazily mapped, so zero pages
-        // cost nothing.
-        let mut image = vec![0u8; header.image_len as usize];
-        let seg_size = header.segment_size as usize;
-        let chunks: Vec<&mut [u8]> = image.chunks_mut(seg_size).collect();
-        let results =
-            par::map_each(self.config.threads, chunks, |s, out| apply_segment(&prepared, s, &segments[s], out));
-        let mut deferred = Vec::new();
-        for r in results {
-            deferred.extend(r?);
-        }
-        // Cross-segment duplicates point to earlier pages; resolved in page order, every
-        // source is final when copied.
         let ps = header.page_size as usize;
         let len = image.len();
+        let mut hashes = Vec::with_capacity(len.div_ceil(ps));
+        let mut deferred = Vec::new();
+        for a in applied {
+            hashes.extend(a.hashes);
+            deferred.extend(a.deferred);
+        }
+        // Cross-segment duplicates point to earlier pages; resolved in page order, every
+        // source is final when copied, and a copy has its source's hash.
         deferred.sort_unstable();
         for (p, q) in deferred {
             let plen = page_len(len, ps, p);
             image.copy_within(q * ps..q * ps + plen, p * ps);
+            hashes[p] = hashes[q];
         }
-        let hashes: Vec<u128> = par::map(self.config.threads, segments.len(), |s| {
-            image[s * seg_size..((s + 1) * seg_size).min(len)].chunks(ps).map(page_hash).collect::<Vec<_>>()
-        })
-        .into_iter()
-        .flatten()
-        .collect();
         let actual = combine(&hashes);
         if actual != header.checksum {
             return Err(Error::ChecksumMismatch { key: key.to_owned(), expected: header.checksum, actual });
@@ -340,5 +428,21 @@ impl DeltaDecoder for PageDeltaDecoder {
         }
         store.insert(key.to_owned(), Held { id: header.produces(), page_size: ps, data: data.clone() });
         Ok(data)
+    }
+
+    fn apply(&self, key: &str, prepared: PreparedRound, segments: &[SegmentStreams]) -> Result<Image> {
+        let header = prepared.header;
+        if segments.len() as u64 != header.segment_count() {
+            return Err(Error::Corrupt { reason: "segment count differs from the header's" });
+        }
+        // Bounded by max_image_size in prepare; zeroed memory is lazily mapped, so zero pages
+        // cost nothing.
+        let mut image = vec![0u8; header.image_len as usize];
+        let chunks: Vec<&mut [u8]> = image.chunks_mut(header.segment_size as usize).collect();
+        let applied =
+            par::map_each(self.config.threads, chunks, |s, out| self.apply_segment(&prepared, s, &segments[s], out))
+                .into_iter()
+                .collect::<Result<Vec<_>>>()?;
+        self.finish(key, prepared, image, applied)
     }
 }

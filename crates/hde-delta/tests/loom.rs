@@ -59,14 +59,16 @@ fn different_keys_commit_concurrently_with_exact_accounting() {
 fn racing_rounds_of_one_key_commit_at_most_once_each_in_order() {
     model(|| {
         let enc = Arc::new(PageDeltaEncoder::new(config(16)).unwrap());
-        let r0 = enc.encode("k", &[1u8; 1024], EncodeOptions::default()).unwrap();
+        let first = [1u8; 1024];
+        let r0 = enc.encode("k", &first, EncodeOptions::default()).unwrap();
         let id0 = enc.commit(r0).unwrap();
         let handles: Vec<_> = [2u8, 3u8]
             .into_iter()
             .map(|fill| {
                 let enc = enc.clone();
                 thread::spawn(move || {
-                    let round = enc.encode("k", &[fill; 1024], EncodeOptions::default()).unwrap();
+                    let image = [fill; 1024];
+                    let round = enc.encode("k", &image, EncodeOptions::default()).unwrap();
                     let base = round.header().base;
                     (base, enc.commit(round))
                 })
@@ -122,12 +124,12 @@ fn decoder_never_installs_a_stale_round_over_a_newer_one() {
     model(|| {
         let enc = PageDeltaEncoder::new(config(16)).unwrap();
         let dec = Arc::new(PageDeltaDecoder::new(config(16)).unwrap());
-        let r1 =
-            enc.encode("k", &[1u8; 1024], EncodeOptions { force_keyframe: true, ..EncodeOptions::default() }).unwrap();
-        let r2 =
-            enc.encode("k", &[2u8; 1024], EncodeOptions { force_keyframe: true, ..EncodeOptions::default() }).unwrap();
+        let keyframe = EncodeOptions { force_keyframe: true, ..EncodeOptions::default() };
+        let (one, two) = ([1u8; 1024], [2u8; 1024]);
+        let r1 = enc.encode("k", &one, keyframe).unwrap();
+        let r2 = enc.encode("k", &two, keyframe).unwrap();
         let newest = r2.header().produces();
-        let frames = [(*r1.header(), r1.segments().to_vec()), (*r2.header(), r2.segments().to_vec())];
+        let frames = [(*r1.header(), r1.segments()), (*r2.header(), r2.segments())];
         let handles: Vec<_> = frames
             .into_iter()
             .map(|(header, segments)| {
