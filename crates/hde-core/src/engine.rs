@@ -189,10 +189,13 @@ impl<D: DeltaEncoder, S: Selector, B: CodecBank> Encoder<D, S, B> {
             self.threads,
             round.segment_count(),
             Worker::<B>::default,
-            |worker, s| self.compress_segment(worker, &round, s),
-            |record| {
-                let (record, choice) = record?;
-                written += frame::write_segment(out, &record)?;
+            |worker, s| {
+                let (record, choice) = self.compress_segment(worker, &round, s)?;
+                Ok((frame::segment_head(&record), record, choice))
+            },
+            |sealed: Result<_>| {
+                let (head, record, choice) = sealed?;
+                written += frame::write_sealed(out, &head, &record)?;
                 if let Some(choice) = choice {
                     match codecs.iter_mut().find(|(name, _)| *name == choice) {
                         Some((_, n)) => *n += 1,

@@ -193,8 +193,9 @@ pub fn encode_segment(record: &SegmentRecord) -> Vec<u8> {
     out
 }
 
-/// Writes a segment record to `out` without copying its data; returns the bytes written.
-pub fn write_segment(out: &mut impl Write, record: &SegmentRecord) -> std::io::Result<u64> {
+/// The fixed part of a segment record (index, stream descriptors, checksum over them and the
+/// data): computed where the record is made, so the writer only writes.
+pub fn segment_head(record: &SegmentRecord) -> [u8; SEGMENT_FIXED] {
     let mut head = [0u8; SEGMENT_FIXED];
     head[..4].copy_from_slice(&record.index.to_le_bytes());
     for (i, s) in record.streams.iter().enumerate() {
@@ -208,7 +209,17 @@ pub fn write_segment(out: &mut impl Write, record: &SegmentRecord) -> std::io::R
     sum.update(&head[..SEGMENT_FIXED - 8]);
     sum.update(&record.data);
     head[SEGMENT_FIXED - 8..].copy_from_slice(&sum.digest().to_le_bytes());
-    out.write_all(&head)?;
+    head
+}
+
+/// Writes a segment record to `out` without copying its data; returns the bytes written.
+pub fn write_segment(out: &mut impl Write, record: &SegmentRecord) -> std::io::Result<u64> {
+    write_sealed(out, &segment_head(record), record)
+}
+
+/// Writes a record whose head [`segment_head`] already made.
+pub fn write_sealed(out: &mut impl Write, head: &[u8; SEGMENT_FIXED], record: &SegmentRecord) -> std::io::Result<u64> {
+    out.write_all(head)?;
     out.write_all(&record.data)?;
     Ok((SEGMENT_FIXED + record.data.len()) as u64)
 }

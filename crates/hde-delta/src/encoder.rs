@@ -673,6 +673,15 @@ impl<C: Clock> PageDeltaEncoder<C> {
                 }
             }
         }
+        let mut copied_whole = false;
+        if let Target::Full(data) = &mut content {
+            if data.is_empty() {
+                // No old content (a key's first round): one copy of the image, instead of
+                // zero-filling a buffer and copying into it page by page.
+                *data = round.image.to_vec();
+                copied_whole = true;
+            }
+        }
         match &mut content {
             Target::Full(data) => data.resize(len, 0),
             Target::Bounded(cache) => {
@@ -687,6 +696,7 @@ impl<C: Clock> PageDeltaEncoder<C> {
             let zero = round.hashes[p] == 0;
             let new = if zero { None } else { round.image.get(p * ps..p * ps + plen) };
             match &mut content {
+                Target::Full(_) if copied_whole => {}
                 Target::Full(data) => {
                     let dst = &mut data[p * ps..p * ps + plen];
                     match new {
