@@ -24,6 +24,7 @@
 pub mod frame;
 pub mod state;
 
+mod alloc;
 mod config;
 mod engine;
 mod error;
