@@ -286,23 +286,12 @@ fn write_output<T>(path: &Path, durable: bool, f: impl FnOnce(&mut dyn Write) ->
         lock.flush().context("cannot write stdout")?;
         return Ok(value);
     }
-    let tmp = path.with_extension(format!("hde-tmp.{}", std::process::id()));
-    let result = (|| -> Result<T> {
-        let file = File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
+    replace_file(path, durable, |file| {
         let mut w = io::BufWriter::new(file);
         let value = f(&mut w)?;
-        let file =
-            w.into_inner().map_err(|e| e.into_error()).with_context(|| format!("cannot write {}", path.display()))?;
-        if durable {
-            file.sync_all().with_context(|| format!("cannot write {}", path.display()))?;
-        }
-        fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))?;
+        w.flush().with_context(|| format!("cannot write {}", path.display()))?;
         Ok(value)
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result
+    })
 }
 
 /// Writes a decoded image to `path` like [`write_output`], as a sparse file (zero blocks left
@@ -311,14 +300,23 @@ fn write_image(path: &Path, durable: bool, image: &[u8]) -> Result<()> {
     if is_stdio(path) {
         return write_output(path, durable, |w| Ok(w.write_all(image)?));
     }
+    replace_file(path, durable, |file| {
+        hde_core::state::write_sparse(file, 0, image).with_context(|| format!("cannot write {}", path.display()))
+    })
+}
+
+/// Creates a temporary file beside `path`, fills it with `f`, fsyncs it if `durable`, and
+/// renames it over `path`; on any failure the temporary file is removed and `path` is untouched.
+fn replace_file<T>(path: &Path, durable: bool, f: impl FnOnce(&File) -> Result<T>) -> Result<T> {
     let tmp = path.with_extension(format!("hde-tmp.{}", std::process::id()));
-    let result = (|| -> Result<()> {
+    let result = (|| -> Result<T> {
         let file = File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
-        hde_core::state::write_sparse(&file, 0, image).with_context(|| format!("cannot write {}", path.display()))?;
+        let value = f(&file)?;
         if durable {
             file.sync_all().with_context(|| format!("cannot write {}", path.display()))?;
         }
-        fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))
+        fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))?;
+        Ok(value)
     })();
     if result.is_err() {
         let _ = fs::remove_file(&tmp);
