@@ -28,6 +28,7 @@ mod alloc;
 mod config;
 mod engine;
 mod error;
+mod ledger;
 mod node;
 mod pipeline;
 mod sync;

@@ -2,16 +2,16 @@
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
-use std::sync::{Mutex, PoisonError};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use hde_codec::CodecSet;
-use hde_crdt::{Limits, NodeId, ORMap};
+use hde_crdt::{Limits, ORMap};
 use hde_delta::{ClassCounts, DeltaEncoder, EncodeOptions, Image, PageDeltaEncoder};
 use hde_selector::{LearningSelector, NetworkMode, Selector};
 use serde::{Deserialize, Serialize};
 
 use crate::frame::FrameHeader;
+use crate::ledger::{EncodeRecord, Ledger};
 use crate::{CodecBank, Decoder, Encoder, FrameSummary, HdeConfig, Result};
 
 /// What the cluster knows about one key's baseline: who holds which version.
@@ -79,22 +79,8 @@ pub struct Health {
     pub problems: Vec<String>,
 }
 
-#[derive(Debug, Default)]
-struct Counters {
-    frames_encoded: u64,
-    frames_decoded: u64,
-    bytes_in: u64,
-    bytes_out: u64,
-    codec_use: BTreeMap<String, u64>,
-    pages: ClassCounts,
-}
-
 fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// An HDE node: sends rounds of its keys, receives rounds from peers, replicates baseline
@@ -110,8 +96,7 @@ where
     config: HdeConfig,
     encoder: Encoder<D, S, B>,
     decoder: Decoder<hde_delta::PageDeltaDecoder, B>,
-    counters: Mutex<Counters>,
-    crdt: Mutex<ORMap<String, BaselineMeta>>,
+    ledger: Ledger,
 }
 
 impl Hde {
@@ -157,7 +142,7 @@ where
             crate::frame::FrameLimits { max_image: config.delta.max_image_size },
             config.threads,
         );
-        Ok(Hde { config, encoder, decoder, counters: Mutex::default(), crdt: Mutex::default() })
+        Ok(Hde { config, encoder, decoder, ledger: Ledger::default() })
     }
 
     /// The configuration.
@@ -188,16 +173,12 @@ where
     ) -> Result<FrameSummary> {
         options.force_keyframe |= !self.config.enable_delta;
         let summary = self.encoder.compress_to(key, data, out, options)?;
-        {
-            let mut c = lock(&self.counters);
-            c.frames_encoded += 1;
-            c.bytes_in += summary.input_bytes;
-            c.bytes_out += summary.output_bytes;
-            c.pages.merge(&summary.pages);
-            for (codec, n) in &summary.codecs {
-                *c.codec_use.entry(codec.clone()).or_default() += n;
-            }
-        }
+        self.ledger.encoded(&EncodeRecord {
+            input_bytes: summary.input_bytes,
+            output_bytes: summary.output_bytes,
+            pages: &summary.pages,
+            codecs: &summary.codecs,
+        });
         if !options.detached {
             let codec = summary.codecs.iter().max_by_key(|(_, n)| *n).map_or_else(String::new, |(c, _)| c.clone());
             self.record(key, &summary.header.round, codec);
@@ -228,7 +209,7 @@ where
     }
 
     fn after_decode(&self, header: &FrameHeader) {
-        lock(&self.counters).frames_decoded += 1;
+        self.ledger.decoded();
         self.record(&header.key, &header.round, String::new());
     }
 
@@ -245,7 +226,7 @@ where
             codec,
             keyframe: round.is_keyframe(),
         };
-        lock(&self.crdt).update(NodeId(self.config.node_id), key.to_owned(), meta, now_ms());
+        self.ledger.record(self.config.node_id, key, meta, now_ms());
     }
 
     /// Switches the network mode; the next frame uses it.
@@ -260,26 +241,25 @@ where
 
     /// This node's replica of the baseline metadata, encoded for a peer.
     pub fn export_crdt_state(&self) -> Vec<u8> {
-        lock(&self.crdt).to_bytes()
+        self.ledger.export()
     }
 
     /// Merges a peer's exported state; a malformed one is an error and changes nothing.
     pub fn merge_remote_crdt(&self, bytes: &[u8]) -> Result<()> {
         let remote: ORMap<String, BaselineMeta> = ORMap::from_bytes(bytes, &Limits::default())?;
-        lock(&self.crdt).merge(&remote);
+        self.ledger.merge(&remote);
         Ok(())
     }
 
     /// What the replica says about `key`'s baseline.
     pub fn baseline_record(&self, key: &str) -> Option<BaselineMeta> {
-        lock(&self.crdt).get(&key.to_owned()).cloned()
+        self.ledger.get(key)
     }
 
     /// The node's counters.
     pub fn metrics(&self) -> Metrics {
         let delta = self.encoder.delta().stats();
-        let crdt = lock(&self.crdt).stats();
-        let c = lock(&self.counters);
+        let (c, crdt) = self.ledger.snapshot();
         let ratio = if c.bytes_in == 0 { 0.0 } else { c.bytes_out as f64 / c.bytes_in as f64 };
         Metrics {
             frames_encoded: c.frames_encoded,
@@ -289,7 +269,7 @@ where
             compression_ratio: ratio,
             bandwidth_saving_percent: if c.bytes_in == 0 { 0.0 } else { 100.0 * (1.0 - ratio) },
             delta_hit_rate: delta.delta_hit_rate(),
-            codec_use: c.codec_use.clone(),
+            codec_use: c.codec_use,
             pages: c.pages,
             baselines: delta.baselines,
             baseline_memory: delta.memory,
