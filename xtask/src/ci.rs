@@ -25,6 +25,9 @@ pub(crate) fn run() -> Result<()> {
     })?;
     run_step("test", || sh(cargo().args(["test", "--workspace", "--locked"])))?;
     run_step("loom", crate::loom::run_models)?;
+    // A short blind-mutation run of every fuzz target on the stable toolchain (the seed
+    // corpus itself already ran as plain tests); `cargo xtask fuzz` runs libFuzzer for longer.
+    run_step("fuzz (stable runner, 8 s per target)", || crate::fuzz::run_fuzz(&crate::fuzz::Args::stable_smoke(8)))?;
     run_step("benches compile", || sh(cargo().args(["bench", "--workspace", "--no-run", "--locked"])))?;
     eprintln!("ci: all steps passed in {:.0} s", t.elapsed().as_secs_f64());
     Ok(())

@@ -6,6 +6,7 @@
 mod ci;
 mod corpus;
 mod crdt_compare;
+mod fuzz;
 mod loom;
 mod peers;
 mod replay;
@@ -41,6 +42,9 @@ enum Task {
     /// The release `hde` against lz4, zstd, zstd --patch-from and xdelta3 on snapshot files:
     /// bytes, wall and CPU seconds, peak memory, verified decodes, and the goals of issue 7.
     BenchPeers(peers::Args),
+    /// Run every fuzz target for a bounded time (libFuzzer via cargo-fuzz if installed, else
+    /// the stable mutation runner); findings go to fuzz/artifacts/ and fail the command.
+    Fuzz(fuzz::Args),
     /// Run the criterion benches (`cargo bench -p hde-benches`), passing arguments through.
     Bench {
         /// Arguments for criterion (e.g. a filter such as `compress`).
@@ -56,6 +60,7 @@ fn main() -> Result<()> {
         Task::CrdtCompare => crdt_compare::run(),
         Task::Corpus(args) => corpus::run(&args),
         Task::BenchPeers(args) => peers::run_bench(&args),
+        Task::Fuzz(args) => fuzz::run_fuzz(&args),
         Task::Bench { args } => {
             let mut cmd = cargo();
             cmd.args(["bench", "-p", "hde-benches", "--"]).args(args);
