@@ -70,6 +70,10 @@ enum Command {
         /// `zstd --patch-from` takes it); the decoder needs the same file as its --base.
         #[arg(long, conflicts_with = "state")]
         base: Option<PathBuf>,
+        /// Send a keyframe whatever the baseline (what a receiver that lost its baseline, or
+        /// missed a frame, needs); a damaged saved baseline is then replaced.
+        #[arg(long)]
+        keyframe: bool,
         #[command(flatten)]
         engine: EngineArgs,
     },
@@ -298,7 +302,7 @@ fn write_output<T>(path: &Path, durable: bool, f: impl FnOnce(&mut dyn Write) ->
 /// as holes, as `zstd -d` does) when `path` is a file.
 fn write_image(path: &Path, durable: bool, image: &[u8]) -> Result<()> {
     if is_stdio(path) {
-        return write_output(path, durable, |w| Ok(w.write_all(image)?));
+        return write_output(path, durable, |w| w.write_all(image).context("cannot write stdout"));
     }
     replace_file(path, durable, |file| {
         hde_core::state::write_sparse(file, 0, image).with_context(|| format!("cannot write {}", path.display()))
@@ -326,7 +330,7 @@ fn replace_file<T>(path: &Path, durable: bool, f: impl FnOnce(&File) -> Result<T
 
 fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
-        Command::Encode { input, output, key, state, base, engine } => {
+        Command::Encode { input, output, key, state, base, keyframe, engine } => {
             let image = read_input(&input)?;
             let key = key.unwrap_or_else(|| match input.file_stem() {
                 Some(stem) if !is_stdio(&input) => stem.to_string_lossy().into_owned(),
@@ -335,14 +339,19 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let hde = Hde::new(engine_config(&engine, 1))?;
             let state = state.map(StateDir::open).transpose()?;
             if let Some(dir) = &state {
-                dir.restore_sender(&hde, &key).context("cannot load the saved baseline")?;
+                match dir.restore_sender(&hde, &key) {
+                    Ok(_) => {}
+                    // A keyframe needs no baseline: a damaged saved one is replaced.
+                    Err(e) if keyframe => eprintln!("hde: ignoring the saved baseline of {key}: {e}"),
+                    Err(e) => return Err(e).context("cannot load the saved baseline (a --keyframe replaces it)"),
+                }
             }
             if let Some(base) = &base {
                 let image = read_input(base)?.into_image();
                 hde.sender().install(&key, image).with_context(|| format!("cannot use {} as base", base.display()))?;
             }
             // Without --state nothing keeps the new baseline: a detached frame skips the commit.
-            let options = EncodeOptions { detached: state.is_none(), ..EncodeOptions::default() };
+            let options = EncodeOptions { detached: state.is_none(), force_keyframe: keyframe };
             let summary = write_output(&output, state.is_some(), |w| {
                 let mut w = w;
                 Ok(hde.compress_with(&key, &image, &mut w, options)?)
@@ -369,13 +378,31 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let hde = Hde::new(receiver_config(threads))?;
             let state = state.map(StateDir::open).transpose()?;
             if let Some(dir) = &state {
-                dir.restore_receiver(&hde, &header.key).context("cannot load the saved baseline")?;
+                match dir.restore_receiver(&hde, &header.key) {
+                    Ok(_) => {}
+                    // A keyframe needs no baseline: a damaged saved one is replaced.
+                    Err(e) if header.round.is_keyframe() => {
+                        eprintln!("hde: ignoring the saved baseline of {}: {e}", header.key);
+                    }
+                    Err(e) => return Err(e).context("cannot load the saved baseline (a keyframe replaces it)"),
+                }
             }
             if let Some(base) = &base {
                 let image = read_input(base)?.into_image();
                 hde.receiver()
                     .install(&header.key, header.round.page_size as usize, image)
                     .with_context(|| format!("cannot use {} as base", base.display()))?;
+            }
+            // The same frame again (a retry after a crash that came after the state was saved):
+            // the baseline held is exactly the image this frame produces, so write that.
+            if let Some(image) = hde
+                .receiver()
+                .baseline(&header.key)
+                .filter(|id| state.is_some() && *id == header.round.produces())
+                .and_then(|_| hde.receiver().image(&header.key))
+            {
+                write_image(&output, true, &image)?;
+                return Ok(ExitCode::SUCCESS);
             }
             let (_, image) = hde.decompress(&bytes).with_context(|| format!("cannot decode {}", input.display()))?;
             write_image(&output, state.is_some(), &image)?;
