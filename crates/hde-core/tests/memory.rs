@@ -156,7 +156,7 @@ fn a_node_under_load_is_exact_and_within_its_memory_limit() {
             let (sender, receiver, base) = (sender.clone(), receiver.clone(), base.clone());
             std::thread::spawn(move || {
                 let (mut frames, mut bytes_in, mut bytes_out) = (0u64, 0u64, 0u64);
-                let mut round = vec![0usize; KEYS_PER_THREAD];
+                let mut round = [0usize; KEYS_PER_THREAD];
                 let mut i = 0;
                 while began.elapsed() < budget {
                     let slot = i % KEYS_PER_THREAD;
