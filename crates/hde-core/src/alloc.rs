@@ -10,13 +10,14 @@
 const MIN_HUGE: usize = 4 << 20;
 const HUGE_PAGE: usize = 2 << 20;
 
-/// A zeroed buffer of `len` bytes, backed by huge pages where the kernel grants them.
-pub(crate) fn zeroed(len: usize) -> Vec<u8> {
-    let mut buf = vec![0u8; len];
+/// A zeroed buffer of `len` bytes, backed by huge pages where the kernel grants them; an
+/// error, not an abort, if the system refuses the memory.
+pub(crate) fn zeroed(len: usize) -> hde_delta::Result<Vec<u8>> {
+    let mut buf = hde_delta::try_zeroed(len)?;
     if len >= MIN_HUGE {
         advise_huge(&mut buf);
     }
-    buf
+    Ok(buf)
 }
 
 #[cfg(target_os = "linux")]
@@ -42,7 +43,7 @@ mod tests {
     #[test]
     fn buffers_are_zeroed_whatever_their_size() {
         for len in [0, 1, 4096, (4 << 20) + 12345] {
-            let buf = super::zeroed(len);
+            let buf = super::zeroed(len).unwrap();
             assert_eq!(buf.len(), len);
             assert!(buf.iter().all(|&b| b == 0));
         }

@@ -383,7 +383,7 @@ impl<D: DeltaDecoder, B: CodecBank> Decoder<D, B> {
             .map_err(|_| Error::CorruptFrame { reason: "image larger than this machine's address space" })?;
         // Bounded by the limits `read_header` and `prepare` checked; pages stay unmapped until
         // a worker writes them.
-        let mut image = crate::alloc::zeroed(len);
+        let mut image = crate::alloc::zeroed(len)?;
         let seg_size = (header.round.segment_size as usize).max(1);
         let slots: Vec<Mutex<Option<&mut [u8]>>> = image.chunks_mut(seg_size).map(|c| Mutex::new(Some(c))).collect();
         if slots.len() != records.len() {

@@ -273,8 +273,12 @@ pub fn read_segment(r: &mut impl Read, header: &FrameHeader, expected: u32) -> R
         total += u64::from(stored_len);
         *s = StreamDesc { codec, with_reference: flags & STREAM_FLAG_REFERENCE != 0, raw_len, stored_len };
     }
-    let mut data = vec![0u8; total as usize];
-    read_exact(r, &mut data, "segment data")?;
+    // Grown as bytes arrive, not sized by the claim: a truncated frame costs what it holds.
+    let mut data = Vec::new();
+    r.take(total).read_to_end(&mut data)?;
+    if data.len() as u64 != total {
+        return Err(Error::CorruptFrame { reason: "frame ends inside segment data" });
+    }
     let stored = le64(&fixed, 52);
     let mut sum_input = fixed[..52].to_vec();
     sum_input.extend_from_slice(&data);

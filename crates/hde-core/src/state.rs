@@ -137,6 +137,11 @@ impl StateDir {
         if len > max_image {
             return Err(Error::LimitExceeded { what: "saved image size", claimed: len, limit: max_image });
         }
+        // The file's own length must agree before anything is allocated for the claim.
+        let on_disk = file.metadata().map_err(io_at(&path))?.len();
+        if on_disk != HEADER as u64 + len {
+            return Err(Error::CorruptFrame { reason: "state file length differs from its header's" });
+        }
         let mut image = Vec::with_capacity(len as usize);
         file.read_to_end(&mut image).map_err(io_at(&path))?;
         if image.len() as u64 != len {
@@ -208,5 +213,30 @@ impl StateDir {
     pub fn save_receiver(&self, hde: &Hde, key: &str) -> Result<()> {
         let (Some(id), Some(image)) = (hde.receiver().baseline(key), hde.receiver().image(key)) else { return Ok(()) };
         self.save(Side::Receive, key, &Saved { id, chain: 0, keyframe_ms: 0, image: Vec::new() }, &image)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_header_claiming_more_than_the_file_holds_is_refused_before_allocation() {
+        let root = std::env::temp_dir().join(format!("hde-state-claim-{}", std::process::id()));
+        let dir = StateDir::open(&root).unwrap();
+        let image = vec![7u8; 8192];
+        let saved = Saved { id: BaselineId { seq: 3, checksum: 9 }, chain: 0, keyframe_ms: 0, image: Vec::new() };
+        dir.save(Side::Send, "vm", &saved, &image).unwrap();
+        assert_eq!(dir.load(Side::Send, "vm", u64::MAX).unwrap().unwrap().image, image);
+        // Rewrite the length field as 1 TiB with a valid header checksum.
+        let path = dir.path(Side::Send, "vm");
+        let mut bytes = fs::read(&path).unwrap();
+        bytes[32..40].copy_from_slice(&(1u64 << 40).to_le_bytes());
+        let sum = xxh3_64(&bytes[..40]);
+        bytes[40..48].copy_from_slice(&sum.to_le_bytes());
+        fs::write(&path, &bytes).unwrap();
+        let err = dir.load(Side::Send, "vm", u64::MAX).unwrap_err();
+        assert!(matches!(err, Error::CorruptFrame { .. }), "{err:?}");
+        let _ = fs::remove_dir_all(&root);
     }
 }

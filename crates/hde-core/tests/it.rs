@@ -103,6 +103,20 @@ fn hostile_lengths_are_refused_before_allocation() {
     record.streams[1].stored_len = 1 << 30;
     let bytes = encode_frame(&delta_header(), &record);
     assert!(matches!(decode_frame(&bytes), Err(Error::LimitExceeded { .. })));
+    // A keyframe claiming 60 GiB (within the default 64 GiB limit) with 60 valid, empty
+    // 1 GiB segment records: the decoder tries the allocation and answers with a typed error
+    // (out of memory where the system refuses, a corrupt segment where it overcommits).
+    let mut claim = keyframe_header();
+    claim.round.image_len = 60 << 30;
+    claim.round.segment_size = 1 << 30;
+    let mut bytes = frame::encode_header(&claim).unwrap();
+    for index in 0..60 {
+        let empty = StreamDesc { codec: CodecId::Raw, with_reference: false, raw_len: 0, stored_len: 0 };
+        bytes.extend(frame::encode_segment(&SegmentRecord { index, streams: [empty; 4], data: Vec::new() }));
+    }
+    let decoder = hde_core::Decoder::new(hde_core::delta::DeltaConfig::default()).unwrap();
+    let err = decoder.decompress(&bytes).unwrap_err();
+    assert!(matches!(err, Error::Delta(_) | Error::CorruptFrame { .. } | Error::Codec(_)), "{err:?}");
     // Not a frame at all.
     assert!(matches!(
         decode_frame(b"PK\x03\x04 some zip file ........................................................"),

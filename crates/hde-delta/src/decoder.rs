@@ -116,7 +116,7 @@ pub trait DeltaDecoder: Send + Sync {
             claimed: header.image_len,
             limit: usize::MAX as u64,
         })?;
-        let mut image = vec![0u8; len];
+        let mut image = crate::try_zeroed(len)?;
         let mut applied = Vec::with_capacity(segments.len());
         for (s, (streams, out)) in
             segments.iter().zip(image.chunks_mut(header.segment_size.max(1) as usize)).enumerate()
@@ -437,7 +437,8 @@ impl DeltaDecoder for PageDeltaDecoder {
         }
         // Bounded by max_image_size in prepare; zeroed memory is lazily mapped, so zero pages
         // cost nothing.
-        let mut image = vec![0u8; header.image_len as usize];
+        let len = usize::try_from(header.image_len).map_err(|_| Error::OutOfMemory { bytes: header.image_len })?;
+        let mut image = crate::try_zeroed(len)?;
         let chunks: Vec<&mut [u8]> = image.chunks_mut(header.segment_size as usize).collect();
         let applied =
             par::map_each(self.config.threads, chunks, |s, out| self.apply_segment(&prepared, s, &segments[s], out))

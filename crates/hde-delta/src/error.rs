@@ -73,6 +73,13 @@ pub enum Error {
         /// The limit.
         limit: u64,
     },
+    /// The memory for an image of this size could not be had (a header may claim up to
+    /// `max_image_size`; the allocation is tried, not assumed).
+    #[error("cannot allocate {bytes} bytes for an image")]
+    OutOfMemory {
+        /// The size asked for.
+        bytes: u64,
+    },
     /// A configuration value is out of range.
     #[error("invalid delta configuration: {what}")]
     InvalidConfig {

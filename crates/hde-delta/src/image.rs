@@ -73,6 +73,29 @@ impl fmt::Debug for Image {
     }
 }
 
+/// A zeroed buffer of `len` bytes for an image being rebuilt, or [`Error::OutOfMemory`]
+/// (instead of the abort of `vec![0; len]`) when the system refuses it: a frame may claim any
+/// size up to the configured limit, and a receiver must answer a claim it cannot meet with an
+/// error. Zeroed memory comes from the allocator's zeroed path, so pages nobody writes are
+/// never touched.
+///
+/// [`Error::OutOfMemory`]: crate::Error::OutOfMemory
+pub fn try_zeroed(len: usize) -> crate::Result<Vec<u8>> {
+    if len == 0 {
+        return Ok(Vec::new());
+    }
+    let oom = crate::Error::OutOfMemory { bytes: len as u64 };
+    let layout = std::alloc::Layout::array::<u8>(len).map_err(|_| oom.clone())?;
+    // SAFETY: `layout` has a non-zero size (checked above).
+    let ptr = unsafe { std::alloc::alloc_zeroed(layout) };
+    if ptr.is_null() {
+        return Err(oom);
+    }
+    // SAFETY: `ptr` was just allocated by the global allocator with the layout of `[u8; len]`,
+    // every byte is initialised (zeroed), and length and capacity are both `len`.
+    Ok(unsafe { Vec::from_raw_parts(ptr, len, len) })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -87,5 +110,16 @@ mod tests {
         let v = owned.into_vec();
         assert_eq!(v.as_ptr(), ptr);
         assert_eq!(shared.into_vec(), vec![1, 2, 3]);
+    }
+
+    #[test]
+    fn zeroed_buffers_or_a_typed_error() {
+        for len in [0, 1, 4096, 5 << 20] {
+            let buf = super::try_zeroed(len).unwrap();
+            assert_eq!(buf.len(), len);
+            assert!(buf.iter().all(|&b| b == 0));
+        }
+        // More than any address space can give: an error, not an abort.
+        assert!(matches!(super::try_zeroed(usize::MAX / 2), Err(crate::Error::OutOfMemory { .. })));
     }
 }

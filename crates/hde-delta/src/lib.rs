@@ -64,6 +64,6 @@ pub use crate::encoder::{
     BaselineInfo, DeltaEncoder, EncodeOptions, EncodedRound, EncoderStats, KeyframeReason, PageDeltaEncoder, Round,
 };
 pub use crate::error::{Error, Result};
-pub use crate::image::{Image, SharedBytes};
+pub use crate::image::{try_zeroed, Image, SharedBytes};
 pub use crate::page::is_zero;
 pub use crate::payload::{BaselineId, ClassCounts, PageClass, RoundHeader, SegmentStreams};
