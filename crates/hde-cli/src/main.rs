@@ -314,7 +314,14 @@ fn write_image(path: &Path, durable: bool, image: &[u8]) -> Result<()> {
 fn replace_file<T>(path: &Path, durable: bool, f: impl FnOnce(&File) -> Result<T>) -> Result<T> {
     let tmp = path.with_extension(format!("hde-tmp.{}", std::process::id()));
     let result = (|| -> Result<T> {
-        let file = File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
+        // Readable too: a decode straight into the file copies pages between its segments.
+        let file = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&tmp)
+            .with_context(|| format!("cannot create {}", tmp.display()))?;
         let value = f(&file)?;
         if durable {
             file.sync_all().with_context(|| format!("cannot write {}", path.display()))?;
@@ -402,6 +409,14 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 .and_then(|_| hde.receiver().image(&header.key))
             {
                 write_image(&output, true, &image)?;
+                return Ok(ExitCode::SUCCESS);
+            }
+            if state.is_none() && !is_stdio(&output) {
+                // Nothing keeps the image: each segment goes straight to the file.
+                replace_file(&output, false, |file| {
+                    hde.decompress_to_file(&mut &bytes[..], file)
+                        .with_context(|| format!("cannot decode {}", input.display()))
+                })?;
                 return Ok(ExitCode::SUCCESS);
             }
             let (_, image) = hde.decompress(&bytes).with_context(|| format!("cannot decode {}", input.display()))?;

@@ -407,6 +407,60 @@ impl<D: DeltaDecoder, B: CodecBank> Decoder<D, B> {
     }
 }
 
+impl<D: DeltaDecoder, B: CodecBank> Decoder<D, B> {
+    /// Reads one frame from `r` and writes its image into `file` (from offset 0, zero blocks
+    /// left as holes, the length set to the image's), without keeping the image in memory or
+    /// making it a baseline: for a receiver that needs the image on disk only (a one-off
+    /// frame, or a delta against a reference it supplies each time).
+    ///
+    /// Each worker rebuilds a segment into a buffer of its own and writes it at its offset;
+    /// the checksum is verified before the last copies between segments are made. On error
+    /// the file's content is unspecified: write to a temporary file and keep it only on
+    /// success (the `hde` binary does).
+    #[cfg(unix)]
+    pub fn decompress_to_file(&self, r: &mut impl Read, file: &std::fs::File) -> Result<FrameHeader> {
+        use std::os::unix::fs::FileExt;
+        let header = frame::read_header(r, &self.limits)?;
+        let prepared = self.delta.prepare(&header.key, &header.round)?;
+        let count = header.round.segment_count();
+        let mut records = Vec::new();
+        for index in 0..count {
+            let index = u32::try_from(index).map_err(|_| Error::CorruptFrame { reason: "too many segments" })?;
+            records.push(frame::read_segment(r, &header, index)?);
+        }
+        let seg_size = u64::from(header.round.segment_size.max(1));
+        let buffer = usize::try_from(seg_size.min(header.round.image_len))
+            .map_err(|_| Error::CorruptFrame { reason: "segment larger than this machine's address space" })?;
+        let applied = par_map(
+            self.threads,
+            records.len(),
+            || (B::default(), SegmentStreams::default(), Vec::new(), Vec::new()),
+            |(codecs, streams, reference, out), s| {
+                decompress_segment(codecs, &prepared, &records[s], streams, reference)?;
+                let start = s as u64 * seg_size;
+                let len = header.round.image_len.saturating_sub(start).min(seg_size) as usize;
+                if out.is_empty() {
+                    *out = crate::alloc::zeroed(buffer)?;
+                }
+                let out = out.get_mut(..len).ok_or(Error::CorruptFrame { reason: "segment outside the image" })?;
+                let applied = self.delta.apply_segment(&prepared, s, streams, out)?;
+                crate::state::write_sparse_at(file, start, out)?;
+                Ok(applied)
+            },
+        );
+        let applied = applied.into_iter().collect::<Result<Vec<_>>>()?;
+        let copies = self.delta.verify_detached(&header.key, prepared, applied)?;
+        let mut page = Vec::new();
+        for copy in copies {
+            page.resize(copy.len, 0);
+            file.read_exact_at(&mut page, copy.from)?;
+            file.write_all_at(&page, copy.to)?;
+        }
+        file.set_len(header.round.image_len)?;
+        Ok(header)
+    }
+}
+
 /// Decompresses the four streams of `record` into `streams` (buffers reused between
 /// segments), the literals against the reference `prepared` rebuilds from its baseline.
 fn decompress_segment(

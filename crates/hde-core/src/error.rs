@@ -5,7 +5,7 @@
 #[non_exhaustive]
 pub enum Error {
     /// Reading or writing a frame or a file failed.
-    #[error("I/O error: {0}")]
+    #[error("I/O error")]
     Io(#[from] std::io::Error),
     /// The bytes are not an HDE frame (wrong magic) or of a version this build cannot read.
     #[error("not an HDE frame: {reason}")]

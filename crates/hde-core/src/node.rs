@@ -208,6 +208,16 @@ where
         Ok((header, image))
     }
 
+    /// Reads one frame from `r` and writes its image into `file`, without keeping the image
+    /// or making it a baseline ([`Decoder::decompress_to_file`]); counted as a decoded frame,
+    /// not recorded in the replica (this node does not hold the result).
+    #[cfg(unix)]
+    pub fn decompress_to_file(&self, r: &mut impl Read, file: &std::fs::File) -> Result<FrameHeader> {
+        let header = self.decoder.decompress_to_file(r, file)?;
+        self.ledger.decoded();
+        Ok(header)
+    }
+
     fn after_decode(&self, header: &FrameHeader) {
         self.ledger.decoded();
         self.record(&header.key, &header.round, String::new());

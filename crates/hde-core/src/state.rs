@@ -71,6 +71,13 @@ fn io_at(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
 /// VM images are a third or more zero pages: holes save the copy into the page cache and the
 /// disk blocks, as `zstd -d --sparse` does. Reading a hole gives zeros.
 pub fn write_sparse(file: &File, offset: u64, bytes: &[u8]) -> std::io::Result<()> {
+    write_sparse_at(file, offset, bytes)?;
+    file.set_len(offset + bytes.len() as u64)
+}
+
+/// [`write_sparse`] without setting the length: for writers filling parts of one file at once
+/// (the length is set once, by whoever knows it).
+pub fn write_sparse_at(file: &File, offset: u64, bytes: &[u8]) -> std::io::Result<()> {
     use std::os::unix::fs::FileExt;
     const BLOCK: usize = 4096;
     let mut run_start = None;
@@ -90,7 +97,7 @@ pub fn write_sparse(file: &File, offset: u64, bytes: &[u8]) -> std::io::Result<(
     if let Some(start) = run_start {
         file.write_all_at(&bytes[start..], offset + start as u64)?;
     }
-    file.set_len(offset + bytes.len() as u64)
+    Ok(())
 }
 
 impl StateDir {

@@ -275,6 +275,42 @@ mod engine {
     }
 
     #[test]
+    fn decoding_into_a_file_gives_the_same_image_and_keeps_no_baseline() {
+        // 64 KiB segments: duplicates of pages in other segments are copied after the checksum.
+        let small = DeltaConfig { segment_size: 64 << 10, delta_segment_factor: 1, ..config() };
+        let enc = Encoder::new(small.clone(), SelectorConfig::default()).unwrap();
+        let images = generate(&CorpusConfig { size: 2 << 20, rounds: 2, ..CorpusConfig::default() }).unwrap();
+        let dir = std::env::temp_dir().join(format!("hde-to-file-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("out.raw");
+        let open =
+            || std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&path).unwrap();
+        let key = enc.compress("vm", &images[0]).unwrap();
+        let delta = enc.compress("vm", &images[1]).unwrap();
+        let dec = Decoder::new(small).unwrap();
+        // A keyframe into a file: the same bytes, and nothing kept.
+        let header = dec.decompress_to_file(&mut &key[..], &open()).unwrap();
+        assert!(header.round.is_keyframe());
+        assert!(std::fs::read(&path).unwrap() == images[0]);
+        assert!(dec.delta().baseline("vm").is_none());
+        // A delta into a file, against a baseline held in memory, which stays as it was.
+        dec.decompress(&key).unwrap();
+        let before = dec.delta().baseline("vm");
+        dec.decompress_to_file(&mut &delta[..], &open()).unwrap();
+        assert!(std::fs::read(&path).unwrap() == images[1]);
+        assert_eq!(dec.delta().baseline("vm"), before);
+        // Damage is an error, as in memory.
+        for i in (0..delta.len()).step_by(97) {
+            let mut bad = delta.clone();
+            bad[i] ^= 0x40;
+            if dec.decompress_to_file(&mut &bad[..], &open()).is_ok() {
+                assert!(std::fs::read(&path).unwrap() == images[1], "flip at {i} wrote a wrong image");
+            }
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
     fn damaged_frames_are_errors_never_wrong_images() {
         let enc = Encoder::new(config(), SelectorConfig::default()).unwrap();
         let images = generate(&CorpusConfig { size: 256 << 10, rounds: 2, ..CorpusConfig::default() }).unwrap();

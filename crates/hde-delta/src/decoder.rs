@@ -104,6 +104,18 @@ pub trait DeltaDecoder: Send + Sync {
     fn finish(&self, key: &str, prepared: Self::Prepared, image: Vec<u8>, applied: Vec<Self::Applied>)
         -> Result<Image>;
 
+    /// Verifies a round whose segments were rebuilt (by `apply_segment`, each into a buffer
+    /// of its own) and stored elsewhere, e.g. written straight into a file, without making it
+    /// the key's baseline. Returns the copies still to make between segments (duplicates of
+    /// pages in other segments), in an order in which every source is final when copied; the
+    /// verified checksum covers their result.
+    fn verify_detached(
+        &self,
+        key: &str,
+        prepared: Self::Prepared,
+        applied: Vec<Self::Applied>,
+    ) -> Result<Vec<PageCopy>>;
+
     /// Rebuilds the image from the round's decompressed streams, verifies its checksum and
     /// makes it the key's baseline.
     fn apply(&self, key: &str, prepared: Self::Prepared, segments: &[SegmentStreams]) -> Result<Image> {
@@ -151,9 +163,29 @@ impl<D: DeltaDecoder + ?Sized> DeltaDecoder for Arc<D> {
     ) -> Result<Image> {
         (**self).finish(key, prepared, image, applied)
     }
+    fn verify_detached(
+        &self,
+        key: &str,
+        prepared: Self::Prepared,
+        applied: Vec<Self::Applied>,
+    ) -> Result<Vec<PageCopy>> {
+        (**self).verify_detached(key, prepared, applied)
+    }
     fn apply(&self, key: &str, prepared: Self::Prepared, segments: &[SegmentStreams]) -> Result<Image> {
         (**self).apply(key, prepared, segments)
     }
+}
+
+/// A copy of `len` bytes from image offset `from` to image offset `to`, left to the caller by
+/// [`DeltaDecoder::verify_detached`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PageCopy {
+    /// Where the bytes come from (an earlier page of the same image).
+    pub from: u64,
+    /// Where they go.
+    pub to: u64,
+    /// How many.
+    pub len: usize,
 }
 
 /// What rebuilding one segment leaves for [`PageDeltaDecoder`]'s `finish`: its page hashes
@@ -332,6 +364,42 @@ fn apply_segment(
     Ok(deferred)
 }
 
+/// Checks that `applied` covers every segment of `header` once, and that the image they make,
+/// with their cross-segment duplicates copied, has the header's checksum; returns those copies,
+/// in page order (every source is an earlier, final page: duplicates point to first
+/// occurrences, which are never duplicates themselves).
+fn verify(key: &str, header: &RoundHeader, applied: &mut [AppliedSegment]) -> Result<Vec<PageCopy>> {
+    applied.sort_unstable_by_key(|a| a.segment);
+    let complete =
+        applied.len() as u64 == header.segment_count() && applied.iter().enumerate().all(|(i, a)| a.segment == i);
+    if !complete {
+        return Err(Error::Corrupt { reason: "segments missing, repeated, or of another image" });
+    }
+    let ps = header.page_size as usize;
+    let len = usize::try_from(header.image_len).map_err(|_| Error::OutOfMemory { bytes: header.image_len })?;
+    let mut hashes = Vec::with_capacity(len.div_ceil(ps));
+    let mut deferred = Vec::new();
+    for a in applied.iter_mut() {
+        hashes.append(&mut a.hashes);
+        deferred.append(&mut a.deferred);
+    }
+    if hashes.len() != len.div_ceil(ps) {
+        return Err(Error::Corrupt { reason: "segments missing, repeated, or of another image" });
+    }
+    deferred.sort_unstable();
+    let mut copies = Vec::with_capacity(deferred.len());
+    for (p, q) in deferred {
+        // A copy has its source's hash.
+        hashes[p] = hashes[q];
+        copies.push(PageCopy { from: (q * ps) as u64, to: (p * ps) as u64, len: page_len(len, ps, p) });
+    }
+    let actual = combine(&hashes);
+    if actual != header.checksum {
+        return Err(Error::ChecksumMismatch { key: key.to_owned(), expected: header.checksum, actual });
+    }
+    Ok(copies)
+}
+
 impl DeltaDecoder for PageDeltaDecoder {
     type Prepared = PreparedRound;
     type Applied = AppliedSegment;
@@ -389,33 +457,14 @@ impl DeltaDecoder for PageDeltaDecoder {
         mut applied: Vec<AppliedSegment>,
     ) -> Result<Image> {
         let header = prepared.header;
-        applied.sort_unstable_by_key(|a| a.segment);
-        let complete = applied.len() as u64 == header.segment_count()
-            && applied.iter().enumerate().all(|(i, a)| a.segment == i)
-            && image.len() as u64 == header.image_len;
-        if !complete {
+        if image.len() as u64 != header.image_len {
             return Err(Error::Corrupt { reason: "segments missing, repeated, or of another image" });
         }
+        for copy in verify(key, &header, &mut applied)? {
+            let (from, to) = (copy.from as usize, copy.to as usize);
+            image.copy_within(from..from + copy.len, to);
+        }
         let ps = header.page_size as usize;
-        let len = image.len();
-        let mut hashes = Vec::with_capacity(len.div_ceil(ps));
-        let mut deferred = Vec::new();
-        for a in applied {
-            hashes.extend(a.hashes);
-            deferred.extend(a.deferred);
-        }
-        // Cross-segment duplicates point to earlier pages; resolved in page order, every
-        // source is final when copied, and a copy has its source's hash.
-        deferred.sort_unstable();
-        for (p, q) in deferred {
-            let plen = page_len(len, ps, p);
-            image.copy_within(q * ps..q * ps + plen, p * ps);
-            hashes[p] = hashes[q];
-        }
-        let actual = combine(&hashes);
-        if actual != header.checksum {
-            return Err(Error::ChecksumMismatch { key: key.to_owned(), expected: header.checksum, actual });
-        }
         let data = Image::from(image);
         let mut store = lock(&self.store);
         let current = store.get(key).map(|h| h.id);
@@ -428,6 +477,15 @@ impl DeltaDecoder for PageDeltaDecoder {
         }
         store.insert(key.to_owned(), Held { id: header.produces(), page_size: ps, data: data.clone() });
         Ok(data)
+    }
+
+    fn verify_detached(
+        &self,
+        key: &str,
+        prepared: PreparedRound,
+        mut applied: Vec<AppliedSegment>,
+    ) -> Result<Vec<PageCopy>> {
+        verify(key, &prepared.header, &mut applied)
     }
 
     fn apply(&self, key: &str, prepared: PreparedRound, segments: &[SegmentStreams]) -> Result<Image> {

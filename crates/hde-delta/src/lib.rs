@@ -59,7 +59,7 @@ mod sync;
 pub use crate::checksum::checksum;
 pub use crate::clock::{Clock, ManualClock, SystemClock};
 pub use crate::config::{BaselineContent, DeltaConfig, Policy};
-pub use crate::decoder::{AppliedSegment, DeltaDecoder, PageDeltaDecoder, Prepared, PreparedRound};
+pub use crate::decoder::{AppliedSegment, DeltaDecoder, PageCopy, PageDeltaDecoder, Prepared, PreparedRound};
 pub use crate::encoder::{
     BaselineInfo, DeltaEncoder, EncodeOptions, EncodedRound, EncoderStats, KeyframeReason, PageDeltaEncoder, Round,
 };
