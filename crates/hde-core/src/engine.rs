@@ -364,6 +364,19 @@ impl<D: DeltaDecoder, B: CodecBank> Decoder<D, B> {
         Ok(decoded)
     }
 
+    /// Reads a frame's header, prepares its round against the baseline held, and reads its
+    /// compressed segment records (each bounded by the header's validated geometry).
+    fn read_frame(&self, r: &mut impl Read) -> Result<(FrameHeader, D::Prepared, Vec<SegmentRecord>)> {
+        let header = frame::read_header(r, &self.limits)?;
+        let prepared = self.delta.prepare(&header.key, &header.round)?;
+        let mut records = Vec::new();
+        for index in 0..header.round.segment_count() {
+            let index = u32::try_from(index).map_err(|_| Error::CorruptFrame { reason: "too many segments" })?;
+            records.push(frame::read_segment(r, &header, index)?);
+        }
+        Ok((header, prepared, records))
+    }
+
     /// Reads one frame from `r` and decodes it.
     ///
     /// The compressed records are read first (bounded by the frame's validated lengths);
@@ -371,14 +384,7 @@ impl<D: DeltaDecoder, B: CodecBank> Decoder<D, B> {
     /// into its part of the new image, so the decompressed streams of at most `threads`
     /// segments exist at a time.
     pub fn decompress_from(&self, r: &mut impl Read) -> Result<(FrameHeader, Image)> {
-        let header = frame::read_header(r, &self.limits)?;
-        let prepared = self.delta.prepare(&header.key, &header.round)?;
-        let count = header.round.segment_count();
-        let mut records = Vec::new();
-        for index in 0..count {
-            let index = u32::try_from(index).map_err(|_| Error::CorruptFrame { reason: "too many segments" })?;
-            records.push(frame::read_segment(r, &header, index)?);
-        }
+        let (header, prepared, records) = self.read_frame(r)?;
         let len = usize::try_from(header.round.image_len)
             .map_err(|_| Error::CorruptFrame { reason: "image larger than this machine's address space" })?;
         // Bounded by the limits `read_header` and `prepare` checked; pages stay unmapped until
@@ -420,14 +426,7 @@ impl<D: DeltaDecoder, B: CodecBank> Decoder<D, B> {
     #[cfg(unix)]
     pub fn decompress_to_file(&self, r: &mut impl Read, file: &std::fs::File) -> Result<FrameHeader> {
         use std::os::unix::fs::FileExt;
-        let header = frame::read_header(r, &self.limits)?;
-        let prepared = self.delta.prepare(&header.key, &header.round)?;
-        let count = header.round.segment_count();
-        let mut records = Vec::new();
-        for index in 0..count {
-            let index = u32::try_from(index).map_err(|_| Error::CorruptFrame { reason: "too many segments" })?;
-            records.push(frame::read_segment(r, &header, index)?);
-        }
+        let (header, prepared, records) = self.read_frame(r)?;
         let seg_size = u64::from(header.round.segment_size.max(1));
         let buffer = usize::try_from(seg_size.min(header.round.image_len))
             .map_err(|_| Error::CorruptFrame { reason: "segment larger than this machine's address space" })?;
