@@ -64,10 +64,15 @@ impl Zstd {
     /// log2 of the hash and chain tables used for a reference of `total_len` bytes (reference
     /// plus input).
     ///
-    /// Two entries per four bytes reach every position of a few MiB; the bounds keep small
-    /// inputs cheap and cap memory at 4 Mi entries (16 MiB a table).
+    /// One entry per 16 bytes: the matches that matter against a reference are long (a
+    /// changed page against its old version), so a sparser table finds them as well and is
+    /// cheaper to fill and to search. On the literal streams of real 256 MiB delta rounds
+    /// (15 segments, 32.9 MB) level 1 took 37 % less time than with one entry per four bytes
+    /// for 0.9 % more bytes, level 3 29 % less for 0.7 % more; levels 6 and 9 use their own
+    /// larger defaults. The bounds keep small inputs cheap and cap memory at 4 Mi entries
+    /// (16 MiB a table).
     pub fn reference_table_log(total_len: usize) -> u32 {
-        ceil_log2(total_len).saturating_sub(2).clamp(12, 22)
+        ceil_log2(total_len).saturating_sub(4).clamp(12, 22)
     }
 
     pub(crate) fn resolve(params: ZstdParams, input_len: usize, reference_len: usize) -> Resolved {
@@ -378,11 +383,12 @@ mod tests {
         let plain = Zstd::resolve(level1, 4 << 20, 0);
         assert_eq!((plain.window_log, plain.hash_log, plain.chain_log), (0, 0, 0));
         assert!(!plain.checksum);
-        // A 4 MiB input against a 4 MiB reference: window covers both, tables of 2^21.
+        // A 4 MiB input against a 4 MiB reference: window covers both, tables of 2^19 (an
+        // entry per 16 bytes, above level 1's own choice for these sizes).
         let r = Zstd::resolve(level1, 4 << 20, 4 << 20);
         assert_eq!(r.window_log, 23);
-        assert_eq!(r.hash_log, 21);
-        assert!(r.chain_log >= 21);
+        assert_eq!(r.hash_log, 19);
+        assert!(r.chain_log >= 19);
         assert!(r.checksum);
         // Long window stays at 27 even with a reference.
         let long = Zstd::resolve(ZstdParams::MAX, 1 << 20, 1 << 20);
