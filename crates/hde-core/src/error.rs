@@ -13,6 +13,9 @@ pub enum Error {
         /// What was found.
         reason: &'static str,
     },
+    /// The input holds no bytes at all (an empty file or stdin).
+    #[error("empty input: not an HDE frame")]
+    EmptyInput,
     /// A frame's header or segment is damaged or inconsistent.
     #[error("corrupt frame: {reason}")]
     CorruptFrame {
@@ -44,6 +47,14 @@ pub enum Error {
     InvalidConfig {
         /// Which value and why.
         what: String,
+    },
+    /// A rate or size given as text could not be read.
+    #[error("invalid {text:?}: expected {expected}")]
+    InvalidUnit {
+        /// The text given.
+        text: String,
+        /// What would have been accepted.
+        expected: &'static str,
     },
     /// A peer's CRDT state could not be decoded or validated.
     #[error(transparent)]

@@ -130,7 +130,17 @@ pub fn encode_header(header: &FrameHeader) -> Result<Vec<u8>> {
 /// Reads and validates a round header.
 pub fn read_header(r: &mut impl Read, limits: &FrameLimits) -> Result<FrameHeader> {
     let mut fixed = [0u8; HEADER_FIXED];
-    read_exact(r, &mut fixed, "frame header")?;
+    // The first read tells an empty input (a user's mistake, said plainly) from a cut one.
+    let first = loop {
+        match r.read(&mut fixed) {
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            other => break other?,
+        }
+    };
+    if first == 0 {
+        return Err(Error::EmptyInput);
+    }
+    read_exact(r, &mut fixed[first..], "frame header")?;
     if fixed[..4] != MAGIC {
         return Err(Error::NotAFrame { reason: "wrong magic" });
     }
@@ -238,11 +248,53 @@ pub fn raw_limit(round: &RoundHeader, index: u32, stream: usize) -> u64 {
     }
 }
 
+/// The length of the frame at the start of `bytes` (which may hold more frames after it):
+/// its header is validated and each segment's lengths checked, without reading the data.
+pub fn frame_len(bytes: &[u8], limits: &FrameLimits) -> Result<usize> {
+    let mut r = bytes;
+    let header = read_header(&mut r, limits)?;
+    for index in 0..header.round.segment_count() {
+        let index = u32::try_from(index).map_err(|_| Error::CorruptFrame { reason: "too many segments" })?;
+        let mut fixed = [0u8; SEGMENT_FIXED];
+        read_exact(&mut r, &mut fixed, "segment record")?;
+        let (_, total) = parse_segment_head(&fixed, &header, index)?;
+        let total =
+            usize::try_from(total).map_err(|_| Error::CorruptFrame { reason: "frame ends inside segment data" })?;
+        r = r.get(total..).ok_or(Error::CorruptFrame { reason: "frame ends inside segment data" })?;
+    }
+    Ok(bytes.len() - r.len())
+}
+
 /// Reads and validates segment record `expected` of the round `header`.
 pub fn read_segment(r: &mut impl Read, header: &FrameHeader, expected: u32) -> Result<SegmentRecord> {
     let mut fixed = [0u8; SEGMENT_FIXED];
     read_exact(r, &mut fixed, "segment record")?;
-    let index = le32(&fixed, 0);
+    let (streams, total) = parse_segment_head(&fixed, header, expected)?;
+    let index = expected;
+    // Grown as bytes arrive, not sized by the claim: a truncated frame costs what it holds.
+    let mut data = Vec::new();
+    r.take(total).read_to_end(&mut data)?;
+    if data.len() as u64 != total {
+        return Err(Error::CorruptFrame { reason: "frame ends inside segment data" });
+    }
+    let stored = le64(&fixed, 52);
+    let mut sum_input = fixed[..52].to_vec();
+    sum_input.extend_from_slice(&data);
+    let computed = xxh3_64(&sum_input);
+    if stored != computed {
+        return Err(Error::ChecksumMismatch { what: format!("segment {index}"), stored, computed });
+    }
+    Ok(SegmentRecord { index, streams, data })
+}
+
+/// Validates the fixed part of segment record `expected`: its stream descriptions and the
+/// total length of its data.
+fn parse_segment_head(
+    fixed: &[u8; SEGMENT_FIXED],
+    header: &FrameHeader,
+    expected: u32,
+) -> Result<([StreamDesc; 4], u64)> {
+    let index = le32(fixed, 0);
     if index != expected {
         return Err(Error::CorruptFrame { reason: "segment out of order" });
     }
@@ -255,8 +307,8 @@ pub fn read_segment(r: &mut impl Read, header: &FrameHeader, expected: u32) -> R
         if flags & !STREAM_FLAG_REFERENCE != 0 || fixed[at + 2] != 0 || fixed[at + 3] != 0 {
             return Err(Error::CorruptFrame { reason: "unknown stream flags" });
         }
-        let raw_len = le32(&fixed, at + 4);
-        let stored_len = le32(&fixed, at + 8);
+        let raw_len = le32(fixed, at + 4);
+        let stored_len = le32(fixed, at + 8);
         let limit = raw_limit(&header.round, index, i);
         if u64::from(raw_len) > limit {
             return Err(Error::LimitExceeded { what: "stream length", claimed: u64::from(raw_len), limit });
@@ -273,20 +325,7 @@ pub fn read_segment(r: &mut impl Read, header: &FrameHeader, expected: u32) -> R
         total += u64::from(stored_len);
         *s = StreamDesc { codec, with_reference: flags & STREAM_FLAG_REFERENCE != 0, raw_len, stored_len };
     }
-    // Grown as bytes arrive, not sized by the claim: a truncated frame costs what it holds.
-    let mut data = Vec::new();
-    r.take(total).read_to_end(&mut data)?;
-    if data.len() as u64 != total {
-        return Err(Error::CorruptFrame { reason: "frame ends inside segment data" });
-    }
-    let stored = le64(&fixed, 52);
-    let mut sum_input = fixed[..52].to_vec();
-    sum_input.extend_from_slice(&data);
-    let computed = xxh3_64(&sum_input);
-    if stored != computed {
-        return Err(Error::ChecksumMismatch { what: format!("segment {index}"), stored, computed });
-    }
-    Ok(SegmentRecord { index, streams, data })
+    Ok((streams, total))
 }
 
 fn read_exact(r: &mut impl Read, buf: &mut [u8], what: &'static str) -> Result<()> {

@@ -22,7 +22,9 @@
 //! `merge_remote_crdt`.
 
 pub mod frame;
+pub mod fsio;
 pub mod state;
+pub mod units;
 
 mod alloc;
 mod config;

@@ -1,10 +1,16 @@
 //! Baselines kept between processes: a state directory the CLI's `--state` points to.
 //!
 //! One file per key and side (`send/` for the encoder, `recv/` for the decoder), named by the
-//! key's hex, holding a small header and the baseline image. Every write goes to a temporary
-//! file that is fsynced and renamed over the old one (then the directory is fsynced), so after a
-//! crash a key's state is the old round or the new one, never a torn mix; a damaged file is
-//! detected by its checksums and refused.
+//! key's hex, holding a small header and the baseline image. Every write goes through an
+//! [`AtomicFile`] that is fsynced and linked over the old one (then the directory is fsynced),
+//! so after a crash a key's state is the old round or the new one, never a torn mix; a damaged
+//! file is detected by its checksums and refused. Directories are made by the first save, not
+//! by opening: a command that fails creates nothing.
+//!
+//! File format (little-endian): magic `HDES`, version, 3 zero bytes, sequence, image checksum,
+//! chain length (low 32 bits) and keyframe time in seconds (high 32 bits), image length, then in
+//! version 2 the number of rounds of the key, then an xxh3-64 of the header so far, then the
+//! image. Version 1 files (no round count) are still read.
 
 use std::fs::{self, File};
 use std::io::{Read, Write};
@@ -14,11 +20,14 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use hde_delta::BaselineId;
 use xxhash_rust::xxh3::xxh3_64;
 
+use crate::fsio::{AtomicFile, Existing};
 use crate::{Error, Hde, Result};
 
 const MAGIC: [u8; 4] = *b"HDES";
-const VERSION: u8 = 1;
-const HEADER: usize = 48;
+const VERSION: u8 = 2;
+/// Header length by version (index 1 and 2).
+const HEADER_V1: usize = 48;
+const HEADER: usize = 56;
 
 /// Which side's baselines.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,6 +56,9 @@ pub struct Saved {
     pub chain: u32,
     /// Wall-clock time of that keyframe, ms since the Unix epoch (sender side).
     pub keyframe_ms: u64,
+    /// Rounds of the key this side has encoded or applied, this one included (0: unknown, a
+    /// file from before round counts were kept).
+    pub rounds: u64,
     /// The image.
     pub image: Vec<u8>,
 }
@@ -101,14 +113,62 @@ pub fn write_sparse_at(file: &File, offset: u64, bytes: &[u8]) -> std::io::Resul
 }
 
 impl StateDir {
-    /// Opens (creating if needed) the state directory at `root`.
+    /// The state directory at `root`. Nothing is created until a baseline is saved; a `root`
+    /// that exists and is not a directory is refused.
     pub fn open(root: impl Into<PathBuf>) -> Result<Self> {
         let root = root.into();
-        for side in [Side::Send, Side::Receive] {
-            let dir = root.join(side.dir());
-            fs::create_dir_all(&dir).map_err(io_at(&dir))?;
+        match fs::metadata(&root) {
+            Ok(m) if !m.is_dir() => {
+                Err(io_at(&root)(std::io::Error::new(std::io::ErrorKind::NotADirectory, "not a directory")))
+            }
+            _ => Ok(StateDir { root }),
         }
-        Ok(StateDir { root })
+    }
+
+    /// The directory's path.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The keys saved on `side`, sorted.
+    pub fn keys(&self, side: Side) -> Result<Vec<String>> {
+        let dir = self.root.join(side.dir());
+        let entries = match fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(io_at(&dir)(e)),
+        };
+        let mut keys = Vec::new();
+        for entry in entries {
+            let name = entry.map_err(io_at(&dir))?.file_name();
+            // Anything that is not `<hex>.hde` (a temporary file, a stray) is not a key.
+            if let Some(key) = name.to_str().and_then(|n| n.strip_suffix(".hde")).and_then(unhex) {
+                keys.push(key);
+            }
+        }
+        keys.sort();
+        Ok(keys)
+    }
+
+    /// Forgets `key` on `side`; returns whether it was saved.
+    pub fn remove(&self, side: Side, key: &str) -> Result<bool> {
+        let path = self.path(side, key);
+        match fs::remove_file(&path) {
+            Ok(()) => {
+                if let Some(dir) = path.parent() {
+                    File::open(dir).and_then(|d| d.sync_all()).map_err(io_at(dir))?;
+                }
+                Ok(true)
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(io_at(&path)(e)),
+        }
+    }
+
+    /// When `key`'s file on `side` was last written.
+    pub fn modified(&self, side: Side, key: &str) -> Result<SystemTime> {
+        let path = self.path(side, key);
+        fs::metadata(&path).and_then(|m| m.modified()).map_err(io_at(&path))
     }
 
     /// The file of `key` on `side`.
@@ -126,17 +186,19 @@ impl StateDir {
             Err(e) => return Err(io_at(&path)(e)),
         };
         let mut head = [0u8; HEADER];
-        file.read_exact(&mut head).map_err(io_at(&path))?;
+        file.read_exact(&mut head[..HEADER_V1]).map_err(io_at(&path))?;
+        if head[..4] != MAGIC || !(1..=VERSION).contains(&head[4]) {
+            return Err(Error::CorruptFrame { reason: "state file has a wrong magic or version" });
+        }
+        let header = if head[4] == 1 { HEADER_V1 } else { HEADER };
+        file.read_exact(&mut head[HEADER_V1..header]).map_err(io_at(&path))?;
         let field = |at: usize| {
             let mut b = [0u8; 8];
             b.copy_from_slice(&head[at..at + 8]);
             u64::from_le_bytes(b)
         };
-        if head[..4] != MAGIC || head[4] != VERSION {
-            return Err(Error::CorruptFrame { reason: "state file has a wrong magic or version" });
-        }
-        let stored = field(40);
-        let computed = xxh3_64(&head[..40]);
+        let stored = field(header - 8);
+        let computed = xxh3_64(&head[..header - 8]);
         if stored != computed {
             return Err(Error::ChecksumMismatch { what: format!("state file {}", path.display()), stored, computed });
         }
@@ -146,7 +208,7 @@ impl StateDir {
         }
         // The file's own length must agree before anything is allocated for the claim.
         let on_disk = file.metadata().map_err(io_at(&path))?.len();
-        if on_disk != HEADER as u64 + len {
+        if on_disk != header as u64 + len {
             return Err(Error::CorruptFrame { reason: "state file length differs from its header's" });
         }
         let mut image = Vec::with_capacity(len as usize);
@@ -157,14 +219,14 @@ impl StateDir {
         let packed = field(24);
         let chain = u32::try_from(packed & 0xffff_ffff).unwrap_or(0);
         let keyframe_ms = (packed >> 32) * 1000;
-        Ok(Some(Saved { id: BaselineId { seq: field(8), checksum: field(16) }, chain, keyframe_ms, image }))
+        let rounds = if header == HEADER { field(40) } else { 0 };
+        Ok(Some(Saved { id: BaselineId { seq: field(8), checksum: field(16) }, chain, keyframe_ms, rounds, image }))
     }
 
     /// Saves `key`'s baseline on `side` crash-safely: `saved`'s identity and policy state with
     /// `image` (borrowed, so saving costs no copy of it; `saved.image` is not written).
     pub fn save(&self, side: Side, key: &str, saved: &Saved, image: &[u8]) -> Result<()> {
         let path = self.path(side, key);
-        let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
         let mut head = Vec::with_capacity(HEADER);
         head.extend_from_slice(&MAGIC);
         head.push(VERSION);
@@ -175,52 +237,64 @@ impl StateDir {
         let packed = u64::from(saved.chain) | ((saved.keyframe_ms / 1000) << 32);
         head.extend_from_slice(&packed.to_le_bytes());
         head.extend_from_slice(&(image.len() as u64).to_le_bytes());
+        head.extend_from_slice(&saved.rounds.to_le_bytes());
         let sum = xxh3_64(&head);
         head.extend_from_slice(&sum.to_le_bytes());
         let write = || -> std::io::Result<()> {
-            let mut f = File::create(&tmp)?;
-            f.write_all(&head)?;
-            write_sparse(&f, HEADER as u64, image)?;
-            f.sync_all()?;
-            fs::rename(&tmp, &path)?;
             if let Some(dir) = path.parent() {
-                File::open(dir)?.sync_all()?;
+                fs::create_dir_all(dir)?;
             }
-            Ok(())
+            let f = AtomicFile::create(&path)?;
+            f.file().write_all(&head)?;
+            write_sparse(f.file(), HEADER as u64, image)?;
+            f.commit(Existing::Replace, true)
         };
-        write().map_err(|e| {
-            let _ = fs::remove_file(&tmp);
-            io_at(&path)(e)
-        })
+        write().map_err(io_at(&path))
     }
 
-    /// Restores the sender's baseline of `key` into `hde` (if saved); returns whether it did.
-    pub fn restore_sender(&self, hde: &Hde, key: &str) -> Result<bool> {
-        let Some(saved) = self.load(Side::Send, key, hde.config().delta.max_image_size)? else { return Ok(false) };
+    /// Restores the sender's baseline of `key` into `hde` (if saved); returns the number of
+    /// rounds the saved state counts (`Some(0)` for a file that kept no count), `None` if
+    /// nothing was saved.
+    pub fn restore_sender(&self, hde: &Hde, key: &str) -> Result<Option<u64>> {
+        let Some(saved) = self.load(Side::Send, key, hde.config().delta.max_image_size)? else { return Ok(None) };
         let age = Duration::from_secs(now_ms().saturating_sub(saved.keyframe_ms * 1000) / 1000);
         hde.sender().restore(key, saved.id, saved.image, saved.chain, age)?;
-        Ok(true)
+        Ok(Some(saved.rounds))
     }
 
-    /// Saves the sender's baseline of `key` (the image just encoded) from `hde`.
-    pub fn save_sender(&self, hde: &Hde, key: &str, image: &[u8]) -> Result<()> {
+    /// Saves the sender's baseline of `key` (the image just encoded) from `hde`, as the key's
+    /// round `rounds`.
+    pub fn save_sender(&self, hde: &Hde, key: &str, image: &[u8], rounds: u64) -> Result<()> {
         let Some(info) = hde.sender().baseline_info(key) else { return Ok(()) };
         let keyframe_ms = now_ms().saturating_sub(u64::try_from(info.since_keyframe.as_millis()).unwrap_or(0));
-        self.save(Side::Send, key, &Saved { id: info.id, chain: info.chain, keyframe_ms, image: Vec::new() }, image)
+        let saved = Saved { id: info.id, chain: info.chain, keyframe_ms, rounds, image: Vec::new() };
+        self.save(Side::Send, key, &saved, image)
     }
 
-    /// Restores the receiver's baseline of `key` into `hde` (if saved); returns whether it did.
-    pub fn restore_receiver(&self, hde: &Hde, key: &str) -> Result<bool> {
-        let Some(saved) = self.load(Side::Receive, key, hde.config().delta.max_image_size)? else { return Ok(false) };
+    /// Restores the receiver's baseline of `key` into `hde` (if saved); returns the rounds it
+    /// counts as [`restore_sender`](Self::restore_sender) does.
+    pub fn restore_receiver(&self, hde: &Hde, key: &str) -> Result<Option<u64>> {
+        let Some(saved) = self.load(Side::Receive, key, hde.config().delta.max_image_size)? else { return Ok(None) };
         hde.receiver().restore(key, saved.id, hde.config().delta.page_size, saved.image)?;
-        Ok(true)
+        Ok(Some(saved.rounds))
     }
 
-    /// Saves the receiver's baseline of `key` (the image just decoded) from `hde`.
-    pub fn save_receiver(&self, hde: &Hde, key: &str) -> Result<()> {
+    /// Saves the receiver's baseline of `key` (the image just decoded) from `hde`, as the key's
+    /// round `rounds`.
+    pub fn save_receiver(&self, hde: &Hde, key: &str, rounds: u64) -> Result<()> {
         let (Some(id), Some(image)) = (hde.receiver().baseline(key), hde.receiver().image(key)) else { return Ok(()) };
-        self.save(Side::Receive, key, &Saved { id, chain: 0, keyframe_ms: 0, image: Vec::new() }, &image)
+        self.save(Side::Receive, key, &Saved { id, chain: 0, keyframe_ms: 0, rounds, image: Vec::new() }, &image)
     }
+}
+
+/// The key a state file name (without `.hde`) stands for: its UTF-8 bytes in hex.
+fn unhex(name: &str) -> Option<String> {
+    if name.is_empty() || name.len() % 2 != 0 {
+        return None;
+    }
+    let bytes: Option<Vec<u8>> =
+        (0..name.len()).step_by(2).map(|i| name.get(i..i + 2).and_then(|h| u8::from_str_radix(h, 16).ok())).collect();
+    String::from_utf8(bytes?).ok()
 }
 
 #[cfg(test)]
@@ -232,18 +306,51 @@ mod tests {
         let root = std::env::temp_dir().join(format!("hde-state-claim-{}", std::process::id()));
         let dir = StateDir::open(&root).unwrap();
         let image = vec![7u8; 8192];
-        let saved = Saved { id: BaselineId { seq: 3, checksum: 9 }, chain: 0, keyframe_ms: 0, image: Vec::new() };
+        let saved =
+            Saved { id: BaselineId { seq: 3, checksum: 9 }, chain: 0, keyframe_ms: 0, rounds: 1, image: Vec::new() };
         dir.save(Side::Send, "vm", &saved, &image).unwrap();
         assert_eq!(dir.load(Side::Send, "vm", u64::MAX).unwrap().unwrap().image, image);
         // Rewrite the length field as 1 TiB with a valid header checksum.
         let path = dir.path(Side::Send, "vm");
         let mut bytes = fs::read(&path).unwrap();
         bytes[32..40].copy_from_slice(&(1u64 << 40).to_le_bytes());
-        let sum = xxh3_64(&bytes[..40]);
-        bytes[40..48].copy_from_slice(&sum.to_le_bytes());
+        let sum = xxh3_64(&bytes[..48]);
+        bytes[48..56].copy_from_slice(&sum.to_le_bytes());
         fs::write(&path, &bytes).unwrap();
         let err = dir.load(Side::Send, "vm", u64::MAX).unwrap_err();
         assert!(matches!(err, Error::CorruptFrame { .. }), "{err:?}");
+        let _ = fs::remove_dir_all(&root);
+    }
+
+    #[test]
+    fn keys_are_listed_removed_and_version_1_files_still_load() {
+        let root = std::env::temp_dir().join(format!("hde-state-keys-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&root);
+        let dir = StateDir::open(&root).unwrap();
+        assert!(!root.exists(), "opening creates nothing");
+        assert!(dir.keys(Side::Send).unwrap().is_empty());
+        let image = vec![1u8; 4096];
+        let id = BaselineId { seq: 5, checksum: 11 };
+        for key in ["vm-b", "vm a", "\u{e9}t\u{e9}"] {
+            let saved = Saved { id, chain: 2, keyframe_ms: 7_000, rounds: 4, image: Vec::new() };
+            dir.save(Side::Send, key, &saved, &image).unwrap();
+        }
+        fs::write(root.join("send").join(".x.hde-tmp.1.2"), b"stray").unwrap();
+        assert_eq!(dir.keys(Side::Send).unwrap(), ["vm a", "vm-b", "\u{e9}t\u{e9}"]);
+        let loaded = dir.load(Side::Send, "vm-b", u64::MAX).unwrap().unwrap();
+        assert_eq!((loaded.id, loaded.chain, loaded.keyframe_ms, loaded.rounds), (id, 2, 7_000, 4));
+        assert!(dir.remove(Side::Send, "vm-b").unwrap());
+        assert!(!dir.remove(Side::Send, "vm-b").unwrap());
+        assert_eq!(dir.keys(Side::Send).unwrap(), ["vm a", "\u{e9}t\u{e9}"]);
+        // The version 1 layout: no round count, the checksum at byte 40.
+        let mut v1 = fs::read(dir.path(Side::Send, "vm a")).unwrap();
+        v1.drain(40..48);
+        v1[4] = 1;
+        let sum = xxh3_64(&v1[..40]);
+        v1[40..48].copy_from_slice(&sum.to_le_bytes());
+        fs::write(dir.path(Side::Send, "vm a"), &v1).unwrap();
+        let old = dir.load(Side::Send, "vm a", u64::MAX).unwrap().unwrap();
+        assert_eq!((old.id, old.rounds, old.image), (id, 0, image));
         let _ = fs::remove_dir_all(&root);
     }
 }

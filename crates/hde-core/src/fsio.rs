@@ -1,0 +1,275 @@
+//! Files that appear whole or not at all.
+//!
+//! An [`AtomicFile`] is written where nobody can see it and linked into place by
+//! [`AtomicFile::commit`]; dropped uncommitted, it leaves nothing. On Linux the file is created
+//! unnamed (`O_TMPFILE` in the target's directory) and given its name by `linkat` at commit, so
+//! even a process killed by SIGKILL leaves no temporary file behind. Where the filesystem has
+//! no `O_TMPFILE` (or `/proc` is missing) a named temporary file beside the target is used
+//! instead; every such name is registered until it is renamed or removed, and
+//! [`remove_temporaries`] deletes them all (what a binary's SIGINT/SIGTERM handler calls before
+//! the process dies). Replacing an existing file also passes through a registered name for the
+//! instant between `linkat` and `rename`.
+//!
+//! With `durable`, commit fsyncs the file before it gets its name and the directory after, so
+//! that after a crash the name holds either the old file or the whole new one.
+
+use std::fs::{self, File};
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Named temporary files that exist right now. A plain std mutex: a process-wide list touched
+/// once per file created or committed, never while other work waits on it.
+static PENDING: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new());
+static COUNTER: AtomicU64 = AtomicU64::new(0);
+
+fn pending() -> std::sync::MutexGuard<'static, Vec<PathBuf>> {
+    PENDING.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn register(path: &Path) {
+    pending().push(path.to_owned());
+}
+
+fn unregister(path: &Path) {
+    pending().retain(|p| p != path);
+}
+
+/// Removes every named temporary file this process has not yet renamed or removed.
+///
+/// For a signal handler's thread: after it, the process may exit without leaving litter.
+/// Unnamed (`O_TMPFILE`) files need nothing: the kernel frees them when the process ends.
+pub fn remove_temporaries() {
+    for path in pending().drain(..) {
+        let _ = fs::remove_file(path);
+    }
+}
+
+/// How [`AtomicFile::commit`] treats a file already at the target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Existing {
+    /// Replace it (atomically: the name holds the old file or the new one).
+    Replace,
+    /// Keep it and fail with [`io::ErrorKind::AlreadyExists`] (checked by the kernel at the
+    /// moment the name is made, so no race can clobber a file created meanwhile).
+    Keep,
+}
+
+/// A file written out of sight and put in place whole. See the [module docs](self).
+#[derive(Debug)]
+pub struct AtomicFile {
+    file: File,
+    target: PathBuf,
+    /// The named temporary file, where `O_TMPFILE` could not be used.
+    named: Option<PathBuf>,
+}
+
+fn dir_of(target: &Path) -> &Path {
+    match target.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    }
+}
+
+/// A fresh name beside `target` that no other process or call of this one uses.
+fn temp_name(target: &Path) -> PathBuf {
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let base = target.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+    dir_of(target).join(format!(".{base}.hde-tmp.{}.{n}", std::process::id()))
+}
+
+impl AtomicFile {
+    /// Starts a file that [`commit`](Self::commit) will put at `target` (read and write, so a
+    /// writer can copy between its own parts).
+    pub fn create(target: &Path) -> io::Result<Self> {
+        #[cfg(target_os = "linux")]
+        if let Some(file) = unnamed_in(dir_of(target))? {
+            return Ok(AtomicFile { file, target: target.to_owned(), named: None });
+        }
+        Self::create_named(target)
+    }
+
+    /// [`create`](Self::create) with a named temporary file, whatever the filesystem offers.
+    pub fn create_named(target: &Path) -> io::Result<Self> {
+        let tmp = temp_name(target);
+        register(&tmp);
+        match fs::OpenOptions::new().read(true).write(true).create_new(true).open(&tmp) {
+            Ok(file) => Ok(AtomicFile { file, target: target.to_owned(), named: Some(tmp) }),
+            Err(e) => {
+                unregister(&tmp);
+                Err(e)
+            }
+        }
+    }
+
+    /// The file being written.
+    pub fn file(&self) -> &File {
+        &self.file
+    }
+
+    /// Whether the file is unnamed until commit (`O_TMPFILE`).
+    pub fn is_unnamed(&self) -> bool {
+        self.named.is_none()
+    }
+
+    /// Gives the file its name. With `durable`, the data is fsynced first and the directory
+    /// after. On error nothing is left at a temporary name and the target is as it was.
+    pub fn commit(mut self, existing: Existing, durable: bool) -> io::Result<()> {
+        if durable {
+            self.file.sync_all()?;
+        }
+        match self.named.take() {
+            Some(tmp) => {
+                let result = match existing {
+                    Existing::Replace => fs::rename(&tmp, &self.target),
+                    Existing::Keep => keep_link(&tmp, &self.target),
+                };
+                let _ = fs::remove_file(&tmp);
+                unregister(&tmp);
+                result?;
+            }
+            None => self.link_unnamed(existing)?,
+        }
+        if durable {
+            File::open(dir_of(&self.target))?.sync_all()?;
+        }
+        Ok(())
+    }
+
+    #[cfg(target_os = "linux")]
+    fn link_unnamed(&self, existing: Existing) -> io::Result<()> {
+        match existing {
+            Existing::Keep => link_fd(&self.file, &self.target),
+            Existing::Replace => {
+                let tmp = temp_name(&self.target);
+                register(&tmp);
+                let result = link_fd(&self.file, &tmp).and_then(|()| fs::rename(&tmp, &self.target));
+                if result.is_err() {
+                    let _ = fs::remove_file(&tmp);
+                }
+                unregister(&tmp);
+                result
+            }
+        }
+    }
+
+    #[cfg(not(target_os = "linux"))]
+    fn link_unnamed(&self, _existing: Existing) -> io::Result<()> {
+        Err(io::Error::new(io::ErrorKind::Unsupported, "unnamed files exist on Linux only"))
+    }
+}
+
+impl Drop for AtomicFile {
+    fn drop(&mut self) {
+        if let Some(tmp) = self.named.take() {
+            let _ = fs::remove_file(&tmp);
+            unregister(&tmp);
+        }
+    }
+}
+
+/// Puts `tmp` at `target` unless something is there: a hard link fails with `AlreadyExists`
+/// atomically; a filesystem without hard links gets a check and a rename.
+fn keep_link(tmp: &Path, target: &Path) -> io::Result<()> {
+    match fs::hard_link(tmp, target) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Err(e),
+        Err(_) if fs::symlink_metadata(target).is_ok() => {
+            Err(io::Error::new(io::ErrorKind::AlreadyExists, "file exists"))
+        }
+        Err(_) => fs::rename(tmp, target),
+    }
+}
+
+/// An unnamed file in `dir`, or `None` where the filesystem or kernel cannot make one or
+/// `/proc` is missing to name it later.
+#[cfg(target_os = "linux")]
+fn unnamed_in(dir: &Path) -> io::Result<Option<File>> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    if !Path::new("/proc/self/fd").is_dir() {
+        return Ok(None);
+    }
+    match fs::OpenOptions::new().read(true).write(true).mode(0o666).custom_flags(libc::O_TMPFILE).open(dir) {
+        Ok(file) => Ok(Some(file)),
+        // Not supported by this filesystem or kernel: fall back to a name.
+        Err(e) if matches!(e.raw_os_error(), Some(libc::EOPNOTSUPP | libc::EISDIR | libc::EINVAL)) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Links the unnamed `file` at `target` (fails with `AlreadyExists` if the name is taken).
+#[cfg(target_os = "linux")]
+fn link_fd(file: &File, target: &Path) -> io::Result<()> {
+    use std::ffi::CString;
+    use std::os::unix::ffi::OsStrExt as _;
+    use std::os::unix::io::AsRawFd as _;
+    let from = CString::new(format!("/proc/self/fd/{}", file.as_raw_fd()))
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "descriptor path"))?;
+    let to = CString::new(target.as_os_str().as_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path holds a NUL byte"))?;
+    // SAFETY: both pointers are to NUL-terminated strings that outlive the call; linkat reads
+    // them and keeps nothing.
+    let rc =
+        unsafe { libc::linkat(libc::AT_FDCWD, from.as_ptr(), libc::AT_FDCWD, to.as_ptr(), libc::AT_SYMLINK_FOLLOW) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write as _;
+
+    use super::*;
+
+    fn dir(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("hde-fsio-{name}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&d);
+        fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    fn names(d: &Path) -> Vec<String> {
+        let mut v: Vec<String> =
+            fs::read_dir(d).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn both_kinds_commit_replace_keep_and_leave_nothing_behind() {
+        let d = dir("kinds");
+        let target = d.join("out");
+        for named in [false, true] {
+            let _ = fs::remove_file(&target);
+            let create = |t: &Path| if named { AtomicFile::create_named(t) } else { AtomicFile::create(t) };
+            let a = create(&target).unwrap();
+            a.file().write_all(b"one").unwrap();
+            drop(a);
+            assert!(names(&d).is_empty(), "named={named}: {:?}", names(&d));
+            let a = create(&target).unwrap();
+            a.file().write_all(b"one").unwrap();
+            a.commit(Existing::Keep, true).unwrap();
+            assert_eq!(fs::read(&target).unwrap(), b"one");
+            let a = create(&target).unwrap();
+            a.file().write_all(b"two").unwrap();
+            let err = a.commit(Existing::Keep, false).unwrap_err();
+            assert_eq!(err.kind(), io::ErrorKind::AlreadyExists);
+            assert_eq!(fs::read(&target).unwrap(), b"one");
+            let a = create(&target).unwrap();
+            a.file().write_all(b"three").unwrap();
+            a.commit(Existing::Replace, false).unwrap();
+            assert_eq!(fs::read(&target).unwrap(), b"three");
+            assert_eq!(names(&d), ["out"], "named={named}");
+        }
+        // A named file in flight is what a signal handler removes.
+        let a = AtomicFile::create_named(&d.join("x")).unwrap();
+        assert_eq!(names(&d).len(), 2);
+        remove_temporaries();
+        assert_eq!(names(&d), ["out"]);
+        drop(a);
+        let _ = fs::remove_dir_all(&d);
+    }
+}
