@@ -47,7 +47,7 @@ fn saved(state: &Path, side: Side) -> Option<BaselineId> {
 
 fn encode(state: &Path, input: &Path, frame: &Path, keyframe: bool) -> Command {
     let mut c = hde();
-    c.args(["encode", "--key", KEY, "--state", s(state), "--threads", "2", s(input), "-o", s(frame)]);
+    c.args(["encode", "-f", "--key", KEY, "--state", s(state), "--threads", "2", s(input), "-o", s(frame)]);
     if keyframe {
         c.arg("--keyframe");
     }
@@ -56,7 +56,7 @@ fn encode(state: &Path, input: &Path, frame: &Path, keyframe: bool) -> Command {
 
 fn decode(state: &Path, frame: &Path, out: &Path) -> Command {
     let mut c = hde();
-    c.args(["decode", "--state", s(state), "--threads", "2", s(frame), "-o", s(out)]);
+    c.args(["decode", "-f", "--state", s(state), "--threads", "2", s(frame), "-o", s(out)]);
     c
 }
 

@@ -1,0 +1,472 @@
+//! `hde encode`, `hde decode` and `hde inspect`: images to frame streams and back.
+//!
+//! A frame stream is frames one after another (what `cat r0.hde r1.hde` or several rounds
+//! piped through ssh give): `encode` writes one for its inputs, `decode` applies every frame in
+//! order and writes the last image, `inspect` describes each.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{self, IsTerminal as _, Read as _, Write as _};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context as _, Result};
+use clap::Args;
+use hde_core::codec::CodecSet;
+use hde_core::delta::{ClassCounts, EncodeOptions, Image, PageClass};
+use hde_core::frame::{self, FrameHeader, FrameLimits};
+use hde_core::state::StateDir;
+use hde_core::{Hde, HdeConfig};
+
+use crate::output::{ids, is_stdio, Output};
+use crate::{display, parse_key, parse_threads, usage_error, EngineArgs};
+
+/// The flags of `hde encode`.
+#[derive(Args)]
+pub(crate) struct EncodeArgs {
+    /// The images, in order: rounds of one key (`-` for stdin, once).
+    #[arg(required = true)]
+    inputs: Vec<PathBuf>,
+    /// Where to write the frames (`-` for stdout).
+    #[arg(short, long)]
+    output: PathBuf,
+    /// Overwrite an existing output file (devices and FIFOs are always written in place).
+    #[arg(short, long)]
+    force: bool,
+    /// The key (VM) the rounds belong to; required with --state, whose baselines it names.
+    /// Default without --state: the first input's file stem.
+    #[arg(long, value_parser = parse_key)]
+    key: Option<String>,
+    /// Keep baselines here between runs (each run's first round is a delta of the last one's).
+    #[arg(long, requires = "key")]
+    state: Option<PathBuf>,
+    /// Encode against this image as the baseline (e.g. the previous round's file, as
+    /// `zstd --patch-from` takes it); the decoder needs the same file as its --base.
+    #[arg(long, conflicts_with = "state")]
+    base: Option<PathBuf>,
+    /// Make the first frame a keyframe whatever the baseline (what a receiver that lost its
+    /// baseline, or missed a frame, needs); a damaged saved baseline is then replaced.
+    #[arg(long)]
+    keyframe: bool,
+    #[command(flatten)]
+    pub(crate) engine: EngineArgs,
+}
+
+/// The flags of `hde decode`.
+#[derive(Args)]
+pub(crate) struct DecodeArgs {
+    /// The frame or frame stream (`-` for stdin).
+    input: PathBuf,
+    /// Where to write the last frame's image (`-` for stdout); nothing is written if decoding
+    /// fails.
+    #[arg(short, long)]
+    output: PathBuf,
+    /// Overwrite an existing output file (devices and FIFOs are always written in place).
+    #[arg(short, long)]
+    force: bool,
+    /// Keep baselines here between runs.
+    #[arg(long)]
+    state: Option<PathBuf>,
+    /// The image the frames were encoded against with `encode --base`.
+    #[arg(long, conflicts_with = "state")]
+    base: Option<PathBuf>,
+    /// Worker threads (default: all cores).
+    #[arg(long, value_parser = parse_threads)]
+    threads: Option<usize>,
+}
+
+/// An input's bytes: a regular file mapped into memory, or read (stdin, pipes, empty files).
+enum Input {
+    Mapped(memmap2::Mmap),
+    Read(Vec<u8>),
+}
+
+impl std::ops::Deref for Input {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            Input::Mapped(m) => m,
+            Input::Read(v) => v,
+        }
+    }
+}
+
+impl Input {
+    /// The bytes as an [`Image`] the library can keep without a copy.
+    fn into_image(self) -> Image {
+        match self {
+            Input::Mapped(m) => Image::shared(std::sync::Arc::new(m)),
+            Input::Read(v) => Image::from(v),
+        }
+    }
+}
+
+fn read_input(path: &Path) -> Result<Input> {
+    if is_stdio(path) {
+        let mut data = Vec::new();
+        io::stdin().lock().read_to_end(&mut data).context("cannot read stdin")?;
+        return Ok(Input::Read(data));
+    }
+    let file = File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let meta = file.metadata().with_context(|| format!("cannot read {}", path.display()))?;
+    if meta.is_file() && meta.len() > 0 {
+        // Mapped with all pages populated up front: no copy through a read buffer, no page
+        // fault per page later.
+        // SAFETY: the map is read-only and private to this process. Another process changing
+        // the file while we run could change the bytes under us; the frame checksums catch
+        // the result at the receiver (a typed error there), as with any input changed mid-read.
+        let map = unsafe { memmap2::MmapOptions::new().populate().map(&file) };
+        if let Ok(map) = map {
+            return Ok(Input::Mapped(map));
+        }
+    }
+    let mut data = Vec::new();
+    (&file).read_to_end(&mut data).with_context(|| format!("cannot read {}", path.display()))?;
+    Ok(Input::Read(data))
+}
+
+/// `n` bytes in the largest unit that keeps them readable.
+fn bytes(n: u64) -> String {
+    match n {
+        n if n >= 10 << 20 => format!("{:.1} MiB", n as f64 / (1 << 20) as f64),
+        n if n >= 10 << 10 => format!("{:.1} KiB", n as f64 / 1024.0),
+        n => format!("{n} B"),
+    }
+}
+
+pub(crate) fn encode(a: EncodeArgs) -> Result<()> {
+    if a.inputs.iter().filter(|p| is_stdio(p)).count() > 1 {
+        usage_error(clap::error::ErrorKind::ArgumentConflict, "stdin (`-`) can be read once only");
+    }
+    let key = a.key.clone().unwrap_or_else(|| match a.inputs.first() {
+        Some(first) if !is_stdio(first) => {
+            first.file_stem().map_or_else(|| "stdin".to_owned(), |s| s.to_string_lossy().into_owned())
+        }
+        _ => "stdin".to_owned(),
+    });
+    let inputs = ids(a.inputs.iter().map(PathBuf::as_path).chain(a.base.as_deref()));
+    let mut out = Output::open(&a.output, a.force, &inputs)?;
+    let hde = Hde::new(crate::engine_config(&a.engine, 1))?;
+    let state = a.state.as_ref().map(StateDir::open).transpose()?;
+    // Rounds of this key before this run (counted by the state directory).
+    let mut rounds = 0;
+    if let Some(dir) = &state {
+        match dir.restore_sender(&hde, &key) {
+            Ok(held) => rounds = held.unwrap_or(0),
+            // A keyframe needs no baseline: a damaged saved one is replaced.
+            Err(e) if a.keyframe => eprintln!("hde: ignoring the saved baseline of {key}: {e:#}"),
+            Err(e) => {
+                return Err(e).with_context(|| {
+                    format!(
+                        "cannot load the saved baseline of {key} from {} (`hde encode --keyframe` replaces it)",
+                        dir.root().display()
+                    )
+                })
+            }
+        }
+    }
+    if let Some(base) = &a.base {
+        let image = read_input(base)?.into_image();
+        hde.sender().install(&key, image).with_context(|| format!("cannot use {} as base", base.display()))?;
+    }
+    let mut summaries = Vec::with_capacity(a.inputs.len());
+    let mut last = None;
+    out.write_with(|w| {
+        let mut w = w;
+        for (i, input) in a.inputs.iter().enumerate() {
+            let image = read_input(input)?;
+            let is_last = i + 1 == a.inputs.len();
+            // Without --state nothing keeps the last baseline: a detached frame skips the
+            // commit. Earlier rounds are the baselines of the ones after them.
+            let options = EncodeOptions { detached: state.is_none() && is_last, force_keyframe: a.keyframe && i == 0 };
+            let summary = hde
+                .compress_with(&key, &image, &mut w, options)
+                .with_context(|| format!("cannot encode {}", display(input)))?;
+            summaries.push(summary);
+            if is_last {
+                last = Some(image);
+            }
+        }
+        Ok(())
+    })?;
+    out.commit(state.is_some())?;
+    let total = rounds + a.inputs.len() as u64;
+    if let (Some(dir), Some(image)) = (&state, &last) {
+        dir.save_sender(&hde, &key, image, total).context("cannot save the baseline")?;
+    }
+    if io::stderr().is_terminal() {
+        for (i, s) in summaries.iter().enumerate() {
+            let round = rounds + i as u64;
+            let kind = match s.header.round.base {
+                None => "keyframe".to_owned(),
+                Some(_) if round > 0 => format!("delta of round {}", round - 1),
+                Some(_) => "delta".to_owned(),
+            };
+            eprintln!(
+                "hde: {key}: round {round}, {kind}: {} -> {} ({:.4}), sequence {}",
+                bytes(s.input_bytes),
+                bytes(s.output_bytes),
+                s.output_bytes as f64 / s.input_bytes.max(1) as f64,
+                s.header.round.seq
+            );
+        }
+    }
+    Ok(())
+}
+
+fn receiver_config(threads: Option<usize>) -> HdeConfig {
+    let mut c = HdeConfig::new(2);
+    if let Some(threads) = threads {
+        c.threads = threads;
+    }
+    c
+}
+
+/// Splits a frame stream into its frames, checking each one's structure (not yet its data).
+fn frames<'a>(bytes: &'a [u8], limits: &FrameLimits) -> impl Iterator<Item = Result<&'a [u8], hde_core::Error>> + 'a {
+    let limits = *limits;
+    let mut rest = bytes;
+    let mut first = true;
+    std::iter::from_fn(move || {
+        if rest.is_empty() && !std::mem::take(&mut first) {
+            return None;
+        }
+        first = false;
+        // An empty input gives one error (EmptyInput) from the header reader.
+        match frame::frame_len(rest, &limits) {
+            Ok(len) => {
+                let (frame, after) = rest.split_at(len);
+                rest = after;
+                Some(Ok(frame))
+            }
+            Err(e) => {
+                rest = &[];
+                Some(Err(e))
+            }
+        }
+    })
+}
+
+/// What a decode knows to explain a refused frame.
+struct DecodeContext<'a> {
+    state: Option<&'a Path>,
+    base: Option<&'a Path>,
+    /// Rounds of the frame's key this side had applied (0: unknown).
+    rounds: u64,
+}
+
+/// A decode error with what the user typed and the remedy.
+fn explain(err: hde_core::Error, cx: &DecodeContext<'_>) -> anyhow::Error {
+    use hde_core::delta::Error as D;
+    let keyframe = "or have the sender encode a keyframe (hde encode --keyframe)";
+    let held = |have: u64| match cx.rounds {
+        0 => format!("sequence {have}"),
+        n => format!("round {} (sequence {have})", n - 1),
+    };
+    let text = match (&err, cx.state, cx.base) {
+        (hde_core::Error::Delta(D::MissingBaseline { key, want }), Some(state), _) => format!(
+            "this is a delta of key {key:?} (against sequence {}), and {} holds no baseline of that key: decode it with the --state directory that decoded the round before it, {keyframe}",
+            want.seq,
+            state.display()
+        ),
+        (hde_core::Error::Delta(D::MissingBaseline { key, want }), None, _) => format!(
+            "this is a delta of key {key:?} (against sequence {}), and nothing here holds its baseline: decode it with --state DIR (the receiver's state, which decoded the round before) or --base FILE (the image it was encoded against with encode --state/--base), {keyframe}",
+            want.seq
+        ),
+        (hde_core::Error::Delta(D::BaselineMismatch { have, want, .. }), _, Some(base)) => format!(
+            "this frame was made against another base file (checksum {:#018x}, yours {:#018x} in {})",
+            want.checksum,
+            have.checksum,
+            base.display()
+        ),
+        (hde_core::Error::Delta(D::BaselineMismatch { key, have, want }), state, None) => format!(
+            "key {key:?}: {} holds {}, and this delta applies to sequence {}: a frame between them was missed, or the frames come from another sender; decode the frames in order, {keyframe}",
+            state.map_or_else(|| "this stream".into(), |s| s.display().to_string()),
+            held(have.seq),
+            want.seq
+        ),
+        (hde_core::Error::Delta(D::StaleSequence { key, have, got }), state, _) => format!(
+            "key {key:?}: this frame (sequence {got}) is older than {} that {} holds already: decode the frames that follow it, {keyframe} to start over",
+            held(*have),
+            state.map_or_else(|| "this stream".into(), |s| s.display().to_string())
+        ),
+        _ => return err.into(),
+    };
+    anyhow::Error::new(err).context(text)
+}
+
+/// Context for frame `index` of `input` (named only in a stream of several).
+fn frame_name(input: &Path, index: usize, several: bool) -> String {
+    if several || index > 0 {
+        format!("frame {index} of {}", display(input))
+    } else {
+        display(input).into_owned()
+    }
+}
+
+pub(crate) fn decode(a: DecodeArgs) -> Result<()> {
+    let bytes = read_input(&a.input)?;
+    let inputs = ids([a.input.as_path()].into_iter().chain(a.base.as_deref()));
+    let hde = Hde::new(receiver_config(a.threads))?;
+    let limits = FrameLimits { max_image: hde.config().delta.max_image_size };
+    // The frames' structure is checked before any output exists: an empty input or a stray
+    // file creates nothing.
+    let frames: Vec<&[u8]> = frames(&bytes, &limits)
+        .enumerate()
+        .map(|(i, f)| f.with_context(|| format!("cannot decode {}", frame_name(&a.input, i, false))))
+        .collect::<Result<_>>()?;
+    let several = frames.len() > 1;
+    let mut out = Output::open(&a.output, a.force, &inputs)?;
+    let state = a.state.as_ref().map(StateDir::open).transpose()?;
+    // Keys seen, with the rounds applied so far (from the state, then counted here).
+    let mut rounds: BTreeMap<String, u64> = BTreeMap::new();
+    let mut last: Option<(String, Option<Image>)> = None;
+    for (index, bytes) in frames.iter().enumerate() {
+        let name = || format!("cannot decode {}", frame_name(&a.input, index, several));
+        let header = frame::read_header(&mut &bytes[..], &limits).with_context(name)?;
+        let key = header.key.clone();
+        if !rounds.contains_key(&key) {
+            let held = prepare_key(&hde, state.as_ref(), a.base.as_deref(), &header).with_context(name)?;
+            rounds.insert(key.clone(), held);
+        }
+        let held = rounds.get(&key).copied().unwrap_or(0);
+        let is_last = index + 1 == frames.len();
+        // The frame this side applied last, again (a retry after a crash that came after the
+        // state was saved): the baseline held is exactly its image.
+        if hde.receiver().baseline(&key) == Some(header.round.produces()) {
+            last = Some((key, None));
+            continue;
+        }
+        let cx = DecodeContext { state: a.state.as_deref(), base: a.base.as_deref(), rounds: held };
+        match out.regular_file() {
+            // Nothing keeps the last image: each segment goes straight to the file.
+            Some(file) if is_last && state.is_none() => {
+                hde.decompress_to_file(&mut &bytes[..], file).map_err(|e| explain(e, &cx)).with_context(name)?;
+                out.commit(false)?;
+                return Ok(());
+            }
+            _ => {
+                let (_, image) = hde.decompress(bytes).map_err(|e| explain(e, &cx)).with_context(name)?;
+                rounds.insert(key.clone(), held + 1);
+                last = Some((key, Some(image)));
+            }
+        }
+    }
+    let Some((key, image)) = last else { return Ok(()) };
+    let image = match image {
+        Some(image) => image,
+        None => hde.receiver().image(&key).context("the baseline of a repeated frame is not held")?,
+    };
+    out.write_image(&image)?;
+    out.commit(state.is_some())?;
+    if let Some(dir) = &state {
+        for (key, n) in &rounds {
+            dir.save_receiver(&hde, key, *n).context("cannot save the baseline")?;
+        }
+    }
+    Ok(())
+}
+
+/// Gives `hde` what it needs to decode `header`'s key: the saved baseline, or the --base
+/// image. Returns the rounds the state counts for the key.
+fn prepare_key(hde: &Hde, state: Option<&StateDir>, base: Option<&Path>, header: &FrameHeader) -> Result<u64> {
+    let mut held = 0;
+    if let Some(dir) = state {
+        match dir.restore_receiver(hde, &header.key) {
+            Ok(n) => held = n.unwrap_or(0),
+            // A keyframe needs no baseline: a damaged saved one is replaced.
+            Err(e) if header.round.is_keyframe() => {
+                eprintln!("hde: ignoring the saved baseline of {}: {e:#}", header.key);
+            }
+            Err(e) => {
+                return Err(e).context(format!(
+                    "cannot load the saved baseline of {} from {} (a keyframe replaces it: hde encode --keyframe)",
+                    header.key,
+                    dir.root().display()
+                ))
+            }
+        }
+    }
+    if let Some(base) = base {
+        let image = read_input(base)?.into_image();
+        hde.receiver()
+            .install(&header.key, header.round.page_size as usize, image)
+            .with_context(|| format!("cannot use {} as base", base.display()))?;
+    }
+    Ok(held)
+}
+
+pub(crate) fn inspect(path: &Path) -> Result<()> {
+    let bytes = read_input(path)?;
+    let limits = FrameLimits::default();
+    let mut out = io::stdout().lock();
+    let mut offset = 0;
+    for (index, frame) in frames(&bytes, &limits).enumerate() {
+        let frame = frame.with_context(|| format!("cannot inspect {}", frame_name(path, index, false)))?;
+        if index > 0 {
+            writeln!(out)?;
+        }
+        inspect_frame(&mut out, path, index, offset, frame)
+            .with_context(|| format!("cannot inspect {}", frame_name(path, index, true)))?;
+        offset += frame.len();
+    }
+    Ok(())
+}
+
+fn inspect_frame(out: &mut impl io::Write, path: &Path, index: usize, offset: usize, bytes: &[u8]) -> Result<()> {
+    let mut r = bytes;
+    let header = frame::read_header(&mut r, &FrameLimits::default())?;
+    let round = header.round;
+    writeln!(
+        out,
+        "frame      {} #{index} at byte {offset} ({} bytes, format version {})",
+        display(path),
+        bytes.len(),
+        frame::VERSION
+    )?;
+    writeln!(out, "key        {}", header.key)?;
+    writeln!(out, "kind       {}", if round.is_keyframe() { "keyframe" } else { "delta" })?;
+    writeln!(out, "sequence   {}", round.seq)?;
+    match round.base {
+        Some(base) => writeln!(out, "baseline   {base}")?,
+        None => writeln!(out, "baseline   none")?,
+    }
+    writeln!(out, "image      {} bytes, checksum {:#018x}", round.image_len, round.checksum)?;
+    writeln!(
+        out,
+        "geometry   {} B pages, {} B segments, {} segments",
+        round.page_size,
+        round.segment_size,
+        round.segment_count()
+    )?;
+    let mut set = CodecSet::new();
+    let mut raw = [0u64; 4];
+    let mut stored = [0u64; 4];
+    let mut codecs: Vec<BTreeMap<String, u64>> = vec![BTreeMap::new(); 4];
+    let mut pages = ClassCounts::default();
+    for index in 0..round.segment_count() {
+        let index = u32::try_from(index).context("too many segments")?;
+        let record = frame::read_segment(&mut r, &header, index)?;
+        for (i, s) in record.streams.iter().enumerate() {
+            raw[i] += u64::from(s.raw_len);
+            stored[i] += u64::from(s.stored_len);
+            let name = format!("{}{}", s.codec, if s.with_reference { "+ref" } else { "" });
+            *codecs[i].entry(name).or_default() += 1;
+        }
+        let mut buf = vec![0u8; record.streams[0].raw_len as usize];
+        set.decompress(record.streams[0].codec, record.stream(0), &[], &mut buf)?;
+        for class in buf.into_iter().filter_map(PageClass::from_u8) {
+            pages.count(class);
+        }
+    }
+    writeln!(out, "{:<10} {:>12} {:>12}  codecs (segments)", "stream", "raw bytes", "stored")?;
+    for (i, name) in frame::STREAMS.iter().enumerate() {
+        let used: Vec<String> = codecs[i].iter().map(|(c, n)| format!("{c}x{n}")).collect();
+        writeln!(out, "{:<10} {:>12} {:>12}  {}", name, raw[i], stored[i], used.join(", "))?;
+    }
+    writeln!(
+        out,
+        "pages      unchanged {}, zero {}, duplicate {}, xor {}, literal {}",
+        pages.unchanged, pages.zero, pages.duplicate, pages.xor, pages.literal
+    )?;
+    Ok(())
+}
