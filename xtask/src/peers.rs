@@ -71,7 +71,7 @@ fn prev(p: &Paths) -> &Path {
 }
 
 fn hde_encode(p: &Paths, mode: &str, threads: Option<&str>) -> Command {
-    let mut c = cmd(&p.hde, &[&"encode", &"--mode", &mode, &"--key", &"vm"]);
+    let mut c = cmd(&p.hde, &[&"encode", &"-f", &"--mode", &mode, &"--key", &"vm"]);
     if mode == "hybrid" {
         c.args(["--bandwidth", "100mbit"]);
     }
@@ -86,7 +86,7 @@ fn hde_encode(p: &Paths, mode: &str, threads: Option<&str>) -> Command {
 }
 
 fn hde_decode(p: &Paths) -> Command {
-    let mut c = cmd(&p.hde, &[&"decode"]);
+    let mut c = cmd(&p.hde, &[&"decode", &"-f"]);
     if let Some(prev) = &p.previous {
         c.arg("--base").arg(prev);
     }

@@ -122,7 +122,14 @@ impl Output {
                 bail!("{} already exists; use -f/--force to overwrite it", path.display());
             }
         }
-        let file = AtomicFile::create(&target).with_context(|| format!("cannot create {}", path.display()))?;
+        // HDE_NAMED_TEMPORARIES=1 takes the path of filesystems without O_TMPFILE (a named
+        // temporary file, removed on SIGINT/SIGTERM): for tests, and to rule O_TMPFILE out.
+        let file = if std::env::var_os("HDE_NAMED_TEMPORARIES").is_some_and(|v| v == "1") {
+            AtomicFile::create_named(&target)
+        } else {
+            AtomicFile::create(&target)
+        };
+        let file = file.with_context(|| format!("cannot create {}", path.display()))?;
         if let Some(meta) = &meta {
             // A replaced file keeps its permissions.
             let _ = file.file().set_permissions(meta.permissions());

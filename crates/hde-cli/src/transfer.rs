@@ -332,8 +332,14 @@ pub(crate) fn decode(a: DecodeArgs) -> Result<()> {
         let is_last = index + 1 == frames.len();
         // The frame this side applied last, again (a retry after a crash that came after the
         // state was saved): the baseline held is exactly its image.
-        if hde.receiver().baseline(&key) == Some(header.round.produces()) {
+        let holds = hde.receiver().baseline(&key);
+        if holds == Some(header.round.produces()) {
             last = Some((key, None));
+            continue;
+        }
+        // Inside a stream, a frame older than the baseline held was applied before: the
+        // stream is being sent again (the last frame still decides what is written).
+        if !is_last && holds.is_some_and(|h| header.round.seq < h.seq) {
             continue;
         }
         let cx = DecodeContext { state: a.state.as_deref(), base: a.base.as_deref(), rounds: held };

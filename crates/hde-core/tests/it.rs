@@ -85,6 +85,23 @@ fn every_bit_flip_and_truncation_is_an_error() {
 }
 
 #[test]
+fn a_stream_splits_into_its_frames_and_an_empty_input_is_named() {
+    let (a, b) = (encode_frame(&keyframe_header(), &segment()), encode_frame(&delta_header(), &segment()));
+    let stream = [a.clone(), b.clone()].concat();
+    let limits = FrameLimits::default();
+    assert_eq!(frame::frame_len(&stream, &limits).unwrap(), a.len());
+    assert_eq!(frame::frame_len(&stream[a.len()..], &limits).unwrap(), b.len());
+    // Every cut inside a frame is an error, never a shorter frame.
+    for len in 1..a.len() {
+        assert!(frame::frame_len(&stream[..len], &limits).is_err(), "cut at {len} accepted");
+    }
+    assert!(matches!(frame::frame_len(&[], &limits), Err(Error::EmptyInput)));
+    assert!(matches!(frame::read_header(&mut &[][..], &limits), Err(Error::EmptyInput)));
+    assert_eq!(Error::EmptyInput.to_string(), "empty input: not an HDE frame");
+    assert!(matches!(frame::read_header(&mut &a[..3], &limits), Err(Error::CorruptFrame { .. })));
+}
+
+#[test]
 fn hostile_lengths_are_refused_before_allocation() {
     // A header claiming a 1 PiB image (checksum made valid): refused by the limit.
     let mut huge = delta_header();

@@ -269,7 +269,12 @@ pub fn state_load(data: &[u8]) -> Outcome {
         let Ok(node) = Hde::new(node_config(NetworkMode::Datacenter)) else { return Outcome::Rejected };
         let mut accepted = true;
         for side in [Side::Send, Side::Receive] {
-            if std::fs::write(dir.path(side, KEY), data).is_err() {
+            let path = dir.path(side, KEY);
+            // A state directory makes its side folders on its first save; this writes beside it.
+            if let Some(parent) = path.parent() {
+                let _ = std::fs::create_dir_all(parent);
+            }
+            if std::fs::write(&path, data).is_err() {
                 return Outcome::Rejected;
             }
             let restored = match side {
@@ -386,7 +391,7 @@ pub fn seeds(target: &str) -> Vec<(String, Vec<u8>)> {
             let root = std::env::temp_dir().join(format!("hde-fuzz-seeds-{}", std::process::id()));
             if let Ok(dir) = StateDir::open(&root) {
                 let id = BaselineId { seq: 5, checksum: hde_core::delta::checksum(&images[0], PAGE) };
-                let saved = Saved { id, chain: 2, keyframe_ms: 1_700_000_000_000, image: Vec::new() };
+                let saved = Saved { id, chain: 2, keyframe_ms: 1_700_000_000_000, rounds: 3, image: Vec::new() };
                 if dir.save(Side::Send, KEY, &saved, &images[0]).is_ok() {
                     if let Ok(bytes) = std::fs::read(dir.path(Side::Send, KEY)) {
                         out.push(("valid-baseline".to_owned(), bytes));
