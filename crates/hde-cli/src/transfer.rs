@@ -317,8 +317,8 @@ pub(crate) fn decode(a: DecodeArgs) -> Result<()> {
     let several = frames.len() > 1;
     let mut out = Output::open(&a.output, a.force, &inputs)?;
     let state = a.state.as_ref().map(StateDir::open).transpose()?;
-    // Keys seen, with the rounds applied so far (from the state, then counted here).
-    let mut rounds: BTreeMap<String, u64> = BTreeMap::new();
+    // Keys seen: rounds held before this run (from the state), and applied in it.
+    let mut rounds: BTreeMap<String, (u64, u64)> = BTreeMap::new();
     let mut last: Option<(String, Option<Image>)> = None;
     for (index, bytes) in frames.iter().enumerate() {
         let name = || format!("cannot decode {}", frame_name(&a.input, index, several));
@@ -326,9 +326,10 @@ pub(crate) fn decode(a: DecodeArgs) -> Result<()> {
         let key = header.key.clone();
         if !rounds.contains_key(&key) {
             let held = prepare_key(&hde, state.as_ref(), a.base.as_deref(), &header).with_context(name)?;
-            rounds.insert(key.clone(), held);
+            rounds.insert(key.clone(), (held, 0));
         }
-        let held = rounds.get(&key).copied().unwrap_or(0);
+        let (before, applied) = rounds.get(&key).copied().unwrap_or((0, 0));
+        let held = before + applied;
         let is_last = index + 1 == frames.len();
         // The frame this side applied last, again (a retry after a crash that came after the
         // state was saved): the baseline held is exactly its image.
@@ -352,7 +353,7 @@ pub(crate) fn decode(a: DecodeArgs) -> Result<()> {
             }
             _ => {
                 let (_, image) = hde.decompress(bytes).map_err(|e| explain(e, &cx)).with_context(name)?;
-                rounds.insert(key.clone(), held + 1);
+                rounds.insert(key.clone(), (before, applied + 1));
                 last = Some((key, Some(image)));
             }
         }
@@ -365,8 +366,9 @@ pub(crate) fn decode(a: DecodeArgs) -> Result<()> {
     out.write_image(&image)?;
     out.commit(state.is_some())?;
     if let Some(dir) = &state {
-        for (key, n) in &rounds {
-            dir.save_receiver(&hde, key, *n).context("cannot save the baseline")?;
+        // Keys whose frames were all retries hold what is saved already.
+        for (key, (before, applied)) in rounds.iter().filter(|(_, (_, applied))| *applied > 0) {
+            dir.save_receiver(&hde, key, before + applied).context("cannot save the baseline")?;
         }
     }
     Ok(())

@@ -124,21 +124,12 @@ impl FromStr for Rate {
 }
 
 /// A size in bytes from `4096`, `64K`, `64M`, `10G`, `1T` (binary multiples, optionally
-/// followed by `B` or `iB`: `64MiB` = `64M` = `64MB`).
+/// followed by `B` or `iB`: `64MiB` = `64M` = `64MB`). The one size parser of the workspace
+/// lives in `hde-corpus` (the lowest crate that needs it); this gives it this crate's error.
 pub fn parse_size(text: &str) -> Result<u64> {
-    let bad = || Error::InvalidUnit { text: text.to_owned(), expected: "a size such as 4096, 64K, 64M or 10G" };
-    let (number, unit) = split_number(text.trim());
-    let value: u64 = number.parse().map_err(|_| bad())?;
-    let unit = unit.strip_suffix("iB").or_else(|| unit.strip_suffix('B')).unwrap_or(unit);
-    let shift = match unit {
-        "" => 0,
-        "K" | "k" => 10,
-        "M" | "m" => 20,
-        "G" | "g" => 30,
-        "T" | "t" => 40,
-        _ => return Err(bad()),
-    };
-    value.checked_mul(1 << shift).ok_or_else(bad)
+    hde_corpus::parse_size(text)
+        .map(|n| n as u64)
+        .map_err(|_| Error::InvalidUnit { text: text.to_owned(), expected: "a size such as 4096, 64K, 64M or 10G" })
 }
 
 #[cfg(test)]

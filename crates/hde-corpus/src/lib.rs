@@ -104,7 +104,7 @@ impl Default for CorpusConfig {
     }
 }
 
-/// Parses `64M`, `512K`, `1G`, `4096`, `2GiB` (binary units).
+/// Parses `64M`, `512K`, `1G`, `1T`, `4096`, `2GiB` (binary units).
 pub fn parse_size(text: &str) -> Result<usize, Error> {
     let bad = || Error::InvalidSize { text: text.to_owned() };
     let t = text.trim();
@@ -113,6 +113,7 @@ pub fn parse_size(text: &str) -> Result<usize, Error> {
         Some((i, 'K' | 'k')) => (&t[..i], 10),
         Some((i, 'M' | 'm')) => (&t[..i], 20),
         Some((i, 'G' | 'g')) => (&t[..i], 30),
+        Some((i, 'T' | 't')) => (&t[..i], 40),
         _ => (t, 0),
     };
     let n: usize = digits.parse().map_err(|_| bad())?;
