@@ -12,8 +12,9 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context as _, Result};
 use clap::Args;
 use hde_core::codec::CodecSet;
-use hde_core::delta::{ClassCounts, EncodeOptions, Image, PageClass};
-use hde_core::frame::{self, FrameHeader, FrameLimits};
+use hde_core::delta::{ClassCounts, Image, PageClass};
+use hde_core::frame::{self, FrameLimits};
+use hde_core::session::{Received, Receiver, Refusal, Sender};
 use hde_core::state::StateDir;
 use hde_core::{Hde, HdeConfig};
 
@@ -168,6 +169,7 @@ pub(crate) fn encode(a: EncodeArgs) -> Result<()> {
         let image = read_input(base)?.into_image();
         hde.sender().install(&key, image).with_context(|| format!("cannot use {} as base", base.display()))?;
     }
+    let sender = Sender::new(&hde);
     let mut summaries = Vec::with_capacity(a.inputs.len());
     let mut last = None;
     out.write_with(|w| {
@@ -175,13 +177,16 @@ pub(crate) fn encode(a: EncodeArgs) -> Result<()> {
         for (i, input) in a.inputs.iter().enumerate() {
             let image = read_input(input)?;
             let is_last = i + 1 == a.inputs.len();
-            // Without --state nothing keeps the last baseline: a detached frame skips the
-            // commit. Earlier rounds are the baselines of the ones after them.
-            let options = EncodeOptions { detached: state.is_none() && is_last, force_keyframe: a.keyframe && i == 0 };
-            let summary = hde
-                .compress_with(&key, &image, &mut w, options)
+            let flight = sender
+                .encode(&key, &image, &mut w, a.keyframe && i == 0)
                 .with_context(|| format!("cannot encode {}", display(input)))?;
-            summaries.push(summary);
+            summaries.push(flight.summary().clone());
+            // A frame file is its own delivery: the next round (in this stream, or in the
+            // next run through --state) is a delta of this one. Without --state nothing keeps
+            // the last round, so it stays uncommitted.
+            if state.is_some() || !is_last {
+                sender.delivered(flight)?;
+            }
             if is_last {
                 last = Some(image);
             }
@@ -316,91 +321,62 @@ pub(crate) fn decode(a: DecodeArgs) -> Result<()> {
         .collect::<Result<_>>()?;
     let several = frames.len() > 1;
     let mut out = Output::open(&a.output, a.force, &inputs)?;
-    let state = a.state.as_ref().map(StateDir::open).transpose()?;
-    // Keys seen: rounds held before this run (from the state), and applied in it.
-    let mut rounds: BTreeMap<String, (u64, u64)> = BTreeMap::new();
-    let mut last: Option<(String, Option<Image>)> = None;
-    for (index, bytes) in frames.iter().enumerate() {
+    let receiver = match &a.state {
+        Some(dir) => Receiver::with_state(&hde, StateDir::open(dir)?),
+        None => Receiver::new(&hde),
+    };
+    // The last frame applied of each key (what --state saves), and the stream's last image.
+    let mut applied: Vec<Received> = Vec::new();
+    let mut last_image = None;
+    for (index, frame) in frames.iter().enumerate() {
         let name = || format!("cannot decode {}", frame_name(&a.input, index, several));
-        let header = frame::read_header(&mut &bytes[..], &limits).with_context(name)?;
-        let key = header.key.clone();
-        if !rounds.contains_key(&key) {
-            let held = prepare_key(&hde, state.as_ref(), a.base.as_deref(), &header).with_context(name)?;
-            rounds.insert(key.clone(), (held, 0));
+        let (header, note) = receiver.prepare(frame).with_context(name)?;
+        if let Some(e) = note {
+            eprintln!("hde: ignoring the saved baseline of {}: {e:#} (this keyframe replaces it)", header.key);
         }
-        let (before, applied) = rounds.get(&key).copied().unwrap_or((0, 0));
-        let held = before + applied;
+        if index == 0 {
+            if let Some(base) = &a.base {
+                let image = read_input(base)?.into_image();
+                receiver
+                    .install_base(&header.key, header.round.page_size as usize, image)
+                    .with_context(|| format!("cannot use {} as base", base.display()))?;
+            }
+        }
         let is_last = index + 1 == frames.len();
-        // The frame this side applied last, again (a retry after a crash that came after the
-        // state was saved): the baseline held is exactly its image.
-        let holds = hde.receiver().baseline(&key);
-        if holds == Some(header.round.produces()) {
-            last = Some((key, None));
-            continue;
-        }
-        // Inside a stream, a frame older than the baseline held was applied before: the
-        // stream is being sent again (the last frame still decides what is written).
-        if !is_last && holds.is_some_and(|h| header.round.seq < h.seq) {
-            continue;
-        }
-        let cx = DecodeContext { state: a.state.as_deref(), base: a.base.as_deref(), rounds: held };
+        let cx =
+            DecodeContext { state: a.state.as_deref(), base: a.base.as_deref(), rounds: receiver.rounds(&header.key) };
         match out.regular_file() {
             // Nothing keeps the last image: each segment goes straight to the file.
-            Some(file) if is_last && state.is_none() => {
-                hde.decompress_to_file(&mut &bytes[..], file).map_err(|e| explain(e, &cx)).with_context(name)?;
+            Some(file) if is_last && a.state.is_none() => {
+                receiver.receive_into(frame, file).map_err(|e| explain(e, &cx)).with_context(name)?;
                 out.commit(false)?;
                 return Ok(());
             }
-            _ => {
-                let (_, image) = hde.decompress(bytes).map_err(|e| explain(e, &cx)).with_context(name)?;
-                rounds.insert(key.clone(), (before, applied + 1));
-                last = Some((key, Some(image)));
-            }
+            _ => match receiver.receive(frame) {
+                Ok(got) => {
+                    last_image = Some(got.image.clone());
+                    // A retry of a frame this run applied leaves that one to be saved.
+                    let seen = applied.iter().any(|r| r.header.key == got.header.key);
+                    if !(got.retry && seen) {
+                        applied.retain(|r| r.header.key != got.header.key);
+                        applied.push(got);
+                    }
+                }
+                // Inside a stream, a frame older than the baseline held was applied before:
+                // the stream is being sent again (the last frame decides what is written).
+                Err(e) if !is_last && Refusal::of(&e) == Refusal::Stale => {}
+                Err(e) => return Err(explain(e, &cx)).with_context(name),
+            },
         }
     }
-    let Some((key, image)) = last else { return Ok(()) };
-    let image = match image {
-        Some(image) => image,
-        None => hde.receiver().image(&key).context("the baseline of a repeated frame is not held")?,
-    };
+    let Some(image) = last_image else { return Ok(()) };
     out.write_image(&image)?;
-    out.commit(state.is_some())?;
-    if let Some(dir) = &state {
-        // Keys whose frames were all retries hold what is saved already.
-        for (key, (before, applied)) in rounds.iter().filter(|(_, (_, applied))| *applied > 0) {
-            dir.save_receiver(&hde, key, before + applied).context("cannot save the baseline")?;
-        }
+    out.commit(a.state.is_some())?;
+    // The image is in place: now the state may move.
+    for got in &applied {
+        receiver.finish(got).context("cannot save the baseline")?;
     }
     Ok(())
-}
-
-/// Gives `hde` what it needs to decode `header`'s key: the saved baseline, or the --base
-/// image. Returns the rounds the state counts for the key.
-fn prepare_key(hde: &Hde, state: Option<&StateDir>, base: Option<&Path>, header: &FrameHeader) -> Result<u64> {
-    let mut held = 0;
-    if let Some(dir) = state {
-        match dir.restore_receiver(hde, &header.key) {
-            Ok(n) => held = n.unwrap_or(0),
-            // A keyframe needs no baseline: a damaged saved one is replaced.
-            Err(e) if header.round.is_keyframe() => {
-                eprintln!("hde: ignoring the saved baseline of {}: {e:#}", header.key);
-            }
-            Err(e) => {
-                return Err(e).context(format!(
-                    "cannot load the saved baseline of {} from {} (a keyframe replaces it: hde encode --keyframe)",
-                    header.key,
-                    dir.root().display()
-                ))
-            }
-        }
-    }
-    if let Some(base) = base {
-        let image = read_input(base)?.into_image();
-        hde.receiver()
-            .install(&header.key, header.round.page_size as usize, image)
-            .with_context(|| format!("cannot use {} as base", base.display()))?;
-    }
-    Ok(held)
 }
 
 pub(crate) fn inspect(path: &Path) -> Result<()> {

@@ -7,8 +7,8 @@ use std::time::Instant;
 
 use hde_codec::{CodecId, CodecSet, CodecSpec, ZstdParams};
 use hde_delta::{
-    ClassCounts, DeltaConfig, DeltaDecoder, DeltaEncoder, EncodeOptions, Image, PageDeltaDecoder, PageDeltaEncoder,
-    Prepared, Round, SegmentStreams,
+    BaselineId, ClassCounts, DeltaConfig, DeltaDecoder, DeltaEncoder, EncodeOptions, Image, PageDeltaDecoder,
+    PageDeltaEncoder, Prepared, Round, SegmentStreams,
 };
 use hde_selector::{Codec, Context, LearningSelector, Outcome, Profile, Selector, SelectorConfig};
 
@@ -179,6 +179,23 @@ impl<D: DeltaEncoder, S: Selector, B: CodecBank> Encoder<D, S, B> {
         out: &mut impl Write,
         options: EncodeOptions,
     ) -> Result<FrameSummary> {
+        let (summary, round) = self.compress_pending(key, image, out, options)?;
+        if !options.detached {
+            self.delta.commit(round)?;
+        }
+        Ok(summary)
+    }
+
+    /// [`compress_to`](Self::compress_to) without the commit: the frame is written and the
+    /// round returned, uncommitted. [`commit`](Self::commit) it once the receiver confirmed
+    /// it (what a session over a network does); dropped, the key's baseline stays as it was.
+    pub fn compress_pending<'a>(
+        &'a self,
+        key: &str,
+        image: &'a [u8],
+        out: &mut impl Write,
+        options: EncodeOptions,
+    ) -> Result<(FrameSummary, D::Round<'a>)> {
         let round = self.delta.encode(key, image, options)?;
         let header = FrameHeader { key: key.to_owned(), round: *round.header() };
         let head = frame::encode_header(&header)?;
@@ -207,10 +224,12 @@ impl<D: DeltaEncoder, S: Selector, B: CodecBank> Encoder<D, S, B> {
         )?;
         out.flush()?;
         let pages = round.counts();
-        if !options.detached {
-            self.delta.commit(round)?;
-        }
-        Ok(FrameSummary { header, input_bytes: image.len() as u64, output_bytes: written, pages, codecs })
+        Ok((FrameSummary { header, input_bytes: image.len() as u64, output_bytes: written, pages, codecs }, round))
+    }
+
+    /// Makes a round from [`compress_pending`](Self::compress_pending) the key's baseline.
+    pub fn commit(&self, round: D::Round<'_>) -> Result<BaselineId> {
+        Ok(self.delta.commit(round)?)
     }
 
     /// Builds and compresses segment `s`'s four streams; returns the record and the literal

@@ -48,6 +48,14 @@ pub enum Error {
         /// Which value and why.
         what: String,
     },
+    /// A peer's reply does not answer the frame it should (another key, another baseline).
+    #[error("unexpected reply: expected {expected}, got {got}")]
+    UnexpectedReply {
+        /// What the frame called for.
+        expected: String,
+        /// What came.
+        got: String,
+    },
     /// A rate or size given as text could not be read.
     #[error("invalid {text:?}: expected {expected}")]
     InvalidUnit {

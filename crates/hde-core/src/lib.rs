@@ -23,6 +23,7 @@
 
 pub mod frame;
 pub mod fsio;
+pub mod session;
 pub mod state;
 pub mod units;
 

@@ -169,21 +169,43 @@ where
         key: &str,
         data: &[u8],
         out: &mut impl Write,
-        mut options: EncodeOptions,
+        options: EncodeOptions,
     ) -> Result<FrameSummary> {
+        let (summary, round) = self.compress_pending(key, data, out, options)?;
+        if !options.detached {
+            self.commit(&summary, round)?;
+        }
+        Ok(summary)
+    }
+
+    /// Encodes `data` as the next round of `key` into `out` without committing it: the key's
+    /// baseline moves only when the returned round is given to [`commit`](Self::commit) (once
+    /// the receiver confirmed it). [`Sender`](crate::session::Sender) builds on this.
+    pub fn compress_pending<'a>(
+        &'a self,
+        key: &str,
+        data: &'a [u8],
+        out: &mut impl Write,
+        mut options: EncodeOptions,
+    ) -> Result<(FrameSummary, D::Round<'a>)> {
         options.force_keyframe |= !self.config.enable_delta;
-        let summary = self.encoder.compress_to(key, data, out, options)?;
+        let (summary, round) = self.encoder.compress_pending(key, data, out, options)?;
         self.ledger.encoded(&EncodeRecord {
             input_bytes: summary.input_bytes,
             output_bytes: summary.output_bytes,
             pages: &summary.pages,
             codecs: &summary.codecs,
         });
-        if !options.detached {
-            let codec = summary.codecs.iter().max_by_key(|(_, n)| *n).map_or_else(String::new, |(c, _)| c.clone());
-            self.record(key, &summary.header.round, codec);
-        }
-        Ok(summary)
+        Ok((summary, round))
+    }
+
+    /// Makes a round of [`compress_pending`](Self::compress_pending) the key's baseline, and
+    /// records in the replica that this node's peer now holds it.
+    pub fn commit(&self, summary: &FrameSummary, round: D::Round<'_>) -> Result<hde_delta::BaselineId> {
+        let id = self.encoder.commit(round)?;
+        let codec = summary.codecs.iter().max_by_key(|(_, n)| *n).map_or_else(String::new, |(c, _)| c.clone());
+        self.record(&summary.header.key, &summary.header.round, codec);
+        Ok(id)
     }
 
     /// Reads the whole image from `input` (once: it is held in memory only once) and encodes

@@ -563,3 +563,116 @@ fn compress_stream_reads_once_and_round_trips() {
     let (_, decoded) = receiver.decompress_from(&mut &frame[..]).unwrap();
     assert!(decoded.as_slice() == image.as_slice());
 }
+
+mod sessions {
+    use hde_core::corpus::{generate, CorpusConfig};
+    use hde_core::session::{Confirmed, Receiver, Refusal, Reply, Sender};
+    use hde_core::{Error, Hde, HdeConfig};
+
+    fn node(id: u64) -> Hde {
+        let mut c = HdeConfig::new(id);
+        c.threads = 2;
+        c.delta.first_sequence = 1 + id * 1_000_000;
+        Hde::new(c).unwrap()
+    }
+
+    fn rounds(n: usize) -> Vec<Vec<u8>> {
+        generate(&CorpusConfig { size: 1 << 20, rounds: n, seed: 11, ..CorpusConfig::default() }).unwrap()
+    }
+
+    /// Sends `image` of `key` and hands the frame to `rx`; returns the frame, the reply and
+    /// what the sender made of it.
+    fn exchange(tx: &Sender<'_>, rx: &Receiver<'_>, key: &str, image: &[u8]) -> (Vec<u8>, Reply, Confirmed) {
+        let mut frame = Vec::new();
+        let flight = tx.encode(key, image, &mut frame, false).unwrap();
+        let reply = match rx.receive(&frame) {
+            Ok(got) => {
+                assert!(got.image.as_slice() == image, "the receiver's image differs");
+                rx.finish(&got).unwrap()
+            }
+            Err(e) => rx.refusal(key, &e),
+        };
+        let confirmed = tx.confirm(flight, &reply).unwrap();
+        (frame, reply, confirmed)
+    }
+
+    fn is_keyframe(frame: &[u8]) -> bool {
+        hde_core::frame::read_header(&mut &frame[..], &Default::default()).unwrap().round.is_keyframe()
+    }
+
+    #[test]
+    fn confirmed_rounds_are_deltas_and_commit_the_sender() {
+        let (a, b) = (node(1), node(2));
+        let (tx, rx) = (Sender::new(&a), Receiver::new(&b));
+        for (i, image) in rounds(4).iter().enumerate() {
+            let (frame, reply, confirmed) = exchange(&tx, &rx, "vm", image);
+            assert_eq!(is_keyframe(&frame), i == 0, "round {i}");
+            let Reply::Applied { holds, .. } = reply else { panic!("round {i} refused: {reply:?}") };
+            assert_eq!(confirmed, Confirmed::Committed(holds));
+            assert_eq!(a.sender().baseline("vm"), Some(holds));
+            assert_eq!(rx.rounds("vm"), i as u64 + 1);
+        }
+    }
+
+    #[test]
+    fn a_lost_frame_changes_nothing_and_a_lost_reply_recovers_by_resend_or_keyframe() {
+        let images = rounds(5);
+        let (a, b) = (node(1), node(2));
+        let (tx, rx) = (Sender::new(&a), Receiver::new(&b));
+        exchange(&tx, &rx, "vm", &images[0]);
+        let before = a.sender().baseline("vm");
+        // Round 1 is lost on the way: neither side moves, and round 2 is a delta that applies.
+        let mut lost = Vec::new();
+        drop(tx.encode("vm", &images[1], &mut lost, false).unwrap());
+        assert_eq!(a.sender().baseline("vm"), before);
+        let (frame, reply, _) = exchange(&tx, &rx, "vm", &images[2]);
+        assert!(!is_keyframe(&frame) && matches!(reply, Reply::Applied { .. }), "{reply:?}");
+        // Round 3 arrives but its reply is lost; the same frame sent again is a retry.
+        let mut frame = Vec::new();
+        let flight = tx.encode("vm", &images[3], &mut frame, false).unwrap();
+        let got = rx.receive(&frame).unwrap();
+        assert!(!got.retry);
+        let again = rx.receive(&frame).unwrap();
+        assert!(again.retry && again.image.as_slice() == images[3].as_slice());
+        let reply = rx.finish(&again).unwrap();
+        assert!(matches!(tx.confirm(flight, &reply).unwrap(), Confirmed::Committed(_)));
+        // Round 4's reply is lost and nothing is resent: the sender's next delta names a baseline
+        // the receiver moved past; refused, and the round after that is a keyframe by itself.
+        let mut frame = Vec::new();
+        drop(tx.encode("vm", &images[4], &mut frame, false).unwrap());
+        rx.receive(&frame).unwrap();
+        let (frame, reply, confirmed) = exchange(&tx, &rx, "vm", &images[0]);
+        assert!(!is_keyframe(&frame));
+        assert!(matches!(reply, Reply::Refused { reason: Refusal::BaselineMismatch, .. }), "{reply:?}");
+        assert!(matches!(confirmed, Confirmed::Refused { reason: Refusal::BaselineMismatch, .. }));
+        assert!(tx.needs_keyframe("vm"));
+        let (frame, reply, _) = exchange(&tx, &rx, "vm", &images[0]);
+        assert!(is_keyframe(&frame) && matches!(reply, Reply::Applied { .. }), "{reply:?}");
+        assert!(!tx.needs_keyframe("vm"));
+    }
+
+    #[test]
+    fn refusals_are_typed_and_an_unexpected_reply_is_an_error() {
+        let images = rounds(2);
+        let (a, b) = (node(1), node(2));
+        let tx = Sender::new(&a);
+        let mut k = Vec::new();
+        tx.delivered(tx.encode("vm", &images[0], &mut k, false).unwrap()).unwrap();
+        let mut d = Vec::new();
+        let flight = tx.encode("vm", &images[1], &mut d, false).unwrap();
+        // A receiver that never saw the keyframe.
+        let rx = Receiver::new(&b);
+        let err = rx.receive(&d).unwrap_err();
+        assert_eq!(Refusal::of(&err), Refusal::MissingBaseline);
+        // A damaged frame.
+        rx.receive(&k).unwrap();
+        let mut bad = d.clone();
+        let n = bad.len();
+        bad[n - 10] ^= 0x40;
+        assert_eq!(Refusal::of(&rx.receive(&bad).unwrap_err()), Refusal::Corrupt);
+        // A reply about another key is not a confirmation.
+        let wrong = Reply::Applied { key: "other".into(), holds: flight.produces() };
+        assert!(matches!(tx.confirm(flight, &wrong), Err(Error::UnexpectedReply { .. })));
+        assert!(tx.needs_keyframe("vm"));
+    }
+}

@@ -1,0 +1,358 @@
+//! Sender and receiver sessions: the protocol of moving a key's rounds, without a transport.
+//!
+//! A [`Sender`] turns images into frames and consumes the receiver's [`Reply`] to each; a
+//! [`Receiver`] consumes frames, keeps baselines (in memory, and in a [`StateDir`] if given)
+//! and produces the replies. The rules they implement (design brief §4, §9):
+//!
+//! * A sender's baseline for a key advances only when the receiver confirmed the frame
+//!   ([`Reply::Applied`] naming the baseline the frame produces). A frame lost in flight, or
+//!   refused, leaves the sender's baseline as it was.
+//! * A refusal for want of the right baseline (missing, mismatched, stale, damaged) makes the
+//!   sender's next round of that key a keyframe, by itself.
+//! * A receiver applies a frame only if it verifies; the frame it applied last, received again
+//!   (a resend after a lost reply), is a retry and is confirmed again without decoding.
+//! * A receiver persists a round only when the caller says the round's image is where it
+//!   belongs ([`Receiver::finish`]): a failure before that leaves the state on disk as it was.
+//!
+//! Nothing here does I/O of its own besides the state directory: the file commands of the
+//! `hde` binary and the network transport drive the same types.
+
+use std::collections::{HashMap, HashSet};
+use std::io::Write;
+
+use hde_delta::{BaselineId, DeltaEncoder, EncodeOptions, Image, PageDeltaEncoder};
+use hde_selector::{LearningSelector, Selector};
+
+use crate::frame::{self, FrameHeader, FrameLimits};
+use crate::state::StateDir;
+use crate::sync::{lock, Mutex};
+use crate::{CodecBank, Error, FrameSummary, Hde, Result};
+
+/// Why a receiver refused a frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Refusal {
+    /// A delta for a key the receiver holds no baseline of.
+    MissingBaseline,
+    /// A delta against another baseline than the one held (a frame was missed).
+    BaselineMismatch,
+    /// A frame older than the baseline held.
+    Stale,
+    /// The frame is damaged, or what it rebuilt does not verify.
+    Corrupt,
+    /// The frame claims more than the receiver accepts.
+    OverLimit,
+    /// The receiver failed for a reason of its own (its disk, its memory).
+    Failed,
+}
+
+impl Refusal {
+    /// The refusal a receiver replies for `err`.
+    pub fn of(err: &Error) -> Self {
+        use hde_delta::Error as D;
+        match err {
+            Error::Delta(D::MissingBaseline { .. }) => Refusal::MissingBaseline,
+            Error::Delta(D::BaselineMismatch { .. }) => Refusal::BaselineMismatch,
+            Error::Delta(D::StaleSequence { .. }) => Refusal::Stale,
+            Error::Delta(D::TooLarge { .. } | D::OutOfMemory { .. }) | Error::LimitExceeded { .. } => {
+                Refusal::OverLimit
+            }
+            Error::Delta(D::ChecksumMismatch { .. } | D::Corrupt { .. })
+            | Error::NotAFrame { .. }
+            | Error::EmptyInput
+            | Error::CorruptFrame { .. }
+            | Error::ChecksumMismatch { .. }
+            | Error::Codec(_) => Refusal::Corrupt,
+            _ => Refusal::Failed,
+        }
+    }
+
+    /// Whether the sender's next round of the key must be a keyframe.
+    pub fn needs_keyframe(self) -> bool {
+        matches!(self, Refusal::MissingBaseline | Refusal::BaselineMismatch | Refusal::Stale | Refusal::Corrupt)
+    }
+
+    /// A short name, for metrics and messages.
+    pub fn name(self) -> &'static str {
+        match self {
+            Refusal::MissingBaseline => "missing_baseline",
+            Refusal::BaselineMismatch => "baseline_mismatch",
+            Refusal::Stale => "stale",
+            Refusal::Corrupt => "corrupt",
+            Refusal::OverLimit => "over_limit",
+            Refusal::Failed => "failed",
+        }
+    }
+}
+
+/// A receiver's answer to one frame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reply {
+    /// The frame was applied (or had been: a retry); the receiver now holds `holds`.
+    Applied {
+        /// The key.
+        key: String,
+        /// The baseline the receiver holds now.
+        holds: BaselineId,
+    },
+    /// The frame was not applied; the receiver's state is as it was.
+    Refused {
+        /// The key.
+        key: String,
+        /// Why.
+        reason: Refusal,
+        /// The baseline the receiver holds for the key, if any.
+        holds: Option<BaselineId>,
+        /// The receiver's error, for people.
+        message: String,
+    },
+}
+
+impl Reply {
+    /// The key the reply is about.
+    pub fn key(&self) -> &str {
+        match self {
+            Reply::Applied { key, .. } | Reply::Refused { key, .. } => key,
+        }
+    }
+}
+
+/// What the sender learned from a reply.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Confirmed {
+    /// The receiver holds the round; it is the sender's baseline now.
+    Committed(BaselineId),
+    /// The receiver refused the round; the sender's baseline is as it was, and the next round
+    /// of the key is a keyframe where the reason calls for one.
+    Refused {
+        /// Why.
+        reason: Refusal,
+        /// The receiver's message.
+        message: String,
+    },
+}
+
+/// A round written to the transport and not yet confirmed. Holds the image borrowed until it
+/// is confirmed or dropped (dropped: as if the frame was lost).
+#[derive(Debug)]
+pub struct InFlight<'a, D: DeltaEncoder + 'a = PageDeltaEncoder> {
+    summary: FrameSummary,
+    round: D::Round<'a>,
+}
+
+impl<D: DeltaEncoder> InFlight<'_, D> {
+    /// What was written.
+    pub fn summary(&self) -> &FrameSummary {
+        &self.summary
+    }
+
+    /// The baseline the receiver holds once it applied this frame.
+    pub fn produces(&self) -> BaselineId {
+        self.summary.header.round.produces()
+    }
+}
+
+/// The sending side of a session: one per node, shared by all its keys.
+#[derive(Debug)]
+pub struct Sender<'h, D = PageDeltaEncoder, S = LearningSelector, B = crate::codec::CodecSet>
+where
+    D: DeltaEncoder,
+    S: Selector,
+    B: CodecBank,
+{
+    hde: &'h Hde<D, S, B>,
+    /// Keys whose next round must be a keyframe (the receiver refused the last one).
+    resync: Mutex<HashSet<String>>,
+}
+
+impl<'h, D: DeltaEncoder, S: Selector, B: CodecBank> Sender<'h, D, S, B> {
+    /// A sender over `hde`'s encoder and baselines.
+    pub fn new(hde: &'h Hde<D, S, B>) -> Self {
+        Sender { hde, resync: Mutex::new(HashSet::new()) }
+    }
+
+    /// Whether the next round of `key` will be a keyframe because the receiver asked for one.
+    pub fn needs_keyframe(&self, key: &str) -> bool {
+        lock(&self.resync).contains(key)
+    }
+
+    /// Encodes `image` as the next round of `key` into `out`: a delta against the last round
+    /// the receiver confirmed, or a keyframe (when `keyframe` is set, when there is no
+    /// baseline, when the refresh policy says so, or when the receiver asked for one).
+    pub fn encode<'a>(
+        &'a self,
+        key: &str,
+        image: &'a [u8],
+        out: &mut impl Write,
+        keyframe: bool,
+    ) -> Result<InFlight<'a, D>> {
+        let force_keyframe = keyframe || self.needs_keyframe(key);
+        let options = EncodeOptions { force_keyframe, detached: false };
+        let (summary, round) = self.hde.compress_pending(key, image, out, options)?;
+        Ok(InFlight { summary, round })
+    }
+
+    /// Takes the receiver's reply to `flight`: commits the round if it was applied.
+    ///
+    /// A reply that names another key or another baseline than the frame produces is a
+    /// protocol error ([`Error::UnexpectedReply`]); the round is not committed and the next
+    /// one is a keyframe.
+    pub fn confirm(&self, flight: InFlight<'_, D>, reply: &Reply) -> Result<Confirmed> {
+        let key = flight.summary.header.key.clone();
+        let produces = flight.produces();
+        match reply {
+            Reply::Applied { key: k, holds } if *k == key && *holds == produces => {
+                let id = self.hde.commit(&flight.summary, flight.round)?;
+                lock(&self.resync).remove(&key);
+                Ok(Confirmed::Committed(id))
+            }
+            Reply::Refused { key: k, reason, message, .. } if *k == key => {
+                if reason.needs_keyframe() {
+                    lock(&self.resync).insert(key);
+                }
+                Ok(Confirmed::Refused { reason: *reason, message: message.clone() })
+            }
+            other => {
+                lock(&self.resync).insert(key.clone());
+                Err(Error::UnexpectedReply {
+                    expected: format!("key {key:?} applied at {produces}"),
+                    got: format!("{other:?}"),
+                })
+            }
+        }
+    }
+
+    /// Commits `flight` without a reply: for a transport whose delivery is the confirmation
+    /// (a frame file written durably, which the receiver will read).
+    pub fn delivered(&self, flight: InFlight<'_, D>) -> Result<BaselineId> {
+        let key = flight.summary.header.key.clone();
+        let id = self.hde.commit(&flight.summary, flight.round)?;
+        lock(&self.resync).remove(&key);
+        Ok(id)
+    }
+}
+
+/// A frame the receiver applied (not yet persisted: see [`Receiver::finish`]).
+#[derive(Debug)]
+pub struct Received {
+    /// The frame's header.
+    pub header: FrameHeader,
+    /// The image the frame produced; also the key's baseline now.
+    pub image: Image,
+    /// The frame had been applied before (a resend): nothing was decoded.
+    pub retry: bool,
+    /// Rounds of the key this receiver holds, this one included (counted from the state
+    /// directory's count; 0 if unknown).
+    pub rounds: u64,
+}
+
+/// The receiving side of a session: one per node, shared by all its keys.
+#[derive(Debug)]
+pub struct Receiver<'h> {
+    hde: &'h Hde,
+    state: Option<StateDir>,
+    /// Rounds held per key seen (restored from the state on first sight).
+    rounds: Mutex<HashMap<String, u64>>,
+}
+
+impl<'h> Receiver<'h> {
+    /// A receiver over `hde`'s decoder, keeping baselines in memory only.
+    pub fn new(hde: &'h Hde) -> Self {
+        Receiver { hde, state: None, rounds: Mutex::new(HashMap::new()) }
+    }
+
+    /// A receiver whose baselines also live in `state` between processes.
+    pub fn with_state(hde: &'h Hde, state: StateDir) -> Self {
+        Receiver { hde, state: Some(state), rounds: Mutex::new(HashMap::new()) }
+    }
+
+    fn limits(&self) -> FrameLimits {
+        FrameLimits { max_image: self.hde.config().delta.max_image_size }
+    }
+
+    /// Loads `key`'s saved baseline (once per key). A damaged saved baseline is an error,
+    /// except for a keyframe, which needs none: then it is returned as a note and replaced
+    /// by the keyframe's image.
+    fn ensure_key(&self, header: &FrameHeader) -> Result<Option<Error>> {
+        if lock(&self.rounds).contains_key(&header.key) {
+            return Ok(None);
+        }
+        let (rounds, note) = match &self.state {
+            None => (0, None),
+            Some(dir) => match dir.restore_receiver(self.hde, &header.key) {
+                Ok(n) => (n.unwrap_or(0), None),
+                Err(e) if header.round.is_keyframe() => (0, Some(e)),
+                Err(e) => return Err(e),
+            },
+        };
+        lock(&self.rounds).insert(header.key.clone(), rounds);
+        Ok(note)
+    }
+
+    /// Installs `image` as `key`'s baseline with sequence 0 and its own checksum: the other
+    /// side of a sender's `install` (`--base`).
+    pub fn install_base(&self, key: &str, page_size: usize, image: Image) -> Result<BaselineId> {
+        let id = self.hde.receiver().install(key, page_size, image)?;
+        lock(&self.rounds).entry(key.to_owned()).or_insert(0);
+        Ok(id)
+    }
+
+    /// Rounds of `key` this receiver holds (0 if unknown or none).
+    pub fn rounds(&self, key: &str) -> u64 {
+        lock(&self.rounds).get(key).copied().unwrap_or(0)
+    }
+
+    /// The frame's header, checked; and, for a key seen for the first time, its saved
+    /// baseline loaded (a damaged one is returned as a note when the frame is a keyframe).
+    pub fn prepare(&self, frame: &[u8]) -> Result<(FrameHeader, Option<Error>)> {
+        let header = frame::read_header(&mut &frame[..], &self.limits())?;
+        let note = self.ensure_key(&header)?;
+        Ok((header, note))
+    }
+
+    /// Applies one frame (which must hold exactly one frame) and keeps its image as the key's
+    /// baseline. The frame this receiver applied last is a retry: its image is returned again.
+    pub fn receive(&self, frame: &[u8]) -> Result<Received> {
+        let (header, _) = self.prepare(frame)?;
+        let key = header.key.clone();
+        let held = self.rounds(&key);
+        if self.hde.receiver().baseline(&key) == Some(header.round.produces()) {
+            let image =
+                self.hde.receiver().image(&key).ok_or(Error::CorruptFrame { reason: "baseline without image" })?;
+            return Ok(Received { header, image, retry: true, rounds: held });
+        }
+        let (header, image) = self.hde.decompress(frame)?;
+        let rounds = held.saturating_add(1);
+        lock(&self.rounds).insert(key, rounds);
+        Ok(Received { header, image, retry: false, rounds })
+    }
+
+    /// Applies one frame straight into `file` (from offset 0, zero blocks as holes), keeping
+    /// no image and no baseline: for a receiver that needs the image on disk only.
+    #[cfg(unix)]
+    pub fn receive_into(&self, frame: &[u8], file: &std::fs::File) -> Result<FrameHeader> {
+        self.prepare(frame)?;
+        self.hde.decompress_to_file(&mut &frame[..], file)
+    }
+
+    /// Persists `received` (if this receiver has a state directory and the frame was not a
+    /// retry) and returns the reply that confirms it. Call it once the image is where it
+    /// belongs: the state on disk moves only then.
+    pub fn finish(&self, received: &Received) -> Result<Reply> {
+        let key = &received.header.key;
+        if let (Some(dir), false) = (&self.state, received.retry) {
+            dir.save_receiver(self.hde, key, received.rounds)?;
+        }
+        Ok(Reply::Applied { key: key.clone(), holds: received.header.round.produces() })
+    }
+
+    /// The reply that refuses a frame of `key` for `err`.
+    pub fn refusal(&self, key: &str, err: &Error) -> Reply {
+        Reply::Refused {
+            key: key.to_owned(),
+            reason: Refusal::of(err),
+            holds: self.hde.receiver().baseline(key),
+            message: err.to_string(),
+        }
+    }
+}
