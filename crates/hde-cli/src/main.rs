@@ -9,6 +9,7 @@
 //! `rounds` run with a round that fails to verify); 2 usage error (from clap, or a check of
 //! flags that clap cannot express, made before any work).
 
+mod net;
 mod output;
 mod report;
 mod state;
@@ -102,6 +103,18 @@ enum Command {
         /// The frame or frame stream (`-` for stdin).
         frame: PathBuf,
     },
+    /// Write a node's key pair: DIR/key (private, mode 0600) and DIR/key.pub (the line its
+    /// peers put in their --peers file).
+    Keygen {
+        /// The directory.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Receive rounds from authenticated senders (TLS 1.3, pinned keys) and keep their
+    /// baselines and images.
+    Serve(net::ServeArgs),
+    /// Send the rounds of one key to an `hde serve`; exits 0 once the last is confirmed.
+    Send(net::SendArgs),
     /// The keys a --state directory holds: list them, or drop one.
     State {
         #[command(subcommand)]
@@ -258,6 +271,12 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Inspect { frame } => transfer::inspect(&frame).map(|()| ExitCode::SUCCESS),
         Command::State { action } => state::run(action),
+        Command::Keygen { out } => net::keygen(&out),
+        Command::Serve(args) => net::serve(args),
+        Command::Send(args) => {
+            args.engine.check();
+            net::send(args)
+        }
         Command::Demo { size, rounds, threads } => report::demo(size, rounds, threads),
         Command::Codecs { files, size, seed, segment, codecs } => {
             let (old, new) = report::load_pair(&files, size, seed)?;

@@ -1,0 +1,176 @@
+//! `hde keygen`, `hde serve` and `hde send`: rounds between nodes, over `hde-net`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context as _, Result};
+use clap::Args;
+use hde_core::HdeConfig;
+use hde_net::client::{self, SendOptions};
+use hde_net::identity::{Identity, Peers};
+use hde_net::server::{ServeOptions, Server};
+
+use crate::{engine_config, parse_key, parse_size, parse_threads, EngineArgs};
+
+/// The flags of `hde serve`.
+#[derive(Args)]
+pub(crate) struct ServeArgs {
+    /// Address to listen on (e.g. 0.0.0.0:7070, 127.0.0.1:0).
+    #[arg(long)]
+    listen: SocketAddr,
+    /// This node's key pair (a directory made by `hde keygen`).
+    #[arg(long)]
+    identity: PathBuf,
+    /// The senders accepted: a file of their key.pub lines, one per line.
+    #[arg(long)]
+    peers: PathBuf,
+    /// Where baselines live between runs (a restarted receiver serves deltas again).
+    #[arg(long)]
+    state: PathBuf,
+    /// Write each key's latest verified image to DIR/<key>.raw (atomically) before confirming.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// The largest frame a sender may send (the memory one connection may hold).
+    #[arg(long, default_value = "8G", value_parser = parse_size)]
+    max_memory: usize,
+    /// Stop after this many seconds with no connection open (default: serve forever).
+    #[arg(long)]
+    max_idle: Option<u64>,
+    /// Worker threads for decoding (default: all cores).
+    #[arg(long, value_parser = parse_threads)]
+    threads: Option<usize>,
+}
+
+/// The flags of `hde send`.
+#[derive(Args)]
+pub(crate) struct SendArgs {
+    /// The images: rounds of one key, in order.
+    #[arg(required = true)]
+    images: Vec<PathBuf>,
+    /// The receiver (`host:port` of an `hde serve`).
+    #[arg(long)]
+    to: String,
+    /// This node's key pair (a directory made by `hde keygen`).
+    #[arg(long)]
+    identity: PathBuf,
+    /// The receivers accepted: a file of their key.pub lines.
+    #[arg(long)]
+    peers: PathBuf,
+    /// The key (VM) the rounds belong to.
+    #[arg(long, value_parser = parse_key)]
+    key: String,
+    /// Keep the sender's baselines here: a later send of the key continues with deltas.
+    #[arg(long)]
+    state: Option<PathBuf>,
+    /// Make the first round a keyframe whatever the baseline.
+    #[arg(long)]
+    keyframe: bool,
+    /// Connections to try per round before giving up.
+    #[arg(long, default_value_t = 8)]
+    attempts: u32,
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    pub(crate) engine: EngineArgs,
+}
+
+pub(crate) fn keygen(out: &std::path::Path) -> Result<ExitCode> {
+    let identity = Identity::generate()?;
+    identity.write(out).with_context(|| format!("cannot write a key pair to {}", out.display()))?;
+    println!("{}", identity.public_line());
+    eprintln!(
+        "hde keygen: wrote {0}/key (private) and {0}/key.pub; give the line above (key.pub) to the peers that must accept this node",
+        out.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn credentials(identity: &std::path::Path, peers: &std::path::Path) -> Result<(Identity, Peers)> {
+    let id = Identity::load(identity).with_context(|| format!("cannot load the identity in {}", identity.display()))?;
+    let peers = Peers::load(peers)?;
+    Ok((id, peers))
+}
+
+pub(crate) fn serve(a: ServeArgs) -> Result<ExitCode> {
+    let (identity, peers) = credentials(&a.identity, &a.peers)?;
+    let mut config = HdeConfig::new(2);
+    if let Some(threads) = a.threads {
+        config.threads = threads;
+    }
+    let options = ServeOptions {
+        identity,
+        peers,
+        state: a.state,
+        out: a.out,
+        max_frame: a.max_memory as u64,
+        config,
+        max_idle: a.max_idle.map(Duration::from_secs),
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
+    runtime.block_on(async {
+        let server = Server::bind(a.listen, options).await?;
+        // The bound address on stdout, for scripts and tests that listen on port 0.
+        println!("listening on {}", server.local_addr()?);
+        server.run().await
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+pub(crate) fn send(a: SendArgs) -> Result<ExitCode> {
+    let (identity, peers) = credentials(&a.identity, &a.peers)?;
+    let config: HdeConfig = engine_config(&a.engine, 1);
+    let options = SendOptions {
+        to: a.to.clone(),
+        identity,
+        peers,
+        key: a.key.clone(),
+        state: a.state,
+        config,
+        keyframe: a.keyframe,
+        attempts: a.attempts,
+    };
+    let reports = client::send(&options, &a.images).with_context(|| format!("cannot send {} to {}", a.key, a.to))?;
+    if a.json {
+        let rounds: Vec<serde_json::Value> = reports
+            .iter()
+            .map(|r| {
+                serde_json::json!({
+                    "round": r.round,
+                    "kind": if r.keyframe { "full" } else { "delta" },
+                    "input_bytes": r.input_bytes,
+                    "frame_bytes": r.frame_bytes,
+                    "seconds_until_confirmed": r.seconds,
+                    "attempts": r.attempts,
+                    "link_bits_per_second": r.link_bytes_per_second * 8.0,
+                })
+            })
+            .collect();
+        println!("{}", serde_json::json!({ "key": a.key, "to": a.to, "mode": a.engine.mode.name(), "rounds": rounds }));
+    } else {
+        println!(
+            "{:>5} {:>5} {:>12} {:>11} {:>7} {:>9} {:>12}",
+            "round", "kind", "input", "sent", "ratio", "s", "link Mbit/s"
+        );
+        for r in &reports {
+            let link = if r.link_bytes_per_second > 0.0 {
+                format!("{:.1}", r.link_bytes_per_second * 8.0 / 1e6)
+            } else {
+                "-".to_owned()
+            };
+            println!(
+                "{:>5} {:>5} {:>12} {:>11} {:>7.4} {:>9.3} {:>12}",
+                r.round,
+                if r.keyframe { "full" } else { "delta" },
+                r.input_bytes,
+                r.frame_bytes,
+                r.frame_bytes as f64 / r.input_bytes.max(1) as f64,
+                r.seconds,
+                link
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

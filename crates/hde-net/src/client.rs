@@ -1,0 +1,356 @@
+//! `hde send`: the rounds of one key to one receiver.
+//!
+//! Two sides in one process. The encoder thread owns the node and its [`Sender`] session:
+//! it encodes each round into chunks that leave while later segments are still being
+//! compressed (a bounded channel: at most [`CHUNKS_IN_FLIGHT`] chunks wait), then waits for
+//! the receiver's reply and commits the round only if it was applied. The network side (on
+//! tokio) writes the chunks to the TLS connection, keeps the current frame's bytes until its
+//! reply, and when the connection drops in the middle of a round it reconnects with backoff
+//! and sends that frame again: rounds already confirmed are never resent, and a frame the
+//! receiver had applied before the drop is confirmed again as a retry.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hde_core::session::{Confirmed, Reply, Sender};
+use hde_core::state::StateDir;
+use hde_core::{Hde, HdeConfig};
+use rustls::pki_types::ServerName;
+use tokio::io::AsyncWriteExt as _;
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio_rustls::client::TlsStream;
+use tokio_rustls::TlsConnector;
+
+use crate::identity::{self, Identity, Peers};
+use crate::proto::{self, Hello, Message};
+use crate::{Error, Result};
+
+/// Chunks of a frame that may wait between the encoder and the socket.
+pub const CHUNKS_IN_FLIGHT: usize = 8;
+/// Bytes per chunk.
+pub const CHUNK: usize = 1 << 20;
+/// The smallest frame whose sending time measures the link (smaller ones vanish into the
+/// socket buffers).
+const MEASURABLE: usize = 8 << 20;
+
+/// What a sender needs.
+#[derive(Debug)]
+pub struct SendOptions {
+    /// The receiver's address (`host:port`).
+    pub to: String,
+    /// This node's key pair.
+    pub identity: Identity,
+    /// The receivers it talks to.
+    pub peers: Peers,
+    /// The key (VM) of the rounds.
+    pub key: String,
+    /// Where the sender's baselines live between runs (a later send continues with deltas).
+    pub state: Option<PathBuf>,
+    /// The engine's configuration (mode, bandwidth, threads).
+    pub config: HdeConfig,
+    /// Make the first round a keyframe whatever the baseline.
+    pub keyframe: bool,
+    /// Connection attempts per round before giving up.
+    pub attempts: u32,
+}
+
+/// One round as sent.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RoundReport {
+    /// The round of the key, counted from its first (0).
+    pub round: u64,
+    /// A keyframe (else a delta).
+    pub keyframe: bool,
+    /// The image's size.
+    pub input_bytes: u64,
+    /// Bytes of frames sent for it (a refused delta and its keyframe both count).
+    pub frame_bytes: u64,
+    /// From the start of its encoding until the receiver's confirmation.
+    pub seconds: f64,
+    /// Connections it took (1 when nothing dropped).
+    pub attempts: u32,
+    /// The delivery rate the network side measured for it, bytes per second (0: the frame was
+    /// too small to tell, or was resent).
+    pub link_bytes_per_second: f64,
+}
+
+/// From the encoder to the network side.
+enum Up {
+    Chunk(Vec<u8>),
+    End,
+    Done,
+}
+
+/// From the network side to the encoder.
+struct Down {
+    reply: Reply,
+    attempts: u32,
+    link_bytes_per_second: f64,
+}
+
+/// A `Write` that cuts the frame into chunks for the network side.
+struct ChunkWriter<'a> {
+    up: &'a mpsc::Sender<Up>,
+    buf: Vec<u8>,
+}
+
+impl Write for ChunkWriter<'_> {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        let room = CHUNK - self.buf.len();
+        let n = room.min(data.len());
+        self.buf.extend_from_slice(&data[..n]);
+        if self.buf.len() == CHUNK {
+            self.flush()?;
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        if !self.buf.is_empty() {
+            let chunk = std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK));
+            self.up
+                .blocking_send(Up::Chunk(chunk))
+                .map_err(|_| std::io::Error::new(std::io::ErrorKind::BrokenPipe, "the connection side stopped"))?;
+        }
+        Ok(())
+    }
+}
+
+/// The encoder thread: every round, in order.
+fn encoder(
+    options: &SendOptions,
+    images: &[PathBuf],
+    up: &mpsc::Sender<Up>,
+    down: &std::sync::mpsc::Receiver<Result<Down>>,
+) -> Result<Vec<RoundReport>> {
+    let hde = Hde::new(options.config.clone())?;
+    let state = options.state.as_ref().map(StateDir::open).transpose()?;
+    let mut rounds = match &state {
+        Some(dir) => match dir.restore_sender(&hde, &options.key) {
+            Ok(n) => n.unwrap_or(0),
+            Err(e) if options.keyframe => {
+                eprintln!("hde send: ignoring the saved baseline of {}: {e}", options.key);
+                0
+            }
+            Err(e) => return Err(e.into()),
+        },
+        None => 0,
+    };
+    let sender = Sender::new(&hde);
+    let mut reports = Vec::with_capacity(images.len());
+    for (i, path) in images.iter().enumerate() {
+        let image = std::fs::read(path).map_err(|source| Error::Io { path: path.clone(), source })?;
+        let start = Instant::now();
+        let mut keyframe = options.keyframe && i == 0;
+        let mut frame_bytes = 0;
+        let mut attempts = 0;
+        loop {
+            let mut w = ChunkWriter { up, buf: Vec::with_capacity(CHUNK) };
+            let flight = sender.encode(&options.key, &image, &mut w, keyframe)?;
+            w.flush().map_err(Error::Connection)?;
+            up.blocking_send(Up::End).map_err(|_| gone())?;
+            frame_bytes += flight.summary().output_bytes;
+            let is_keyframe = flight.summary().header.round.is_keyframe();
+            let answer = down.recv().map_err(|_| gone())??;
+            attempts += answer.attempts;
+            match sender.confirm(flight, &answer.reply)? {
+                Confirmed::Committed(_) => {
+                    if let Some(dir) = &state {
+                        dir.save_sender(&hde, &options.key, &image, rounds + 1)?;
+                    }
+                    if answer.link_bytes_per_second > 0.0 {
+                        // The link as measured feeds hybrid mode's cost model.
+                        hde.set_bandwidth(answer.link_bytes_per_second);
+                    }
+                    reports.push(RoundReport {
+                        round: rounds,
+                        keyframe: is_keyframe,
+                        input_bytes: image.len() as u64,
+                        frame_bytes,
+                        seconds: start.elapsed().as_secs_f64(),
+                        attempts,
+                        link_bytes_per_second: answer.link_bytes_per_second,
+                    });
+                    rounds += 1;
+                    break;
+                }
+                // The receiver lacks the baseline this delta needs: a keyframe, by itself.
+                Confirmed::Refused { reason, .. } if reason.needs_keyframe() && !is_keyframe => keyframe = true,
+                Confirmed::Refused { reason, message } => {
+                    return Err(Error::Refused {
+                        key: options.key.clone(),
+                        round: rounds,
+                        reason: reason.name(),
+                        message,
+                    })
+                }
+            }
+        }
+    }
+    Ok(reports)
+}
+
+fn gone() -> Error {
+    Error::Protocol { what: "the connection side stopped".into() }
+}
+
+/// Connects, authenticates and exchanges hellos.
+async fn connect(connector: &TlsConnector, to: &str, node: u64) -> Result<TlsStream<TcpStream>> {
+    let tcp = TcpStream::connect(to).await.map_err(Error::Connection)?;
+    let _ = tcp.set_nodelay(true);
+    let name =
+        ServerName::try_from(identity::NODE_NAME).map_err(|e| Error::Identity { what: e.to_string() })?.to_owned();
+    let mut tls = connector.connect(name, tcp).await.map_err(|e| crate::handshake_error(to, &e))?;
+    proto::write(&mut tls, &Message::Hello(Hello::new(node, u64::MAX))).await?;
+    tls.flush().await.map_err(Error::Connection)?;
+    match proto::read(&mut tls).await {
+        Ok(Some(Message::Hello(h))) if h.magic == proto::MAGIC && h.version == proto::VERSION => Ok(tls),
+        Ok(Some(Message::Hello(h))) => Err(Error::Protocol {
+            what: format!("the receiver speaks protocol version {}, this sender {}", h.version, proto::VERSION),
+        }),
+        Ok(Some(Message::Error(text))) => Err(Error::Protocol { what: format!("the receiver said: {text}") }),
+        Ok(other) => Err(Error::Protocol {
+            what: format!("expected the receiver's hello, got {}", crate::server::describe_message(other.as_ref())),
+        }),
+        // A server that refuses our key closes right after the handshake: rustls reports the
+        // alert on the first read.
+        Err(Error::Connection(e)) => Err(crate::handshake_error(to, &e)),
+        Err(e) => Err(e),
+    }
+}
+
+/// Sends `frame` on `tls` and waits for its reply.
+async fn exchange(tls: &mut TlsStream<TcpStream>, frame: &[u8]) -> Result<Reply> {
+    for chunk in frame.chunks(CHUNK) {
+        proto::write_chunk(tls, chunk).await?;
+    }
+    proto::write(tls, &Message::FrameEnd).await?;
+    tls.flush().await.map_err(Error::Connection)?;
+    await_reply(tls).await
+}
+
+async fn await_reply(tls: &mut TlsStream<TcpStream>) -> Result<Reply> {
+    match proto::read(tls).await? {
+        Some(Message::Reply(reply)) => Ok(reply),
+        Some(Message::Error(text)) => Err(Error::Protocol { what: format!("the receiver said: {text}") }),
+        other => Err(Error::Connection(std::io::Error::new(
+            std::io::ErrorKind::ConnectionAborted,
+            format!("expected a reply, got {}", crate::server::describe_message(other.as_ref())),
+        ))),
+    }
+}
+
+/// Whether `e` is worth a new connection (not a refusal of our key, not a protocol break).
+fn retryable(e: &Error) -> bool {
+    matches!(e, Error::Connection(_))
+}
+
+/// The network side: forwards chunks, returns replies, reconnects and resends on a drop.
+async fn network(
+    options: &SendOptions,
+    mut up: mpsc::Receiver<Up>,
+    down: std::sync::mpsc::Sender<Result<Down>>,
+) -> Result<()> {
+    let tls = identity::client_config(&options.identity, options.peers.clone())?;
+    let connector = TlsConnector::from(Arc::new(tls));
+    let node = options.config.node_id;
+    let mut conn = Some(connect(&connector, &options.to, node).await?);
+    let mut frame: Vec<u8> = Vec::new();
+    // Time spent inside socket writes for the current frame: what the link made us wait.
+    let mut busy = Duration::ZERO;
+    while let Some(message) = up.recv().await {
+        match message {
+            Up::Chunk(bytes) => {
+                if let Some(tls) = conn.as_mut() {
+                    let t = Instant::now();
+                    if proto::write_chunk(tls, &bytes).await.is_err() {
+                        conn = None; // resent whole once the frame is complete
+                    }
+                    busy += t.elapsed();
+                }
+                frame.extend_from_slice(&bytes);
+            }
+            Up::End => {
+                let mut attempts = 1;
+                let mut reply = match conn.as_mut() {
+                    Some(tls) => match proto::write(tls, &Message::FrameEnd).await {
+                        Ok(()) => match tls.flush().await {
+                            Ok(()) => await_reply(tls).await,
+                            Err(e) => Err(Error::Connection(e)),
+                        },
+                        Err(e) => Err(e),
+                    },
+                    None => Err(Error::Connection(std::io::Error::new(std::io::ErrorKind::NotConnected, "dropped"))),
+                };
+                let mut backoff = Duration::from_millis(100);
+                while let Err(e) = &reply {
+                    if !retryable(e) || attempts >= options.attempts.max(1) {
+                        break;
+                    }
+                    eprintln!("hde send: {}: {e}; reconnecting in {} ms", options.to, backoff.as_millis());
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    attempts += 1;
+                    reply = match connect(&connector, &options.to, node).await {
+                        Ok(mut tls) => {
+                            let r = exchange(&mut tls, &frame).await;
+                            conn = Some(tls);
+                            r
+                        }
+                        Err(e) => Err(e),
+                    };
+                }
+                // The delivery rate: bytes over the time the socket kept us waiting. A frame
+                // that fits the socket buffers says nothing about the link (0: unknown).
+                let rate = if frame.len() >= MEASURABLE && !busy.is_zero() && attempts == 1 {
+                    frame.len() as f64 / busy.as_secs_f64()
+                } else {
+                    0.0
+                };
+                busy = Duration::ZERO;
+                frame.clear();
+                let failed = reply.is_err();
+                if reply.is_err() {
+                    conn = None;
+                }
+                let _ = down.send(reply.map(|reply| Down { reply, attempts, link_bytes_per_second: rate }));
+                if failed {
+                    return Ok(());
+                }
+            }
+            Up::Done => break,
+        }
+    }
+    if let Some(mut tls) = conn {
+        let _ = proto::write(&mut tls, &Message::Bye).await;
+        let _ = tls.shutdown().await;
+    }
+    Ok(())
+}
+
+/// Sends `images` (the rounds of `options.key`, in order); returns once the receiver has
+/// confirmed the last one.
+pub fn send(options: &SendOptions, images: &[PathBuf]) -> Result<Vec<RoundReport>> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .map_err(Error::Connection)?;
+    let (up_tx, up_rx) = mpsc::channel(CHUNKS_IN_FLIGHT);
+    let (down_tx, down_rx) = std::sync::mpsc::channel();
+    std::thread::scope(|scope| {
+        let encoding = scope.spawn(move || {
+            let result = encoder(options, images, &up_tx, &down_rx);
+            let _ = up_tx.blocking_send(Up::Done);
+            result
+        });
+        let net = runtime.block_on(network(options, up_rx, down_tx));
+        let reports = encoding.join().map_err(|_| Error::Protocol { what: "the encoder thread panicked".into() })?;
+        // The network's own error (e.g. a refused handshake) explains the encoder's.
+        net?;
+        reports
+    })
+}
