@@ -33,7 +33,8 @@ pub(crate) struct Args {
     targets: Vec<String>,
 }
 
-const TARGETS: [&str; 5] = ["frame_decode", "delta_apply", "codec_decompress", "crdt_decode", "state_load"];
+const TARGETS: [&str; 6] =
+    ["frame_decode", "delta_apply", "codec_decompress", "crdt_decode", "state_load", "net_message"];
 
 fn have_cargo_fuzz() -> bool {
     cargo().args(["fuzz", "--version"]).output().is_ok_and(|o| o.status.success())

@@ -50,12 +50,13 @@ pub struct Target {
 }
 
 /// Every target.
-pub const TARGETS: [Target; 5] = [
+pub const TARGETS: [Target; 6] = [
     Target { name: "frame_decode", run: frame_decode },
     Target { name: "delta_apply", run: delta_apply },
     Target { name: "codec_decompress", run: codec_decompress },
     Target { name: "crdt_decode", run: crdt_decode },
     Target { name: "state_load", run: state_load },
+    Target { name: "net_message", run: net_message },
 ];
 
 /// The target named `name`.
@@ -197,6 +198,19 @@ pub fn codec_decompress(data: &[u8]) -> Outcome {
     let k = codecs.decompress(id, &again[..m], reference, &mut back).expect("our own block decodes");
     assert_eq!(&back[..k], &out[..n], "{id} round trip");
     Outcome::Accepted
+}
+
+/// A transport message from a peer (after the TLS handshake): decoded with every length
+/// checked; an accepted message must encode back to the same bytes' meaning.
+pub fn net_message(data: &[u8]) -> Outcome {
+    match hde_net::proto::decode_bytes(data) {
+        Ok(message) => {
+            let again = hde_net::proto::decode_bytes(&hde_net::proto::encode(&message)).expect("re-encoded message");
+            assert!(again == message, "message round trip");
+            Outcome::Accepted
+        }
+        Err(_) => Outcome::Rejected,
+    }
 }
 
 /// CRDT state decode: a replica, a delta and a sync message of baseline metadata. Whatever
@@ -385,6 +399,30 @@ pub fn seeds(target: &str) -> Vec<(String, Vec<u8>)> {
                 if let Some(entries) = b.sync_handle(&reply) {
                     out.push(("valid-sync-entries".to_owned(), entries.to_bytes()));
                 }
+            }
+        }
+        "net_message" => {
+            use hde_core::session::{Refusal, Reply};
+            use hde_net::proto::{encode, Hello, Message};
+            let id = BaselineId { seq: 5, checksum: 77 };
+            for (name, m) in [
+                ("hello", Message::Hello(Hello::new(3, 1 << 30))),
+                ("chunk", Message::Chunk(images[0][..4096].to_vec())),
+                ("frame-end", Message::FrameEnd),
+                ("applied", Message::Reply(Reply::Applied { key: KEY.into(), holds: id })),
+                (
+                    "refused",
+                    Message::Reply(Reply::Refused {
+                        key: KEY.into(),
+                        reason: Refusal::BaselineMismatch,
+                        holds: Some(id),
+                        message: "mismatch".into(),
+                    }),
+                ),
+                ("bye", Message::Bye),
+                ("error", Message::Error("version".into())),
+            ] {
+                out.push((format!("valid-{name}"), encode(&m)));
             }
         }
         "state_load" => {
