@@ -70,6 +70,10 @@ pub(crate) struct SendArgs {
     /// Connections to try per round before giving up.
     #[arg(long, default_value_t = 8)]
     attempts: u32,
+    /// Cap what goes on the link, as QEMU's max-bandwidth does: bits as 100mbit or 1gbit,
+    /// bytes as 12.5MB/s.
+    #[arg(long, value_parser = crate::parse_rate)]
+    limit_rate: Option<hde_core::units::Rate>,
     /// Print one JSON object instead of a table.
     #[arg(long)]
     json: bool,
@@ -131,6 +135,7 @@ pub(crate) fn send(a: SendArgs) -> Result<ExitCode> {
         config,
         keyframe: a.keyframe,
         attempts: a.attempts,
+        limit_bytes_per_second: a.limit_rate.map(hde_core::units::Rate::bytes_per_second),
     };
     let reports = client::send(&options, &a.images).with_context(|| format!("cannot send {} to {}", a.key, a.to))?;
     if a.json {
@@ -148,7 +153,17 @@ pub(crate) fn send(a: SendArgs) -> Result<ExitCode> {
                 })
             })
             .collect();
-        println!("{}", serde_json::json!({ "key": a.key, "to": a.to, "mode": a.engine.mode.name(), "rounds": rounds }));
+        let limit = a.limit_rate.map(hde_core::units::Rate::bits_per_second);
+        println!(
+            "{}",
+            serde_json::json!({
+                "key": a.key,
+                "to": a.to,
+                "mode": a.engine.mode.name(),
+                "limit_rate_bits_per_second": limit,
+                "rounds": rounds,
+            })
+        );
     } else {
         println!(
             "{:>5} {:>5} {:>12} {:>11} {:>7} {:>9} {:>12}",

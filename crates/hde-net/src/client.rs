@@ -55,6 +55,36 @@ pub struct SendOptions {
     pub keyframe: bool,
     /// Connection attempts per round before giving up.
     pub attempts: u32,
+    /// The most bytes per second to put on the link (as QEMU's `max-bandwidth`), if capped.
+    pub limit_bytes_per_second: Option<f64>,
+}
+
+/// Keeps a frame's sending at or under a rate: each chunk waits until the bytes sent since
+/// the frame's first chunk are due. Per frame, so the idle time between rounds earns no burst.
+#[derive(Debug)]
+struct Pacer {
+    rate: Option<f64>,
+    start: Option<Instant>,
+    sent: u64,
+}
+
+impl Pacer {
+    fn new(rate: Option<f64>) -> Self {
+        Pacer { rate: rate.filter(|r| *r > 0.0), start: None, sent: 0 }
+    }
+
+    async fn before(&mut self, bytes: usize) {
+        let Some(rate) = self.rate else { return };
+        let start = *self.start.get_or_insert_with(Instant::now);
+        self.sent += bytes as u64;
+        let due = start + Duration::from_secs_f64(self.sent as f64 / rate);
+        tokio::time::sleep_until(due.into()).await;
+    }
+
+    fn next_frame(&mut self) {
+        self.start = None;
+        self.sent = 0;
+    }
 }
 
 /// One round as sent.
@@ -223,8 +253,10 @@ async fn connect(connector: &TlsConnector, to: &str, node: u64) -> Result<TlsStr
 }
 
 /// Sends `frame` on `tls` and waits for its reply.
-async fn exchange(tls: &mut TlsStream<TcpStream>, frame: &[u8]) -> Result<Reply> {
+async fn exchange(tls: &mut TlsStream<TcpStream>, frame: &[u8], pacer: &mut Pacer) -> Result<Reply> {
+    pacer.next_frame();
     for chunk in frame.chunks(CHUNK) {
+        pacer.before(chunk.len()).await;
         proto::write_chunk(tls, chunk).await?;
     }
     proto::write(tls, &Message::FrameEnd).await?;
@@ -261,10 +293,12 @@ async fn network(
     let mut frame: Vec<u8> = Vec::new();
     // Time spent inside socket writes for the current frame: what the link made us wait.
     let mut busy = Duration::ZERO;
+    let mut pacer = Pacer::new(options.limit_bytes_per_second);
     while let Some(message) = up.recv().await {
         match message {
             Up::Chunk(bytes) => {
                 if let Some(tls) = conn.as_mut() {
+                    pacer.before(bytes.len()).await;
                     let t = Instant::now();
                     if proto::write_chunk(tls, &bytes).await.is_err() {
                         conn = None; // resent whole once the frame is complete
@@ -296,7 +330,7 @@ async fn network(
                     attempts += 1;
                     reply = match connect(&connector, &options.to, node).await {
                         Ok(mut tls) => {
-                            let r = exchange(&mut tls, &frame).await;
+                            let r = exchange(&mut tls, &frame, &mut pacer).await;
                             conn = Some(tls);
                             r
                         }
@@ -311,6 +345,7 @@ async fn network(
                     0.0
                 };
                 busy = Duration::ZERO;
+                pacer.next_frame();
                 frame.clear();
                 let failed = reply.is_err();
                 if reply.is_err() {

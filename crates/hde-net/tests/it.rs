@@ -83,6 +83,7 @@ fn options(to: SocketAddr, client: &Identity, server: &Identity, dir: &Path) -> 
         config: config(1),
         keyframe: false,
         attempts: 6,
+        limit_bytes_per_second: None,
     }
 }
 
@@ -258,6 +259,28 @@ fn a_connection_cut_mid_round_is_resent_and_the_round_completes() {
     assert_eq!(reports[1].attempts, 1, "{reports:?}");
     assert!(!reports[1].keyframe, "the confirmed round 0 was not resent: round 1 is a delta");
     assert!(same(&dir.join("out/vm.raw"), &files[1]));
+    server.join().unwrap().unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn limit_rate_caps_what_goes_on_the_link() {
+    let dir = tmp("limit");
+    let files = corpus(&dir, 1, 8 << 20);
+    let n = Nodes::new();
+    let (addr, server) = start_server(&n.server, &n.client, &dir, 1 << 30);
+    // 16 Mbit/s: the ~2 MB keyframe takes about a second on the wire, not milliseconds.
+    let mut o = options(addr, &n.client, &n.server, &dir);
+    o.limit_bytes_per_second = Some(2e6);
+    let reports = client::send(&o, &files).unwrap();
+    let floor = reports[0].frame_bytes as f64 / 2e6;
+    assert!(
+        reports[0].seconds >= floor * 0.9,
+        "{} s for {} bytes at 2 MB/s",
+        reports[0].seconds,
+        reports[0].frame_bytes
+    );
+    assert!(same(&dir.join("out/vm.raw"), &files[0]));
     server.join().unwrap().unwrap();
     let _ = std::fs::remove_dir_all(&dir);
 }
