@@ -227,6 +227,7 @@ pub(crate) fn demo(size: usize, rounds: usize, threads: Option<usize>) -> Result
             "{} rounds of {} bytes each; every frame decoded by an independent decoder and compared",
             rounds, size
         )?;
+        all_verified &= crate::net::demo_transport(&files, &dir, threads, &mut out)?;
         Ok(())
     })();
     let _ = fs::remove_dir_all(&dir);

@@ -583,3 +583,15 @@ fn state_list_shows_rounds_and_damage_and_drop_forgets_a_key() {
     assert!(info.contains("kind       keyframe"), "{info}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn the_demo_verifies_every_mode_and_the_network_round_trip() {
+    let out = hde(&["demo", "--size", "4M", "--rounds", "3", "--threads", "2"]);
+    ok(&out, "demo");
+    let text = String::from_utf8_lossy(&out.stdout);
+    for needle in ["datacenter", "internet", "hybrid@1G", "hde send (deltas)", "lz4, each round whole", "ratio = "] {
+        assert!(text.contains(needle), "{needle:?} missing in\n{text}");
+    }
+    assert!(text.contains("equals the input byte for byte"), "{text}");
+    assert!(!text.contains(" NO"), "{text}");
+}

@@ -42,6 +42,8 @@ pub struct ServeOptions {
     pub config: HdeConfig,
     /// Stop after this long with no connection open (tests; a daemon passes `None`).
     pub max_idle: Option<Duration>,
+    /// Print a line on stderr per round applied and per connection refused.
+    pub log: bool,
 }
 
 /// A bound server, ready to [`run`](Server::run).
@@ -85,7 +87,7 @@ fn write_image(dir: &Path, key: &str, image: &[u8]) -> std::io::Result<()> {
 }
 
 /// Applies one frame: decode and verify, write the image, save the state, confirm.
-fn apply(receiver: &Receiver<'_>, out: Option<&Path>, frame: &[u8]) -> Reply {
+fn apply(receiver: &Receiver<'_>, out: Option<&Path>, frame: &[u8], log: bool) -> Reply {
     let key = match receiver.prepare(frame) {
         Ok((header, _)) => header.key,
         Err(e) => return receiver.refusal("", &e),
@@ -101,6 +103,9 @@ fn apply(receiver: &Receiver<'_>, out: Option<&Path>, frame: &[u8]) -> Reply {
     }
     match receiver.finish(&got) {
         Ok(reply) => {
+            if !log {
+                return reply;
+            }
             eprintln!(
                 "hde serve: {key}: round {} {} ({} bytes)",
                 got.rounds.saturating_sub(1),
@@ -114,11 +119,17 @@ fn apply(receiver: &Receiver<'_>, out: Option<&Path>, frame: &[u8]) -> Reply {
 }
 
 /// The worker thread: owns the node and the session, applies frames one at a time.
-fn worker(config: HdeConfig, state: PathBuf, out: Option<PathBuf>, mut jobs: mpsc::Receiver<Job>) -> Result<()> {
+fn worker(
+    config: HdeConfig,
+    state: PathBuf,
+    out: Option<PathBuf>,
+    log: bool,
+    mut jobs: mpsc::Receiver<Job>,
+) -> Result<()> {
     let hde = Hde::new(config)?;
     let receiver = Receiver::with_state(&hde, StateDir::open(&state)?);
     while let Some(job) = jobs.blocking_recv() {
-        let reply = apply(&receiver, out.as_deref(), &job.frame);
+        let reply = apply(&receiver, out.as_deref(), &job.frame, log);
         let _ = job.done.send(reply);
     }
     Ok(())
@@ -143,7 +154,8 @@ impl Server {
         let (jobs, queue) = mpsc::channel::<Job>(4);
         let (config, state, out) = (options.config.clone(), options.state.clone(), options.out.clone());
         let node = config.node_id;
-        let worker = std::thread::spawn(move || worker(config, state, out, queue));
+        let log = options.log;
+        let worker = std::thread::spawn(move || worker(config, state, out, log, queue));
         let open = Arc::new(AtomicUsize::new(0));
         let mut idle_since = std::time::Instant::now();
         loop {
@@ -174,7 +186,8 @@ impl Server {
             let max_frame = options.max_frame;
             open.fetch_add(1, Ordering::SeqCst);
             tokio::spawn(async move {
-                if let Err(e) = connection(stream, peer, acceptor, jobs, node, max_frame).await {
+                let result = connection(stream, peer, acceptor, jobs, node, max_frame).await;
+                if let (Err(e), true) = (result, log) {
                     match e {
                         Error::Handshake { .. } => eprintln!("hde serve: refused: {e}"),
                         e => eprintln!("hde serve: {peer}: {e}"),

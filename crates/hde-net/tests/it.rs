@@ -60,6 +60,7 @@ fn start_server(
         max_frame,
         config: config(2),
         max_idle: Some(Duration::from_secs(3)),
+        log: true,
     };
     let (tx, rx) = std::sync::mpsc::channel();
     let handle = std::thread::spawn(move || {
