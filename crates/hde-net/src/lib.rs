@@ -11,6 +11,7 @@
 //! * [`server`]: a receiver for many senders and keys at once.
 //! * [`client`]: the rounds of one key to one receiver, resent over a new connection when one
 //!   drops in the middle of a round.
+//! * [`relay`]: a TCP relay that adds latency, for tests and benchmarks (no `netem` here).
 //!
 //! Why TLS over TCP and not QUIC: kernel TCP with large buffers is the mature baseline on the
 //! links HDE targets (datacenter to WAN), and one ordered stream per sender is what a round
@@ -19,6 +20,7 @@
 pub mod client;
 pub mod identity;
 pub mod proto;
+pub mod relay;
 pub mod server;
 
 use std::path::PathBuf;

@@ -285,3 +285,21 @@ fn limit_rate_caps_what_goes_on_the_link() {
     server.join().unwrap().unwrap();
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn rounds_cross_a_20_ms_round_trip_relay() {
+    let dir = tmp("delay");
+    let files = corpus(&dir, 3, 4 << 20);
+    let n = Nodes::new();
+    let (addr, server) = start_server(&n.server, &n.client, &dir, 1 << 30);
+    let relay = hde_net::relay::DelayRelay::start(addr, Duration::from_millis(10), Duration::from_secs(30)).unwrap();
+    let reports = client::send(&options(relay.addr(), &n.client, &n.server, &dir), &files).unwrap();
+    // Each round waits for its reply: at least one round trip apiece.
+    for r in &reports {
+        assert!(r.seconds >= 0.02, "{r:?}");
+    }
+    assert_eq!(reports.iter().filter(|r| r.keyframe).count(), 1);
+    assert!(same(&dir.join("out/vm.raw"), &files[2]));
+    server.join().unwrap().unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+}
