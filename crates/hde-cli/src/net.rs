@@ -29,7 +29,7 @@ pub(crate) struct ServeArgs {
     /// Where baselines live between runs (a restarted receiver serves deltas again).
     #[arg(long)]
     state: PathBuf,
-    /// Write each key's latest verified image to DIR/<key>.raw (atomically) before confirming.
+    /// Write each key's latest verified image to `DIR/<key>.raw` (atomically) before confirming.
     #[arg(long)]
     out: Option<PathBuf>,
     /// The largest frame a sender may send (the memory one connection may hold).
