@@ -7,6 +7,7 @@ mod ci;
 mod corpus;
 mod crdt_compare;
 mod fuzz;
+mod link;
 mod loom;
 mod peers;
 mod replay;
@@ -42,6 +43,9 @@ enum Task {
     /// The release `hde` against lz4, zstd, zstd --patch-from and xdelta3 on snapshot files:
     /// bytes, wall and CPU seconds, peak memory, verified decodes, and the goals of issue 7.
     BenchPeers(peers::Args),
+    /// Time until the receiver holds each round, hde send/serve against peer pipelines, through
+    /// one shaped link between network namespaces (root; `--rate`, `--rtt`).
+    BenchLink(link::Args),
     /// Run every fuzz target for a bounded time (libFuzzer via cargo-fuzz if installed, else
     /// the stable mutation runner); findings go to fuzz/artifacts/ and fail the command.
     Fuzz(fuzz::Args),
@@ -61,6 +65,7 @@ fn main() -> Result<()> {
         Task::Corpus(args) => corpus::run(&args),
         Task::BenchPeers(args) => peers::run_bench(&args),
         Task::Fuzz(args) => fuzz::run_fuzz(&args),
+        Task::BenchLink(args) => link::run_bench(&args),
         Task::Bench { args } => {
             let mut cmd = cargo();
             cmd.args(["bench", "-p", "hde-benches", "--"]).args(args);

@@ -115,6 +115,21 @@ enum Command {
     Serve(net::ServeArgs),
     /// Send the rounds of one key to an `hde serve`; exits 0 once the last is confirmed.
     Send(net::SendArgs),
+    /// A TCP relay on 127.0.0.1 that delays each direction by --delay-ms (for link tests and
+    /// `cargo xtask bench-link`; this kernel has no netem). Prints its address, then relays
+    /// until --lifetime seconds have passed.
+    #[command(hide = true)]
+    Relay {
+        /// Where to forward (`host:port`).
+        #[arg(long)]
+        to: std::net::SocketAddr,
+        /// One-way delay in milliseconds.
+        #[arg(long)]
+        delay_ms: u64,
+        /// Seconds to accept connections for.
+        #[arg(long, default_value_t = 600)]
+        lifetime: u64,
+    },
     /// The keys a --state directory holds: list them, or drop one.
     State {
         #[command(subcommand)]
@@ -272,6 +287,17 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Inspect { frame } => transfer::inspect(&frame).map(|()| ExitCode::SUCCESS),
         Command::State { action } => state::run(action),
         Command::Keygen { out } => net::keygen(&out),
+        Command::Relay { to, delay_ms, lifetime } => {
+            let relay = hde_net::relay::DelayRelay::start(
+                to,
+                std::time::Duration::from_millis(delay_ms),
+                std::time::Duration::from_secs(lifetime),
+            )?;
+            println!("relaying on {}", relay.addr());
+            io::Write::flush(&mut io::stdout())?;
+            std::thread::sleep(std::time::Duration::from_secs(lifetime));
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Serve(args) => net::serve(args),
         Command::Send(args) => {
             args.engine.check();

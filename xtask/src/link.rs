@@ -1,0 +1,399 @@
+//! `cargo xtask bench-link`: the time until the receiver holds a verified copy of each round,
+//! for `hde send` / `hde serve` and for peer pipelines, through one shaped link.
+//!
+//! The link: two network namespaces joined by a veth pair, each direction shaped with `tbf`
+//! to `--rate`; with `--rtt`, a delay relay (`hde relay`, in the sender's namespace) holds
+//! each direction for half the round trip, since this kernel has no `netem`. Not modelled:
+//! loss, reordering, jitter, a bottleneck queue shared with other traffic.
+//!
+//! Per round, each tool runs as whole processes on both sides. hde: one `hde serve` per run
+//! (fresh state), one `hde send --state` per round; the round counts from the sender's start
+//! until `hde send` exits, which is after the receiver verified, saved and confirmed it.
+//! Peers: the receiver pipeline (`socat` into the decompressor, into a file) starts first,
+//! then the sender pipeline (the compressor into `socat`); the round counts from the sender's
+//! start until the receiver's pipeline exits. Round 0 peers: `lz4 -1`, `zstd -1 -T2`,
+//! `zstd -3 -T2`, `zstd --adapt -T2`, `zstd -19 --long=27 -T2` (unless `--skip-slow`); later
+//! rounds: `zstd --patch-from=<previous>` and `xdelta3 -s <previous>` (the receiver holds the
+//! previous round). Every output is compared with the input after the clock stops. Bytes on
+//! the link come from the sender's veth counters.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead as _, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context as _, Result};
+use serde_json::json;
+
+use crate::{cargo, root, run};
+
+/// Arguments of `cargo xtask bench-link`.
+#[derive(clap::Args)]
+pub(crate) struct Args {
+    /// Directory of `snap_NN.raw` files (make-vm-snapshots.sh or `cargo xtask corpus`).
+    #[arg(long)]
+    snapshots: PathBuf,
+    /// The link's rate, as tc writes it (e.g. 10mbit, 100mbit, 1gbit).
+    #[arg(long, default_value = "100mbit")]
+    rate: String,
+    /// Round-trip time added by a delay relay, in milliseconds.
+    #[arg(long, default_value_t = 0)]
+    rtt: u64,
+    /// Repetitions; every figure is the median.
+    #[arg(long, default_value_t = 1)]
+    runs: usize,
+    /// Use at most this many rounds of the directory.
+    #[arg(long)]
+    rounds: Option<usize>,
+    /// Skip `zstd -19 --long=27` (minutes per round 0 of 256 MiB).
+    #[arg(long)]
+    skip_slow: bool,
+    /// Where to write the JSON results (default: target/bench-link/results.json).
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+const ADDR: [&str; 2] = ["10.213.9.1", "10.213.9.2"];
+const HDE_PORT: u16 = 7070;
+const PEER_PORT: u16 = 7071;
+
+/// The shaped link; removed on drop.
+struct Link {
+    ns: [String; 2],
+    dev: String,
+}
+
+fn ip(args: &[&str]) -> Result<()> {
+    let out = Command::new("ip").args(args).output().context("cannot run ip (iproute2)")?;
+    ensure!(out.status.success(), "ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
+    Ok(())
+}
+
+impl Link {
+    fn new(rate: &str) -> Result<Link> {
+        let pid = std::process::id();
+        let link = Link { ns: [format!("hdebl-a-{pid}"), format!("hdebl-b-{pid}")], dev: format!("hbla{pid}") };
+        let peer = format!("hblb{pid}");
+        let [a, b] = &link.ns;
+        ip(&["netns", "add", a])?;
+        ip(&["netns", "add", b])?;
+        ip(&["link", "add", &link.dev, "type", "veth", "peer", "name", &peer])?;
+        ip(&["link", "set", &link.dev, "netns", a])?;
+        ip(&["link", "set", &peer, "netns", b])?;
+        for (ns, dev, addr) in [(a, &link.dev, ADDR[0]), (b, &peer, ADDR[1])] {
+            ip(&["-n", ns, "addr", "add", &format!("{addr}/24"), "dev", dev])?;
+            ip(&["-n", ns, "link", "set", dev, "up"])?;
+            ip(&["-n", ns, "link", "set", "lo", "up"])?;
+            // A queue of 400 ms holds the bandwidth-delay product of every link measured here;
+            // a shorter one makes tbf drop silently.
+            run(Command::new("tc")
+                .args(["-n", ns, "qdisc", "add", "dev", dev, "root", "tbf", "rate", rate])
+                .args(["burst", "256kb", "latency", "400ms"]))?;
+        }
+        Ok(link)
+    }
+
+    /// `program` in namespace `side` (0 sender, 1 receiver).
+    fn exec(&self, side: usize, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.ns[side]]).arg(program);
+        c
+    }
+
+    /// Bytes the sender's side has put on the link.
+    fn tx_bytes(&self) -> Result<u64> {
+        let out = self
+            .exec(0, "cat")
+            .arg(format!("/sys/class/net/{}/statistics/tx_bytes", self.dev))
+            .output()
+            .context("cannot read the link's counters")?;
+        String::from_utf8_lossy(&out.stdout).trim().parse().context("the link's tx_bytes")
+    }
+}
+
+impl Drop for Link {
+    fn drop(&mut self) {
+        for ns in &self.ns {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+    }
+}
+
+/// Reads the first line a child prints (e.g. `listening on ADDR`).
+fn first_line(child: &mut Child) -> Result<String> {
+    let stdout = child.stdout.take().context("no stdout")?;
+    let mut line = String::new();
+    BufReader::new(stdout).read_line(&mut line)?;
+    Ok(line.trim().to_owned())
+}
+
+fn require_tools() -> Result<()> {
+    let missing: Vec<&str> = ["zstd", "lz4", "xdelta3", "socat", "tc", "ip"]
+        .into_iter()
+        .filter(|t| {
+            !Command::new("sh").args(["-c", &format!("command -v {t}")]).output().is_ok_and(|o| o.status.success())
+        })
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    eprintln!("bench-link: installing {}", missing.join(" "));
+    let pkgs: Vec<&str> = missing.iter().map(|t| if matches!(*t, "tc" | "ip") { "iproute2" } else { t }).collect();
+    run(Command::new("apt-get").args(["update", "-qq"]))?;
+    run(Command::new("apt-get").args(["install", "-y", "-qq"]).args(&pkgs))
+}
+
+/// One peer pipeline: compressor on the sender, decompressor on the receiver.
+struct Peer {
+    name: &'static str,
+    delta: bool,
+    slow: bool,
+    /// Shell words reading the input file `$IN` (and `$PREV`) and writing to stdout.
+    compress: &'static str,
+    /// Shell words reading stdin and writing the image to stdout (`$PREV` available).
+    decompress: &'static str,
+}
+
+const PEERS: [Peer; 7] = [
+    Peer { name: "lz4 -1", delta: false, slow: false, compress: "lz4 -1 -c \"$IN\"", decompress: "lz4 -d -c" },
+    Peer {
+        name: "zstd -1 -T2",
+        delta: false,
+        slow: false,
+        compress: "zstd -1 -T2 -q -c \"$IN\"",
+        decompress: "zstd -d -q -c",
+    },
+    Peer {
+        name: "zstd -3 -T2",
+        delta: false,
+        slow: false,
+        compress: "zstd -3 -T2 -q -c \"$IN\"",
+        decompress: "zstd -d -q -c",
+    },
+    Peer {
+        name: "zstd --adapt -T2",
+        delta: false,
+        slow: false,
+        compress: "zstd --adapt -T2 -q -c \"$IN\"",
+        decompress: "zstd -d -q -c",
+    },
+    Peer {
+        name: "zstd -19 --long=27 -T2",
+        delta: false,
+        slow: true,
+        compress: "zstd -19 --long=27 -T2 -q -c \"$IN\"",
+        decompress: "zstd -d -q --long=31 -c",
+    },
+    Peer {
+        name: "zstd --patch-from",
+        delta: true,
+        slow: false,
+        compress: "zstd -3 -T2 -q --patch-from=\"$PREV\" -c \"$IN\"",
+        decompress: "zstd -d -q --long=31 --patch-from=\"$PREV\" -c",
+    },
+    Peer {
+        name: "xdelta3",
+        delta: true,
+        slow: false,
+        compress: "xdelta3 -e -c -s \"$PREV\" \"$IN\"",
+        decompress: "xdelta3 -d -c -s \"$PREV\"",
+    },
+];
+
+/// One measured round of one tool.
+#[derive(Clone, Copy)]
+struct Figure {
+    seconds: f64,
+    bytes: u64,
+}
+
+fn same_file(a: &Path, b: &Path) -> Result<bool> {
+    Ok(std::fs::read(a)? == std::fs::read(b)?)
+}
+
+/// The peer `p` moves `input` (with `prev` on both sides) to `out` through the link.
+fn peer_round(link: &Link, target: &str, p: &Peer, input: &Path, prev: &Path, out: &Path) -> Result<Figure> {
+    let _ = std::fs::remove_file(out);
+    let recv = format!("socat -u TCP-LISTEN:{PEER_PORT},reuseaddr STDOUT | {} > \"$OUT\"", p.decompress);
+    let mut receiver = link
+        .exec(1, "sh")
+        .args(["-c", &recv])
+        .env("PREV", prev)
+        .env("OUT", out)
+        .stderr(Stdio::null())
+        .spawn()
+        .context("cannot start the receiving pipeline")?;
+    // The listener is up once a probe connects; the probe closes at once (socat then waits
+    // for the next connection only if asked: it is not, so probe with a short-lived check).
+    std::thread::sleep(Duration::from_millis(300));
+    let before = link.tx_bytes()?;
+    let start = Instant::now();
+    let send = format!("{} | socat -u STDIN TCP:{target}", p.compress);
+    let status = link.exec(0, "sh").args(["-c", &send]).env("IN", input).env("PREV", prev).status()?;
+    ensure!(status.success(), "{}: the sending pipeline failed", p.name);
+    let status = receiver.wait()?;
+    let seconds = start.elapsed().as_secs_f64();
+    ensure!(status.success(), "{}: the receiving pipeline failed", p.name);
+    let bytes = link.tx_bytes()? - before;
+    ensure!(same_file(out, input)?, "{}: the received image differs from the input", p.name);
+    Ok(Figure { seconds, bytes })
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(0.0)
+}
+
+pub(crate) fn run_bench(args: &Args) -> Result<()> {
+    // SAFETY: geteuid has no preconditions.
+    ensure!(unsafe { libc::geteuid() } == 0, "bench-link makes network namespaces: run it as root");
+    require_tools()?;
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&args.snapshots)
+        .with_context(|| format!("cannot read {}", args.snapshots.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("snap_") && n.ends_with(".raw"))
+        })
+        .collect();
+    files.sort();
+    if let Some(n) = args.rounds {
+        files.truncate(n);
+    }
+    ensure!(!files.is_empty(), "no snap_NN.raw in {}", args.snapshots.display());
+    run(cargo().args(["build", "--release", "-p", "hde-cli"]))?;
+    let hde = root().join("target/release/hde");
+    let work = root().join("target/bench-link/work");
+    let _ = std::fs::remove_dir_all(&work);
+    std::fs::create_dir_all(&work)?;
+    let (a, b) = (work.join("a"), work.join("b"));
+    for (dir, name) in [(&a, "a"), (&b, "b")] {
+        let out = Command::new(&hde).args(["keygen", "--out"]).arg(dir).output()?;
+        ensure!(out.status.success(), "hde keygen {name}");
+        std::fs::write(work.join(format!("peers-of-{}", if name == "a" { "b" } else { "a" })), &out.stdout)?;
+    }
+    let link = Link::new(&args.rate)?;
+    // With --rtt, both kinds of tool reach the receiver through a relay in the sender's
+    // namespace that holds each direction for half the round trip.
+    let mut relays = Vec::new();
+    let mut target = |port: u16| -> Result<String> {
+        let direct = format!("{}:{port}", ADDR[1]);
+        if args.rtt == 0 {
+            return Ok(direct);
+        }
+        let mut child = link
+            .exec(0, &hde)
+            .args(["relay", "--to", &direct, "--delay-ms", &(args.rtt / 2).to_string(), "--lifetime", "3600"])
+            .stdout(Stdio::piped())
+            .spawn()?;
+        let line = first_line(&mut child)?;
+        relays.push(child);
+        Ok(line.strip_prefix("relaying on ").context("the relay's address")?.to_owned())
+    };
+    let (hde_target, peer_target) = (target(HDE_PORT)?, target(PEER_PORT)?);
+
+    // times[tool][round] over the runs; bytes the same.
+    let mut times: BTreeMap<String, BTreeMap<usize, Vec<f64>>> = BTreeMap::new();
+    let mut bytes: BTreeMap<String, BTreeMap<usize, u64>> = BTreeMap::new();
+    for run_index in 0..args.runs {
+        let state = work.join(format!("run{run_index}"));
+        let mut server = link
+            .exec(1, &hde)
+            .args(["serve", "--listen", &format!("{}:{HDE_PORT}", ADDR[1]), "--max-idle", "120"])
+            .arg("--identity")
+            .arg(&b)
+            .arg("--peers")
+            .arg(work.join("peers-of-b"))
+            .arg("--state")
+            .arg(state.join("recv"))
+            .arg("--out")
+            .arg(state.join("out"))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()?;
+        first_line(&mut server)?;
+        for (r, input) in files.iter().enumerate() {
+            let before = link.tx_bytes()?;
+            let start = Instant::now();
+            let status = link
+                .exec(0, &hde)
+                .args(["send", "--to", &hde_target, "--key", "vm", "--identity"])
+                .arg(&a)
+                .arg("--peers")
+                .arg(work.join("peers-of-a"))
+                .arg("--state")
+                .arg(state.join("send"))
+                .arg(input)
+                .stdout(Stdio::null())
+                .status()?;
+            let seconds = start.elapsed().as_secs_f64();
+            ensure!(status.success(), "hde send of round {r} failed");
+            let sent = link.tx_bytes()? - before;
+            ensure!(same_file(&state.join("out/vm.raw"), input)?, "hde: round {r} differs at the receiver");
+            times.entry("hde".into()).or_default().entry(r).or_default().push(seconds);
+            bytes.entry("hde".into()).or_default().insert(r, sent);
+            eprintln!("run {run_index} round {r}: hde {seconds:.3} s, {sent} bytes");
+            for p in PEERS.iter().filter(|p| p.delta == (r > 0) && !(p.slow && args.skip_slow)) {
+                let prev = if r > 0 { &files[r - 1] } else { input };
+                let f = peer_round(&link, &peer_target, p, input, prev, &work.join("peer-out.raw"))?;
+                eprintln!("run {run_index} round {r}: {} {:.3} s, {} bytes", p.name, f.seconds, f.bytes);
+                times.entry(p.name.into()).or_default().entry(r).or_default().push(f.seconds);
+                bytes.entry(p.name.into()).or_default().insert(r, f.bytes);
+            }
+        }
+        let _ = server.kill();
+        let _ = server.wait();
+    }
+    for mut relay in relays {
+        let _ = relay.kill();
+        let _ = relay.wait();
+    }
+    drop(link);
+
+    // The table, the JSON and the summary line.
+    let rounds = files.len();
+    let med = |tool: &str, r: usize| times.get(tool).and_then(|t| t.get(&r)).map(|v| median(v.clone()));
+    println!(
+        "link {} rtt {} ms, {} rounds of {}, medians of {}",
+        args.rate,
+        args.rtt,
+        rounds,
+        args.snapshots.display(),
+        args.runs
+    );
+    println!("{:<24} {:>5} {:>14} {:>10}", "tool", "round", "bytes on link", "s");
+    let mut rows = Vec::new();
+    for (tool, per_round) in &times {
+        for r in per_round.keys() {
+            let (s, b) = (med(tool, *r).unwrap_or(0.0), bytes[tool][r]);
+            println!("{tool:<24} {r:>5} {b:>14} {s:>10.3}");
+            rows.push(json!({"tool": tool, "round": r, "bytes": b, "seconds": s}));
+        }
+    }
+    let hde_total: f64 = (0..rounds).filter_map(|r| med("hde", r)).sum();
+    let best = |r: usize| -> Option<f64> {
+        times.keys().filter(|t| *t != "hde").filter_map(|t| med(t, r)).min_by(f64::total_cmp)
+    };
+    let best_total: f64 = (0..rounds).filter_map(best).sum();
+    let round0 = med("hde", 0).unwrap_or(0.0) / best(0).unwrap_or(f64::NAN);
+    let path = args.json.clone().unwrap_or_else(|| root().join("target/bench-link/results.json"));
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let doc = json!({
+        "rate": args.rate, "rtt_ms": args.rtt, "runs": args.runs, "snapshots": args.snapshots,
+        "rows": rows, "hde_s": hde_total, "best_peer_s": best_total, "round0_ratio": round0,
+    });
+    std::fs::write(&path, serde_json::to_string_pretty(&doc)?)?;
+    eprintln!("wrote {}", path.display());
+    if !(hde_total > 0.0 && best_total > 0.0) {
+        bail!("no complete measurement");
+    }
+    println!(
+        "link {} rtt {}: hde_s={hde_total:.3} best_peer_s={best_total:.3} ratio={:.3} round0_ratio={round0:.3}",
+        args.rate,
+        args.rtt,
+        hde_total / best_total
+    );
+    Ok(())
+}
