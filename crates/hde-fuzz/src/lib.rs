@@ -261,8 +261,17 @@ fn replica() -> ORMap<String, BaselineMeta> {
     m
 }
 
+/// A thread's scratch state directory, removed when the thread ends.
+struct Scratch(PathBuf, StateDir);
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 thread_local! {
-    static STATE_DIR: RefCell<Option<(PathBuf, StateDir)>> = const { RefCell::new(None) };
+    static STATE_DIR: RefCell<Option<Scratch>> = const { RefCell::new(None) };
 }
 
 /// State-directory load: the bytes as the saved file of a key, on both sides, loaded and
@@ -271,15 +280,15 @@ pub fn state_load(data: &[u8]) -> Outcome {
     STATE_DIR.with(|cell| {
         let mut cell = cell.borrow_mut();
         if cell.is_none() {
-            let root = std::env::temp_dir().join(format!(
-                "hde-fuzz-state-{}-{:?}",
-                std::process::id(),
-                std::thread::current().id()
-            ));
+            // In memory where the machine has a tmpfs: a disk's writeback stalls (hundreds of
+            // ms under load) are not the target's slowness, and would read as findings.
+            let shm = std::path::Path::new("/dev/shm");
+            let base = if shm.is_dir() { shm.to_path_buf() } else { std::env::temp_dir() };
+            let root = base.join(format!("hde-fuzz-state-{}-{:?}", std::process::id(), std::thread::current().id()));
             let Ok(dir) = StateDir::open(&root) else { return Outcome::Rejected };
-            *cell = Some((root, dir));
+            *cell = Some(Scratch(root, dir));
         }
-        let Some((_, dir)) = cell.as_ref() else { return Outcome::Rejected };
+        let Some(Scratch(_, dir)) = cell.as_ref() else { return Outcome::Rejected };
         let Ok(node) = Hde::new(node_config(NetworkMode::Datacenter)) else { return Outcome::Rejected };
         let mut accepted = true;
         for side in [Side::Send, Side::Receive] {
