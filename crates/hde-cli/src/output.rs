@@ -72,6 +72,8 @@ enum Sink {
     Atomic {
         file: AtomicFile,
         existing: Existing,
+        /// The path it gets (symlinks followed).
+        target: PathBuf,
     },
 }
 
@@ -135,7 +137,7 @@ impl Output {
             let _ = file.file().set_permissions(meta.permissions());
         }
         let existing = if meta.is_some() { Existing::Replace } else { Existing::Keep };
-        Ok(Output { path: owned, sink: Sink::Atomic { file, existing } })
+        Ok(Output { path: owned, sink: Sink::Atomic { file, existing, target } })
     }
 
     /// The regular file being written, where the output is one (random access, holes).
@@ -179,6 +181,14 @@ impl Output {
             "stdout".to_owned()
         } else {
             self.path.display().to_string()
+        }
+    }
+
+    /// The regular file the output becomes (symlinks followed), if it is one.
+    pub(crate) fn target(&self) -> Option<&Path> {
+        match &self.sink {
+            Sink::Atomic { target, .. } => Some(target),
+            _ => None,
         }
     }
 

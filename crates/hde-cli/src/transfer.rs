@@ -370,11 +370,18 @@ pub(crate) fn decode(a: DecodeArgs) -> Result<()> {
         }
     }
     let Some(image) = last_image else { return Ok(()) };
+    let target = out.target().map(Path::to_path_buf);
     out.write_image(&image)?;
     out.commit(a.state.is_some())?;
-    // The image is in place: now the state may move.
+    // The image is in place: now the state may move. The last frame's key keeps the output
+    // file itself as its baseline (a link, not a second copy) where it is a regular file.
+    let last_key = applied.last().map(|r| r.header.key.clone());
     for got in &applied {
-        receiver.finish(got).context("cannot save the baseline")?;
+        let finished = match &target {
+            Some(file) if Some(&got.header.key) == last_key.as_ref() => receiver.finish_linked(got, file),
+            _ => receiver.finish(got),
+        };
+        finished.context("cannot save the baseline")?;
     }
     Ok(())
 }

@@ -346,6 +346,16 @@ impl<'h> Receiver<'h> {
         Ok(Reply::Applied { key: key.clone(), holds: received.header.round.produces() })
     }
 
+    /// [`finish`](Self::finish) for a caller that wrote the image to `image_file` (durably):
+    /// the state keeps that file as the baseline (a hard link) instead of a second copy.
+    pub fn finish_linked(&self, received: &Received, image_file: &std::path::Path) -> Result<Reply> {
+        let key = &received.header.key;
+        if let (Some(dir), false) = (&self.state, received.retry) {
+            dir.save_receiver_linked(self.hde, key, received.rounds, image_file)?;
+        }
+        Ok(Reply::Applied { key: key.clone(), holds: received.header.round.produces() })
+    }
+
     /// The reply that refuses a frame of `key` for `err`.
     pub fn refusal(&self, key: &str, err: &Error) -> Reply {
         Reply::Refused {

@@ -7,7 +7,16 @@
 //! file is detected by its checksums and refused. Directories are made by the first save, not
 //! by opening: a command that fails creates nothing.
 //!
-//! File format (little-endian): magic `HDES`, version, 3 zero bytes, sequence, image checksum,
+//! A receiver that writes each round's image to a file anyway (`hde decode --state -o FILE`,
+//! `hde serve --out`) keeps that file as its baseline instead of a second copy: the state
+//! holds a hard link to it (`<hex>.<seq>.img`, one inode, no bytes written twice) and a header
+//! file that names it. The link is made before the header points to it, and older images are
+//! removed only after, so a crash leaves the old round or the new one. If the image is changed
+//! in place afterwards (a VM booted from it), its checksum no longer matches and the next
+//! delta is refused for a keyframe, never applied to the wrong bytes.
+//!
+//! File format (little-endian): magic `HDES`, version, flags (bit 0: the image is the linked
+//! `<hex>.<seq>.img`, not in this file), 2 zero bytes, sequence, image checksum,
 //! chain length (low 32 bits) and keyframe time in seconds (high 32 bits), image length, then in
 //! version 2 the number of rounds of the key, then an xxh3-64 of the header so far, then the
 //! image. Version 1 files (no round count) are still read.
@@ -28,6 +37,8 @@ const VERSION: u8 = 2;
 /// Header length by version (index 1 and 2).
 const HEADER_V1: usize = 48;
 const HEADER: usize = 56;
+/// Flags byte: the image lives in the linked `<hex>.<seq>.img`.
+const FLAG_LINKED: u8 = 1;
 
 /// Which side's baselines.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -153,6 +164,7 @@ impl StateDir {
     /// Forgets `key` on `side`; returns whether it was saved.
     pub fn remove(&self, side: Side, key: &str) -> Result<bool> {
         let path = self.path(side, key);
+        self.remove_images(side, key, None);
         match fs::remove_file(&path) {
             Ok(()) => {
                 if let Some(dir) = path.parent() {
@@ -190,6 +202,10 @@ impl StateDir {
         if head[..4] != MAGIC || !(1..=VERSION).contains(&head[4]) {
             return Err(Error::CorruptFrame { reason: "state file has a wrong magic or version" });
         }
+        if head[5] & !FLAG_LINKED != 0 || head[6] != 0 || head[7] != 0 {
+            return Err(Error::CorruptFrame { reason: "state file has unknown flags" });
+        }
+        let linked = head[5] & FLAG_LINKED != 0;
         let header = if head[4] == 1 { HEADER_V1 } else { HEADER };
         file.read_exact(&mut head[HEADER_V1..header]).map_err(io_at(&path))?;
         let field = |at: usize| {
@@ -208,11 +224,21 @@ impl StateDir {
         }
         // The file's own length must agree before anything is allocated for the claim.
         let on_disk = file.metadata().map_err(io_at(&path))?.len();
-        if on_disk != header as u64 + len {
+        let inline = if linked { 0 } else { len };
+        if on_disk != header as u64 + inline {
             return Err(Error::CorruptFrame { reason: "state file length differs from its header's" });
         }
         let mut image = Vec::with_capacity(len as usize);
-        file.read_to_end(&mut image).map_err(io_at(&path))?;
+        if linked {
+            let img = self.image_path(side, key, field(8));
+            let mut f = File::open(&img).map_err(io_at(&img))?;
+            if f.metadata().map_err(io_at(&img))?.len() != len {
+                return Err(Error::CorruptFrame { reason: "linked state image length differs from its header's" });
+            }
+            f.read_to_end(&mut image).map_err(io_at(&img))?;
+        } else {
+            file.read_to_end(&mut image).map_err(io_at(&path))?;
+        }
         if image.len() as u64 != len {
             return Err(Error::CorruptFrame { reason: "state file is truncated" });
         }
@@ -223,23 +249,52 @@ impl StateDir {
         Ok(Some(Saved { id: BaselineId { seq: field(8), checksum: field(16) }, chain, keyframe_ms, rounds, image }))
     }
 
-    /// Saves `key`'s baseline on `side` crash-safely: `saved`'s identity and policy state with
-    /// `image` (borrowed, so saving costs no copy of it; `saved.image` is not written).
-    pub fn save(&self, side: Side, key: &str, saved: &Saved, image: &[u8]) -> Result<()> {
-        let path = self.path(side, key);
+    /// The header of a saved baseline.
+    fn header(saved: &Saved, len: u64, flags: u8) -> Vec<u8> {
         let mut head = Vec::with_capacity(HEADER);
         head.extend_from_slice(&MAGIC);
         head.push(VERSION);
-        head.extend_from_slice(&[0, 0, 0]);
+        head.extend_from_slice(&[flags, 0, 0]);
         head.extend_from_slice(&saved.id.seq.to_le_bytes());
         head.extend_from_slice(&saved.id.checksum.to_le_bytes());
         // Chain in the low 32 bits, keyframe time (seconds-resolution is plenty) in the high.
         let packed = u64::from(saved.chain) | ((saved.keyframe_ms / 1000) << 32);
         head.extend_from_slice(&packed.to_le_bytes());
-        head.extend_from_slice(&(image.len() as u64).to_le_bytes());
+        head.extend_from_slice(&len.to_le_bytes());
         head.extend_from_slice(&saved.rounds.to_le_bytes());
         let sum = xxh3_64(&head);
         head.extend_from_slice(&sum.to_le_bytes());
+        head
+    }
+
+    /// Where the linked image of `key`'s round `seq` lives.
+    fn image_path(&self, side: Side, key: &str, seq: u64) -> PathBuf {
+        let mut path = self.path(side, key);
+        path.set_extension(format!("{seq:016x}.img"));
+        path
+    }
+
+    /// Removes `key`'s linked images on `side` other than `keep`'s.
+    fn remove_images(&self, side: Side, key: &str, keep: Option<u64>) {
+        let head = self.path(side, key);
+        let Some(stem) = head.file_stem().and_then(|s| s.to_str()).map(|s| format!("{s}.")) else { return };
+        let keep = keep.map(|seq| self.image_path(side, key, seq));
+        let Ok(entries) = fs::read_dir(self.root.join(side.dir())) else { return };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            if name.starts_with(&stem) && name.ends_with(".img") && Some(&path) != keep.as_ref() {
+                let _ = fs::remove_file(&path);
+            }
+        }
+    }
+
+    /// Saves `key`'s baseline on `side` crash-safely: `saved`'s identity and policy state with
+    /// `image` (borrowed, so saving costs no copy of it; `saved.image` is not written).
+    pub fn save(&self, side: Side, key: &str, saved: &Saved, image: &[u8]) -> Result<()> {
+        let path = self.path(side, key);
+        let head = Self::header(saved, image.len() as u64, 0);
         let write = || -> std::io::Result<()> {
             if let Some(dir) = path.parent() {
                 fs::create_dir_all(dir)?;
@@ -249,7 +304,45 @@ impl StateDir {
             write_sparse(f.file(), HEADER as u64, image)?;
             f.commit(Existing::Replace, true)
         };
-        write().map_err(io_at(&path))
+        write().map_err(io_at(&path))?;
+        self.remove_images(side, key, None);
+        Ok(())
+    }
+
+    /// Saves `key`'s baseline on `side` as a hard link to `image_file`, which must hold the
+    /// image (`len` bytes) durably already; no image bytes are written. Returns `false` where
+    /// the file cannot be linked (another filesystem, a filesystem without hard links): then
+    /// use [`save`](Self::save).
+    pub fn save_linked(&self, side: Side, key: &str, saved: &Saved, image_file: &Path, len: u64) -> Result<bool> {
+        let path = self.path(side, key);
+        let img = self.image_path(side, key, saved.id.seq);
+        if let Some(dir) = path.parent() {
+            fs::create_dir_all(dir).map_err(io_at(dir))?;
+        }
+        // Linked under a temporary name, then renamed: a stale image of the same sequence
+        // (from a crash before its header was written) is replaced, never appended to.
+        let tmp = img.with_extension("img.tmp");
+        let _ = fs::remove_file(&tmp);
+        match fs::hard_link(image_file, &tmp) {
+            Ok(()) => {}
+            Err(e) if matches!(e.raw_os_error(), Some(18 /* EXDEV */ | 1 /* EPERM */ | 95 /* EOPNOTSUPP */)) => {
+                return Ok(false)
+            }
+            Err(e) => return Err(io_at(image_file)(e)),
+        }
+        fs::rename(&tmp, &img).map_err(|e| {
+            let _ = fs::remove_file(&tmp);
+            io_at(&img)(e)
+        })?;
+        let head = Self::header(saved, len, FLAG_LINKED);
+        let write = || -> std::io::Result<()> {
+            let f = AtomicFile::create(&path)?;
+            f.file().write_all(&head)?;
+            f.commit(Existing::Replace, true)
+        };
+        write().map_err(io_at(&path))?;
+        self.remove_images(side, key, Some(saved.id.seq));
+        Ok(true)
     }
 
     /// Restores the sender's baseline of `key` into `hde` (if saved); returns the number of
@@ -284,6 +377,18 @@ impl StateDir {
     pub fn save_receiver(&self, hde: &Hde, key: &str, rounds: u64) -> Result<()> {
         let (Some(id), Some(image)) = (hde.receiver().baseline(key), hde.receiver().image(key)) else { return Ok(()) };
         self.save(Side::Receive, key, &Saved { id, chain: 0, keyframe_ms: 0, rounds, image: Vec::new() }, &image)
+    }
+
+    /// [`save_receiver`](Self::save_receiver) for a receiver that wrote the image to
+    /// `image_file` (durably): the state links that file instead of writing a copy, or copies
+    /// it where it cannot be linked.
+    pub fn save_receiver_linked(&self, hde: &Hde, key: &str, rounds: u64, image_file: &Path) -> Result<()> {
+        let (Some(id), Some(image)) = (hde.receiver().baseline(key), hde.receiver().image(key)) else { return Ok(()) };
+        let saved = Saved { id, chain: 0, keyframe_ms: 0, rounds, image: Vec::new() };
+        if self.save_linked(Side::Receive, key, &saved, image_file, image.len() as u64)? {
+            return Ok(());
+        }
+        self.save(Side::Receive, key, &saved, &image)
     }
 }
 
@@ -351,6 +456,43 @@ mod tests {
         fs::write(dir.path(Side::Send, "vm a"), &v1).unwrap();
         let old = dir.load(Side::Send, "vm a", u64::MAX).unwrap().unwrap();
         assert_eq!((old.id, old.rounds, old.image), (id, 0, image));
+        let _ = fs::remove_dir_all(&root);
+    }
+
+    #[test]
+    fn a_linked_baseline_is_the_image_file_itself_and_changes_to_it_are_caught() {
+        use std::os::unix::fs::MetadataExt as _;
+        let root = std::env::temp_dir().join(format!("hde-state-linked-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&root);
+        fs::create_dir_all(&root).unwrap();
+        let dir = StateDir::open(root.join("state")).unwrap();
+        let mut image = vec![3u8; 16384];
+        image[..4096].fill(0);
+        let out = root.join("out.raw");
+        fs::write(&out, &image).unwrap();
+        let id = BaselineId { seq: 9, checksum: crate::delta::checksum(&image, 4096) };
+        let saved = Saved { id, chain: 0, keyframe_ms: 0, rounds: 2, image: Vec::new() };
+        assert!(dir.save_linked(Side::Receive, "vm", &saved, &out, image.len() as u64).unwrap());
+        // The header alone is written; the image is the output's inode.
+        assert_eq!(fs::metadata(dir.path(Side::Receive, "vm")).unwrap().len(), HEADER as u64);
+        let img = dir.image_path(Side::Receive, "vm", 9);
+        assert_eq!(fs::metadata(&img).unwrap().ino(), fs::metadata(&out).unwrap().ino());
+        let loaded = dir.load(Side::Receive, "vm", u64::MAX).unwrap().unwrap();
+        assert_eq!((loaded.id, loaded.rounds, &loaded.image), (id, 2, &image));
+        // The next round (a new output file) replaces the link; the old image goes.
+        let out2 = root.join("out2.raw");
+        fs::write(&out2, &image).unwrap();
+        let saved2 = Saved { id: BaselineId { seq: 10, ..id }, ..saved.clone() };
+        assert!(dir.save_linked(Side::Receive, "vm", &saved2, &out2, image.len() as u64).unwrap());
+        assert!(!img.exists());
+        assert_eq!(dir.keys(Side::Receive).unwrap(), ["vm"]);
+        // The output changed in place (a VM booted from it): the restore refuses it.
+        let hde = Hde::new(crate::HdeConfig::new(1)).unwrap();
+        std::fs::OpenOptions::new().write(true).open(&out2).unwrap().write_all(b"boot").unwrap();
+        assert!(dir.restore_receiver(&hde, "vm").is_err());
+        // Removing the key removes its image.
+        assert!(dir.remove(Side::Receive, "vm").unwrap());
+        assert_eq!(fs::read_dir(root.join("state/recv")).unwrap().count(), 0);
         let _ = fs::remove_dir_all(&root);
     }
 }

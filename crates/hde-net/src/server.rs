@@ -79,11 +79,13 @@ pub fn image_name(key: &str) -> String {
     }
 }
 
-fn write_image(dir: &Path, key: &str, image: &[u8]) -> std::io::Result<()> {
+fn write_image(dir: &Path, key: &str, image: &[u8]) -> std::io::Result<PathBuf> {
     std::fs::create_dir_all(dir)?;
-    let file = AtomicFile::create(&dir.join(image_name(key)))?;
+    let path = dir.join(image_name(key));
+    let file = AtomicFile::create(&path)?;
     hde_core::state::write_sparse(file.file(), 0, image)?;
-    file.commit(Existing::Replace, true)
+    file.commit(Existing::Replace, true)?;
+    Ok(path)
 }
 
 /// Applies one frame: decode and verify, write the image, save the state, confirm.
@@ -96,12 +98,15 @@ fn apply(receiver: &Receiver<'_>, out: Option<&Path>, frame: &[u8], log: bool) -
         Ok(got) => got,
         Err(e) => return receiver.refusal(&key, &e),
     };
-    if let Some(dir) = out {
-        if let Err(e) = write_image(dir, &key, &got.image) {
-            return receiver.refusal(&key, &hde_core::Error::Io(e));
-        }
-    }
-    match receiver.finish(&got) {
+    // The image written to --out is also the baseline the state keeps (a link, not a copy).
+    let finished = match out {
+        Some(dir) if !got.retry => match write_image(dir, &key, &got.image) {
+            Ok(path) => receiver.finish_linked(&got, &path),
+            Err(e) => return receiver.refusal(&key, &hde_core::Error::Io(e)),
+        },
+        _ => receiver.finish(&got),
+    };
+    match finished {
         Ok(reply) => {
             if !log {
                 return reply;
