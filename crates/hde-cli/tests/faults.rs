@@ -8,7 +8,7 @@
 
 use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use hde_core::corpus::{write_corpus, CorpusConfig};
@@ -17,23 +17,12 @@ use hde_core::state::{Side, StateDir};
 
 const KEY: &str = "vm";
 
-fn hde() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_hde"))
-}
+mod common;
+
+use common::{hde_cmd as hde, ok, s};
 
 fn tmp(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("hde-faults-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
-fn ok(out: &Output, what: &str) {
-    assert!(out.status.success(), "{what}: {}", String::from_utf8_lossy(&out.stderr));
+    common::tmp("faults", name)
 }
 
 /// The saved baseline of `side`, which must load (a torn or damaged file would not).

@@ -8,23 +8,16 @@ use std::process::{Command, Output};
 
 use hde_core::corpus::{write_corpus, CorpusConfig};
 
-fn hde(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_hde")).args(args).output().expect("run hde")
-}
+mod common;
+
+use common::{hde, ok, s};
 
 fn tmp(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("hde-cli-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+    common::tmp("cli", name)
 }
 
 fn corpus(dir: &Path) -> Vec<PathBuf> {
     write_corpus(&dir.join("corpus"), &CorpusConfig { size: 2 << 20, rounds: 3, ..CorpusConfig::default() }).unwrap()
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
 }
 
 #[test]
@@ -185,10 +178,6 @@ fn base_files_give_deltas_like_patch_from_and_a_wrong_base_is_refused() {
 
 // ---- Outputs: what must never be destroyed (issue: the CLI must never destroy what it did
 // not mean to write).
-
-fn ok(out: &Output, what: &str) {
-    assert!(out.status.success(), "{what}: {}", String::from_utf8_lossy(&out.stderr));
-}
 
 fn failed(out: &Output, code: i32, what: &str) -> String {
     let err = String::from_utf8_lossy(&out.stderr).into_owned();

@@ -10,23 +10,12 @@ use std::process::{Child, Command, Output, Stdio};
 
 use hde_core::corpus::{write_corpus, CorpusConfig};
 
-fn hde(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_hde")).args(args).output().expect("run hde")
-}
+mod common;
+
+use common::{hde, ok, s};
 
 fn tmp(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("hde-cli-net-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
-fn ok(out: &Output, what: &str) {
-    assert!(out.status.success(), "{what}: {}", String::from_utf8_lossy(&out.stderr));
+    common::tmp("cli-net", name)
 }
 
 /// Makes a key pair in `dir/name`; returns its public line.
