@@ -311,8 +311,8 @@ impl StateDir {
 
     /// Saves `key`'s baseline on `side` as a hard link to `image_file`, which must hold the
     /// image (`len` bytes) durably already; no image bytes are written. Returns `false` where
-    /// the file cannot be linked (another filesystem, a filesystem without hard links): then
-    /// use [`save`](Self::save).
+    /// the file cannot be linked (another filesystem, a filesystem without hard links, the
+    /// link count at its limit): then use [`save`](Self::save).
     pub fn save_linked(&self, side: Side, key: &str, saved: &Saved, image_file: &Path, len: u64) -> Result<bool> {
         let path = self.path(side, key);
         let img = self.image_path(side, key, saved.id.seq);
@@ -323,12 +323,10 @@ impl StateDir {
         // (from a crash before its header was written) is replaced, never appended to.
         let tmp = img.with_extension("img.tmp");
         let _ = fs::remove_file(&tmp);
-        match fs::hard_link(image_file, &tmp) {
-            Ok(()) => {}
-            Err(e) if matches!(e.raw_os_error(), Some(18 /* EXDEV */ | 1 /* EPERM */ | 95 /* EOPNOTSUPP */)) => {
-                return Ok(false)
-            }
-            Err(e) => return Err(io_at(image_file)(e)),
+        // Any refusal to link (another filesystem, no hard links there, too many links) is
+        // answered by a copy: the caller's `save`, which reports real I/O failures itself.
+        if fs::hard_link(image_file, &tmp).is_err() {
+            return Ok(false);
         }
         fs::rename(&tmp, &img).map_err(|e| {
             let _ = fs::remove_file(&tmp);
@@ -493,6 +491,31 @@ mod tests {
         // Removing the key removes its image.
         assert!(dir.remove(Side::Receive, "vm").unwrap());
         assert_eq!(fs::read_dir(root.join("state/recv")).unwrap().count(), 0);
+        let _ = fs::remove_dir_all(&root);
+    }
+
+    #[test]
+    fn an_image_on_another_filesystem_is_not_linked_and_the_caller_copies() {
+        let shm = Path::new("/dev/shm");
+        if !shm.is_dir() {
+            eprintln!("skipped: no /dev/shm to put the image on another filesystem");
+            return;
+        }
+        let image_file = shm.join(format!("hde-state-xdev-{}.raw", std::process::id()));
+        fs::write(&image_file, vec![5u8; 8192]).unwrap();
+        let root = std::env::temp_dir().join(format!("hde-state-xdev-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&root);
+        let dir = StateDir::open(&root).unwrap();
+        let saved =
+            Saved { id: BaselineId { seq: 1, checksum: 2 }, chain: 0, keyframe_ms: 0, rounds: 1, image: Vec::new() };
+        let linked = dir.save_linked(Side::Receive, "vm", &saved, &image_file, 8192).unwrap();
+        // /tmp on tmpfs too would link: then the state is the link, and loads as well.
+        if !linked {
+            assert!(!dir.path(Side::Receive, "vm").exists(), "nothing saved before the caller copies");
+            dir.save(Side::Receive, "vm", &saved, &[5u8; 8192]).unwrap();
+        }
+        assert_eq!(dir.load(Side::Receive, "vm", u64::MAX).unwrap().unwrap().image, vec![5u8; 8192]);
+        let _ = fs::remove_file(&image_file);
         let _ = fs::remove_dir_all(&root);
     }
 }
