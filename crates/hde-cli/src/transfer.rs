@@ -229,22 +229,19 @@ fn receiver_config(threads: Option<usize>) -> HdeConfig {
 /// Splits a frame stream into its frames, checking each one's structure (not yet its data).
 fn frames<'a>(bytes: &'a [u8], limits: &FrameLimits) -> impl Iterator<Item = Result<&'a [u8], hde_core::Error>> + 'a {
     let limits = *limits;
-    let mut rest = bytes;
-    let mut first = true;
+    // `None` once the input is used up or broken. An empty input is read once, so that the
+    // header reader reports it (`EmptyInput`).
+    let mut rest = Some(bytes);
     std::iter::from_fn(move || {
-        if rest.is_empty() && !std::mem::take(&mut first) {
-            return None;
-        }
-        first = false;
-        // An empty input gives one error (EmptyInput) from the header reader.
-        match frame::frame_len(rest, &limits) {
+        let r = rest?;
+        match frame::frame_len(r, &limits) {
             Ok(len) => {
-                let (frame, after) = rest.split_at(len);
-                rest = after;
+                let (frame, after) = r.split_at(len);
+                rest = (!after.is_empty()).then_some(after);
                 Some(Ok(frame))
             }
             Err(e) => {
-                rest = &[];
+                rest = None;
                 Some(Err(e))
             }
         }

@@ -25,11 +25,11 @@ fn keygen(dir: &Path, name: &str) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
-/// Starts `hde serve` (it stops by itself after 20 s without a connection); returns the
-/// child and the address it listens on.
-fn serve(dir: &Path) -> (Child, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_hde"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--max-idle", "20", "--threads", "2"])
+/// Starts `hde serve` through `cmd` (the binary, maybe inside a namespace) on `listen`; it
+/// stops by itself after 20 s without a connection. Returns the child and its address.
+fn serve_with(mut cmd: Command, dir: &Path, listen: &str) -> (Child, String) {
+    let mut child = cmd
+        .args(["serve", "--listen", listen, "--max-idle", "20", "--threads", "2"])
         .args(["--identity", s(&dir.join("b")), "--peers", s(&dir.join("peers-of-b"))])
         .args(["--state", s(&dir.join("recv-state")), "--out", s(&dir.join("out"))])
         .stdout(Stdio::piped())
@@ -40,6 +40,11 @@ fn serve(dir: &Path) -> (Child, String) {
     BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
     let addr = line.trim().strip_prefix("listening on ").unwrap_or_else(|| panic!("{line:?}")).to_owned();
     (child, addr)
+}
+
+/// `hde serve` on loopback.
+fn serve(dir: &Path) -> (Child, String) {
+    serve_with(common::hde_cmd(), dir, "127.0.0.1:0")
 }
 
 fn send(dir: &Path, identity: &str, addr: &str, images: &[&PathBuf]) -> Output {
@@ -176,18 +181,7 @@ fn rounds_cross_a_shaped_100_mbit_link_between_namespaces() {
     std::fs::write(dir.join("peers-of-b"), &a).unwrap();
     std::fs::write(dir.join("peers-of-a"), &b).unwrap();
     let listen = format!("{}:7070", Link::ADDR[1]);
-    let mut server = link
-        .hde(1)
-        .args(["serve", "--listen", &listen, "--max-idle", "20", "--threads", "2"])
-        .args(["--identity", s(&dir.join("b")), "--peers", s(&dir.join("peers-of-b"))])
-        .args(["--state", s(&dir.join("recv-state")), "--out", s(&dir.join("out"))])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(server.stdout.take().unwrap()).read_line(&mut line).unwrap();
-    assert!(line.starts_with("listening on"), "{line:?}");
+    let (mut server, _) = serve_with(link.hde(1), &dir, &listen);
     let out = link
         .hde(0)
         .args(["send", "--json", "--to", &listen, "--key", "vm", "--threads", "2"])

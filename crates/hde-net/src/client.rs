@@ -243,7 +243,7 @@ async fn connect(connector: &TlsConnector, to: &str, node: u64) -> Result<TlsStr
         }),
         Ok(Some(Message::Error(text))) => Err(Error::Protocol { what: format!("the receiver said: {text}") }),
         Ok(other) => Err(Error::Protocol {
-            what: format!("expected the receiver's hello, got {}", crate::server::describe_message(other.as_ref())),
+            what: format!("expected the receiver's hello, got {}", proto::describe(other.as_ref())),
         }),
         // A server that refuses our key closes right after the handshake: rustls reports the
         // alert on the first read.
@@ -270,7 +270,7 @@ async fn await_reply(tls: &mut TlsStream<TcpStream>) -> Result<Reply> {
         Some(Message::Error(text)) => Err(Error::Protocol { what: format!("the receiver said: {text}") }),
         other => Err(Error::Connection(std::io::Error::new(
             std::io::ErrorKind::ConnectionAborted,
-            format!("expected a reply, got {}", crate::server::describe_message(other.as_ref())),
+            format!("expected a reply, got {}", proto::describe(other.as_ref())),
         ))),
     }
 }

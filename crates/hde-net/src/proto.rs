@@ -125,6 +125,19 @@ fn control<T: Serialize>(value: &T) -> Vec<u8> {
     rmp_serde::to_vec(value).unwrap_or_default()
 }
 
+/// What a message (or the end of the stream) is, for messages to people.
+pub fn describe(m: Option<&Message>) -> &'static str {
+    match m {
+        None => "end of stream",
+        Some(Message::Hello(_)) => "hello",
+        Some(Message::Chunk(_)) => "frame chunk",
+        Some(Message::FrameEnd) => "frame end",
+        Some(Message::Reply(_)) => "reply",
+        Some(Message::Bye) => "bye",
+        Some(Message::Error(_)) => "error",
+    }
+}
+
 /// The bytes of `message`, head included.
 pub fn encode(message: &Message) -> Vec<u8> {
     let (kind, payload) = match message {

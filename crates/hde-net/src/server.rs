@@ -231,7 +231,7 @@ async fn connection(
             return Err(Error::Protocol { what: text });
         }
         other => {
-            return Err(Error::Protocol { what: format!("expected a hello, got {}", describe_message(other.as_ref())) })
+            return Err(Error::Protocol { what: format!("expected a hello, got {}", proto::describe(other.as_ref())) })
         }
     }
     proto::write(&mut tls, &Message::Hello(Hello::new(node, max_frame))).await?;
@@ -271,23 +271,11 @@ async fn connection(
                 tls.flush().await.map_err(Error::Connection)?;
             }
             Some(other) => {
-                let text = format!("unexpected {} from a sender", describe_message(Some(&other)));
+                let text = format!("unexpected {} from a sender", proto::describe(Some(&other)));
                 let _ = proto::write(&mut tls, &Message::Error(text.clone())).await;
                 return Err(Error::Protocol { what: text });
             }
         }
-    }
-}
-
-pub(crate) fn describe_message(m: Option<&Message>) -> &'static str {
-    match m {
-        None => "end of stream",
-        Some(Message::Hello(_)) => "hello",
-        Some(Message::Chunk(_)) => "frame chunk",
-        Some(Message::FrameEnd) => "frame end",
-        Some(Message::Reply(_)) => "reply",
-        Some(Message::Bye) => "bye",
-        Some(Message::Error(_)) => "error",
     }
 }
 
