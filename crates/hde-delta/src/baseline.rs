@@ -81,6 +81,56 @@ pub(crate) struct EncBaseline {
     pub(crate) hashes: Vec<u128>,
     /// Low 64 bits of a page hash -> a page holding that content (non-zero pages only).
     pub(crate) index: HashMap<u64, u32>,
+    /// Pages whose bytes in `content` are not the baseline's (a restored image that no longer
+    /// verifies there): known by hash only, never used as old content.
+    pub(crate) stale: PageSet,
+}
+
+/// A set of page numbers (a bitmap, empty until a page is added).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct PageSet {
+    words: Vec<u64>,
+    len: usize,
+}
+
+impl PageSet {
+    pub(crate) fn contains(&self, page: usize) -> bool {
+        self.words.get(page / 64).is_some_and(|w| w & (1 << (page % 64)) != 0)
+    }
+
+    pub(crate) fn insert(&mut self, page: usize) {
+        if page / 64 >= self.words.len() {
+            self.words.resize(page / 64 + 1, 0);
+        }
+        let bit = 1 << (page % 64);
+        if self.words[page / 64] & bit == 0 {
+            self.words[page / 64] |= bit;
+            self.len += 1;
+        }
+    }
+
+    pub(crate) fn remove(&mut self, page: usize) {
+        if let Some(w) = self.words.get_mut(page / 64) {
+            let bit = 1 << (page % 64);
+            if *w & bit != 0 {
+                *w &= !bit;
+                self.len -= 1;
+            }
+        }
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
+    pub(crate) fn clear(&mut self) {
+        self.words.clear();
+        self.len = 0;
+    }
+
+    fn memory(&self) -> u64 {
+        self.words.capacity() as u64 * 8
+    }
 }
 
 impl EncBaseline {
@@ -94,7 +144,7 @@ impl EncBaseline {
 
     /// The old content of `page` if it exists with length `len` and its content is kept.
     pub(crate) fn old_page(&self, page: usize, len: usize) -> Option<&[u8]> {
-        if page >= self.pages() || self.page_len(page) != len {
+        if page >= self.pages() || self.page_len(page) != len || self.stale.contains(page) {
             return None;
         }
         match &self.content {
@@ -117,7 +167,7 @@ impl EncBaseline {
             Content::Bounded(cache) => cache.memory(),
         };
         // A hashbrown entry of (u64, u32) with its control byte, at its usual load.
-        content + self.hashes.capacity() as u64 * 16 + self.index.capacity() as u64 * 18
+        content + self.hashes.capacity() as u64 * 16 + self.index.capacity() as u64 * 18 + self.stale.memory()
     }
 }
 
@@ -154,5 +204,22 @@ mod tests {
             cache.insert(i % 2, &[3; 10]);
         }
         assert!(cache.order.len() < 200);
+    }
+
+    #[test]
+    fn page_set_counts_what_it_holds() {
+        let mut set = PageSet::default();
+        assert!(!set.contains(5) && set.len() == 0);
+        set.insert(5);
+        set.insert(5);
+        set.insert(700);
+        assert!(set.contains(5) && set.contains(700) && !set.contains(6));
+        assert_eq!(set.len(), 2);
+        set.remove(5);
+        set.remove(5);
+        set.remove(10_000);
+        assert_eq!(set.len(), 1);
+        set.clear();
+        assert!(!set.contains(700) && set.len() == 0);
     }
 }

@@ -222,8 +222,9 @@ impl PageDeltaDecoder {
         lock(&self.store).get(key).map(|h| h.data.clone())
     }
 
-    /// Installs `image` as `key`'s baseline `id` (restoring saved state); it is verified first.
-    pub fn restore(&self, key: &str, id: BaselineId, page_size: usize, image: Vec<u8>) -> Result<()> {
+    /// Installs `image` as `key`'s baseline `id` (restoring saved state, e.g. a mapped file);
+    /// it is verified first.
+    pub fn restore(&self, key: &str, id: BaselineId, page_size: usize, image: impl Into<Image>) -> Result<()> {
         self.install_baseline(key, Some(id), page_size, image.into()).map(|_| ())
     }
 

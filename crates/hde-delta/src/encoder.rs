@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use crate::baseline::{index_key, Content, EncBaseline, PageCache};
+use crate::baseline::{index_key, Content, EncBaseline, PageCache, PageSet};
 use crate::checksum::combine;
 use crate::page::{hash, is_zero, put_varint, run_encode, RunBytes};
 use crate::sync::{lock, Arc, AtomicU32, Mutex, Ordering};
@@ -49,6 +49,11 @@ pub struct EncodeOptions {
     /// it is (e.g. a delta against a reference image that is supplied again next time, or a
     /// process that exits after one frame). Engines skip `commit` for it.
     pub detached: bool,
+    /// The commit keeps the round's page hashes only, not its content: for a process that
+    /// saves the baseline as hashes beside the image's file and encodes nothing more of the
+    /// key (a copy of a large image saved). Later rounds in this process still find unchanged
+    /// and duplicate pages, and send changed pages whole.
+    pub hashes_only: bool,
 }
 
 /// Counters of an encoder since it was created.
@@ -115,6 +120,8 @@ pub struct EncodedRound<'a> {
     hashes: Vec<u128>,
     /// Pages that differ from the baseline, ascending.
     changed: Vec<u32>,
+    /// The commit keeps hashes only ([`EncodeOptions::hashes_only`]).
+    hashes_only: bool,
 }
 
 const UNBUILT: u32 = u32::MAX;
@@ -372,6 +379,84 @@ impl<C: Clock> PageDeltaEncoder<C> {
         self.install_baseline(key, Some(id), Image::from(image), chain, since_keyframe).map(|_| ())
     }
 
+    /// Installs `key`'s baseline `id` from its page hashes (restoring state saved by another
+    /// process without a copy of the image), with `content` as the bytes where it still holds
+    /// them: every page of `content` is checked against its hash, and a page that differs (the
+    /// file changed since, or `content` is `None` or of another length) is known by its hash
+    /// alone. Such pages are still recognised when unchanged; when they change they are sent
+    /// whole instead of as a patch. Returns how many pages did not verify.
+    ///
+    /// `hashes` must be what [`baseline_hashes`](Self::baseline_hashes) gave for an image of
+    /// `len` bytes, and combine to `id.checksum`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn restore_hashed(
+        &self,
+        key: &str,
+        id: BaselineId,
+        len: u64,
+        hashes: Vec<u128>,
+        content: Option<Image>,
+        chain: u32,
+        since_keyframe: Duration,
+    ) -> Result<usize> {
+        let ps = self.config.page_size;
+        if len > self.config.max_image_size {
+            return Err(Error::TooLarge { what: "baseline image", claimed: len, limit: self.config.max_image_size });
+        }
+        let len = usize::try_from(len).map_err(|_| Error::TooLarge {
+            what: "baseline image",
+            claimed: len,
+            limit: usize::MAX as u64,
+        })?;
+        if hashes.len() != len.div_ceil(ps) {
+            return Err(Error::Corrupt { reason: "page hashes do not cover the baseline image" });
+        }
+        let actual = combine(&hashes);
+        if actual != id.checksum {
+            return Err(Error::ChecksumMismatch { key: key.to_owned(), expected: id.checksum, actual });
+        }
+        let content = content.filter(|c| c.len() == len);
+        let mut stale = PageSet::default();
+        match &content {
+            Some(image) => {
+                let held = crate::checksum::page_hashes(image, ps, self.config.threads);
+                for (p, (h, want)) in held.iter().zip(&hashes).enumerate() {
+                    if h != want {
+                        stale.insert(p);
+                    }
+                }
+            }
+            None => (0..hashes.len()).for_each(|p| stale.insert(p)),
+        }
+        let stale_pages = stale.len();
+        let content = match (self.config.content, content) {
+            (BaselineContent::Full, Some(image)) => Content::Shared(image),
+            // No bytes: an empty shared image, every page stale; the next commit copies the
+            // round's image whole.
+            (BaselineContent::Full, None) => Content::Shared(Image::from(Vec::new())),
+            (BaselineContent::Bounded { cache_bytes }, _) => {
+                stale.clear();
+                Content::Bounded(PageCache::new(cache_bytes))
+            }
+        };
+        let mut index = HashMap::new();
+        for (p, &h) in hashes.iter().enumerate() {
+            if h != 0 {
+                index.entry(index_key(h)).or_insert(p as u32);
+            }
+        }
+        let baseline = EncBaseline { id, len, page_size: ps, content, hashes, index, stale };
+        self.put_baseline(key, baseline, chain, since_keyframe);
+        Ok(stale_pages)
+    }
+
+    /// The page hashes of `key`'s baseline (what [`restore_hashed`](Self::restore_hashed)
+    /// takes back), if one is held.
+    pub fn baseline_hashes(&self, key: &str) -> Option<Vec<u128>> {
+        let base = lock(&self.store).entries.get(key).and_then(|e| e.baseline.clone())?;
+        Some(base.hashes.clone())
+    }
+
     /// Installs `image` as `key`'s baseline with sequence 0 and the image's own checksum, and
     /// returns that identity: a reference image both sides already have (the previous round's
     /// file, as `zstd --patch-from` takes it). The receiver installs the same image with
@@ -420,7 +505,14 @@ impl<C: Clock> PageDeltaEncoder<C> {
             BaselineContent::Full => Content::Shared(image),
             BaselineContent::Bounded { cache_bytes } => Content::Bounded(PageCache::new(cache_bytes)),
         };
-        let baseline = EncBaseline { id, len, page_size: ps, content, hashes, index };
+        let baseline = EncBaseline { id, len, page_size: ps, content, hashes, index, stale: PageSet::default() };
+        self.put_baseline(key, baseline, chain, since_keyframe);
+        Ok(id)
+    }
+
+    /// Makes `baseline` `key`'s, with the keyframe policy state given.
+    fn put_baseline(&self, key: &str, baseline: EncBaseline, chain: u32, since_keyframe: Duration) {
+        let id = baseline.id;
         let memory = baseline.memory();
         let now = self.clock.now();
         let mut store = lock(&self.store);
@@ -441,7 +533,6 @@ impl<C: Clock> PageDeltaEncoder<C> {
         }
         store.memory += memory;
         self.enforce_caps(&mut store);
-        Ok(id)
     }
 
     /// Forgets `key`'s baseline; its next round is a keyframe.
@@ -525,11 +616,11 @@ impl<C: Clock> PageDeltaEncoder<C> {
             for p in first..last {
                 let page = &image[p * ps..(p * ps + ps).min(image.len())];
                 let old_hash = base_ref.filter(|b| p < b.pages() && b.page_len(p) == page.len()).map(|b| b.hashes[p]);
-                // Full content: compare first (most pages are unchanged, and one pass decides);
-                // zero test and hash only for what differs.
-                let same_as_old = !bounded
-                    && old_hash.is_some()
-                    && base_ref.and_then(|b| b.old_page(p, page.len())).is_some_and(|old| old == page);
+                // Old content held: compare first (most pages are unchanged, and one pass
+                // decides); zero test and hash only for what differs. Without it (bounded
+                // content, a stale restored page) the hash decides.
+                let old = if bounded { None } else { base_ref.and_then(|b| b.old_page(p, page.len())) };
+                let same_as_old = old.is_some_and(|old| old == page);
                 let (kind, h) = if same_as_old {
                     (SCAN_UNCHANGED, old_hash.unwrap_or(0))
                 } else if is_zero(page) {
@@ -540,7 +631,7 @@ impl<C: Clock> PageDeltaEncoder<C> {
                     }
                 } else {
                     let h = hash(page);
-                    if bounded && old_hash == Some(h) {
+                    if old.is_none() && old_hash == Some(h) {
                         (SCAN_UNCHANGED, h)
                     } else {
                         (SCAN_CHANGED, h)
@@ -570,9 +661,10 @@ impl<C: Clock> PageDeltaEncoder<C> {
             let h = hashes[p];
             let from_base = base_ref.and_then(|b| {
                 let q = *b.index.get(&index_key(h))? as usize;
-                let same = match &b.content {
-                    Content::Full(_) | Content::Shared(_) => b.old_page(q, page.len()) == Some(page),
-                    Content::Bounded(_) => b.hashes.get(q) == Some(&h) && b.page_len(q) == page.len(),
+                // The bytes where held; the hash for bounded content and stale pages.
+                let same = match b.old_page(q, page.len()) {
+                    Some(old) => old == page,
+                    None => b.hashes.get(q) == Some(&h) && b.page_len(q) == page.len(),
                 };
                 same.then_some(q as u32)
             });
@@ -634,6 +726,7 @@ impl<C: Clock> PageDeltaEncoder<C> {
             base,
             hashes,
             changed,
+            hashes_only: options.hashes_only,
         })
     }
 
@@ -643,14 +736,35 @@ impl<C: Clock> PageDeltaEncoder<C> {
         let len = round.header.image_len as usize;
         let pages = round.hashes.len();
         let keyframe = round.header.is_keyframe();
+        if round.hashes_only {
+            // No bytes kept: every page is known by its hash (as `restore_hashed` makes it).
+            let hashes = std::mem::take(&mut round.hashes);
+            let mut stale = PageSet::default();
+            let content = match self.config.content {
+                BaselineContent::Full => {
+                    (0..pages).for_each(|p| stale.insert(p));
+                    Content::Shared(Image::from(Vec::new()))
+                }
+                BaselineContent::Bounded { cache_bytes } => Content::Bounded(PageCache::new(cache_bytes)),
+            };
+            let mut index = old.map(|b| b.index).unwrap_or_default();
+            index.clear();
+            for (p, &h) in hashes.iter().enumerate() {
+                if h != 0 {
+                    index.entry(index_key(h)).or_insert(p as u32);
+                }
+            }
+            return EncBaseline { id: round.header.produces(), len, page_size: ps, content, hashes, index, stale };
+        }
         let fresh_content = || match self.config.content {
             BaselineContent::Full => Content::Full(Vec::new()),
             BaselineContent::Bounded { cache_bytes } => Content::Bounded(PageCache::new(cache_bytes)),
         };
-        let (content, mut index, old_hashes) = match old {
-            Some(b) => (b.content, b.index, b.hashes),
-            None => (fresh_content(), HashMap::new(), Vec::new()),
+        let (content, mut index, old_hashes, mut stale) = match old {
+            Some(b) => (b.content, b.index, b.hashes, b.stale),
+            None => (fresh_content(), HashMap::new(), Vec::new(), PageSet::default()),
         };
+
         // What the commit writes to: owned content (a shared image is copied once, here).
         enum Target {
             Full(Vec<u8>),
@@ -683,6 +797,10 @@ impl<C: Clock> PageDeltaEncoder<C> {
                 copied_whole = true;
             }
         }
+        if copied_whole || keyframe {
+            // Every page's content is the round's (a keyframe rewrites them all below).
+            stale.clear();
+        }
         match &mut content {
             Target::Full(data) => data.resize(len, 0),
             Target::Bounded(cache) => {
@@ -693,6 +811,7 @@ impl<C: Clock> PageDeltaEncoder<C> {
         }
         for &p in &round.changed {
             let p = p as usize;
+            stale.remove(p);
             let plen = page_len(len, ps, p);
             let zero = round.hashes[p] == 0;
             let new = if zero { None } else { round.image.get(p * ps..p * ps + plen) };
@@ -729,6 +848,7 @@ impl<C: Clock> PageDeltaEncoder<C> {
             },
             hashes: std::mem::take(&mut round.hashes),
             index,
+            stale,
         }
     }
 

@@ -462,3 +462,84 @@ fn an_installed_reference_image_is_a_baseline_both_sides_name_alike() {
     assert!(matches!(deliver(&other, &round), Err(Error::BaselineMismatch { .. })));
     enc.commit(round).unwrap();
 }
+
+#[test]
+fn a_baseline_restored_from_hashes_verifies_its_content_page_by_page() {
+    let images = corpus(1 << 20, 3);
+    let cfg = config(4096, 64 * 4096, 2);
+    let enc = PageDeltaEncoder::new(cfg.clone()).unwrap();
+    let dec = PageDeltaDecoder::new(cfg.clone()).unwrap();
+    step(&enc, &dec, "k", &images[0]);
+    let info = enc.baseline_info("k").unwrap();
+    let hashes = enc.baseline_hashes("k").unwrap();
+    let len = images[0].len() as u64;
+    let reference = step(&enc, &dec, "k", &images[1]).bytes;
+
+    // The content as saved: nothing stale, the same delta as the encoder that never stopped.
+    let dec = PageDeltaDecoder::new(cfg.clone()).unwrap();
+    dec.restore("k", info.id, 4096, images[0].clone()).unwrap();
+    let again = PageDeltaEncoder::new(cfg.clone()).unwrap();
+    let content = Some(images[0].clone().into());
+    assert_eq!(again.restore_hashed("k", info.id, len, hashes.clone(), content, 0, Duration::ZERO).unwrap(), 0);
+    assert_eq!(step(&again, &dec, "k", &images[1]).bytes, reference);
+
+    // The file changed since (16 pages): those pages are stale, the rest still patches, and
+    // the rounds decode exactly, stale pages changed or not.
+    let mut changed = images[0].clone();
+    for p in 0..16 {
+        changed[p * 4096 * 7 + 11] ^= 0x5a;
+    }
+    for content in [Some(changed.into()), None, Some(vec![1u8; 10].into())] {
+        let dec = PageDeltaDecoder::new(cfg.clone()).unwrap();
+        dec.restore("k", info.id, 4096, images[0].clone()).unwrap();
+        let again = PageDeltaEncoder::new(cfg.clone()).unwrap();
+        let whole = content.as_ref().is_none_or(|c: &hde_delta::Image| c.len() != images[0].len());
+        let stale = again.restore_hashed("k", info.id, len, hashes.clone(), content, 0, Duration::ZERO).unwrap();
+        assert_eq!(stale, if whole { hashes.len() } else { 16 });
+        let s = step(&again, &dec, "k", &images[1]);
+        assert_eq!(s.keyframe, None, "hashes alone still give a delta");
+        step(&again, &dec, "k", &images[2]);
+        step(&again, &dec, "k", &images[0]);
+    }
+
+    // Hashes that are not the baseline's are refused.
+    let mut wrong = hashes.clone();
+    wrong[3] ^= 1;
+    let err = again.restore_hashed("x", info.id, len, wrong, None, 0, Duration::ZERO).unwrap_err();
+    assert!(matches!(err, Error::ChecksumMismatch { .. }), "{err:?}");
+    let err = again.restore_hashed("x", info.id, len + 4096, hashes, None, 0, Duration::ZERO).unwrap_err();
+    assert!(matches!(err, Error::Corrupt { .. }), "{err:?}");
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+    /// A baseline restored from its hashes over content damaged anywhere still encodes every
+    /// later round so that it decodes exactly.
+    #[test]
+    fn hash_restored_baselines_with_damaged_content_decode_exactly(
+        start in prop::collection::vec(0u8..8, 1..12_000),
+        damage in prop::collection::vec(mutation(), 0..6),
+        rounds in prop::collection::vec(prop::collection::vec(mutation(), 0..6), 1..4),
+    ) {
+        let cfg = DeltaConfig { xor_max_bytes: 128, ..config(512, 2048, 2) };
+        let enc = PageDeltaEncoder::new(cfg.clone()).unwrap();
+        let dec = PageDeltaDecoder::new(cfg.clone()).unwrap();
+        let mut image = start;
+        step(&enc, &dec, "k", &image);
+        let info = enc.baseline_info("k").unwrap();
+        let hashes = enc.baseline_hashes("k").unwrap();
+        let mut content = image.clone();
+        for m in &damage {
+            apply_mutation(&mut content, m);
+        }
+        let again = PageDeltaEncoder::new(cfg).unwrap();
+        again.restore_hashed("k", info.id, image.len() as u64, hashes, Some(content.into()), 0, Duration::ZERO).unwrap();
+        for mutations in rounds {
+            for m in &mutations {
+                apply_mutation(&mut image, m);
+            }
+            step(&again, &dec, "k", &image);
+        }
+    }
+}

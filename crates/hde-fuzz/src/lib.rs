@@ -369,7 +369,7 @@ pub fn seeds(target: &str) -> Vec<(String, Vec<u8>)> {
                 return out;
             }
             for (name, image, keyframe) in [("valid-delta", &images[1], false), ("valid-keyframe", &images[2], true)] {
-                let options = EncodeOptions { force_keyframe: keyframe, detached: true };
+                let options = EncodeOptions { force_keyframe: keyframe, detached: true, ..EncodeOptions::default() };
                 let Ok(round) = encoder.encode(KEY, image, options) else { continue };
                 out.push((name.to_owned(), streams_input(&round)));
             }
@@ -438,7 +438,8 @@ pub fn seeds(target: &str) -> Vec<(String, Vec<u8>)> {
             let root = std::env::temp_dir().join(format!("hde-fuzz-seeds-{}", std::process::id()));
             if let Ok(dir) = StateDir::open(&root) {
                 let id = BaselineId { seq: 5, checksum: hde_core::delta::checksum(&images[0], PAGE) };
-                let saved = Saved { id, chain: 2, keyframe_ms: 1_700_000_000_000, rounds: 3, image: Vec::new() };
+                let saved =
+                    Saved { id, chain: 2, keyframe_ms: 1_700_000_000_000, rounds: 3, image: Vec::new(), hashed: None };
                 if dir.save(Side::Send, KEY, &saved, &images[0]).is_ok() {
                     if let Ok(bytes) = std::fs::read(dir.path(Side::Send, KEY)) {
                         out.push(("valid-baseline".to_owned(), bytes));
