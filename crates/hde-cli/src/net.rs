@@ -41,6 +41,11 @@ pub(crate) struct ServeArgs {
     /// Worker threads for decoding (default: all cores).
     #[arg(long, value_parser = parse_threads)]
     threads: Option<usize>,
+    /// Flush each image written to --out to stable storage before confirming its round (as
+    /// rsync's --fsync). Without it a power cut can lose the latest image; the sender's next
+    /// round is then a keyframe, never a wrong image.
+    #[arg(long)]
+    fsync: bool,
 }
 
 /// The flags of `hde send`.
@@ -113,6 +118,7 @@ pub(crate) fn serve(a: ServeArgs) -> Result<ExitCode> {
         config,
         max_idle: a.max_idle.map(Duration::from_secs),
         log: true,
+        fsync: a.fsync,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
     runtime.block_on(async {
@@ -215,6 +221,7 @@ pub(crate) fn demo_transport(
         config: config.clone(),
         max_idle: Some(Duration::from_secs(1)),
         log: false,
+        fsync: false,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
     let server = runtime.block_on(Server::bind("127.0.0.1:0".parse()?, serve))?;

@@ -92,14 +92,30 @@ fn list(root: &std::path::Path) -> Result<()> {
                 .map_or_else(|| "?".to_owned(), |d| age(d.as_secs()));
             match dir.load(side, &key, config.delta.max_image_size) {
                 Ok(Some(saved)) => {
-                    let verifies = checksum(&saved.image, config.delta.page_size) == saved.id.checksum;
+                    let status = match &saved.hashed {
+                        None if checksum(&saved.image, config.delta.page_size) == saved.id.checksum => {
+                            "verifies".to_owned()
+                        }
+                        None => "DAMAGED: image differs from its checksum".to_owned(),
+                        Some(h) => {
+                            let source = std::fs::read(&h.source).ok();
+                            let same = source.is_some_and(|b| checksum(&b, h.page_size as usize) == saved.id.checksum);
+                            if same {
+                                format!("verifies (hashes; image in {})", h.source.display())
+                            } else {
+                                format!(
+                                    "hashes only: {} changed or gone (changed pages are sent whole)",
+                                    h.source.display()
+                                )
+                            }
+                        }
+                    };
                     writeln!(
                         out,
-                        "{name:<5} {key:<24} {:>7} {:>14} {age:>6}  {:<20} {}",
+                        "{name:<5} {key:<24} {:>7} {:>14} {age:>6}  {:<20} {status}",
                         if saved.rounds == 0 { "?".to_owned() } else { saved.rounds.to_string() },
-                        saved.image.len(),
+                        saved.len(),
                         saved.id.seq,
-                        if verifies { "verifies" } else { "DAMAGED: image differs from its checksum" }
                     )?;
                 }
                 Ok(None) => {}

@@ -12,10 +12,10 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context as _, Result};
 use clap::Args;
 use hde_core::codec::CodecSet;
-use hde_core::delta::{ClassCounts, Image, PageClass};
+use hde_core::delta::{ClassCounts, EncodeOptions, Image, PageClass};
 use hde_core::frame::{self, FrameLimits};
 use hde_core::session::{Received, Receiver, Refusal, Sender};
-use hde_core::state::StateDir;
+use hde_core::state::{SenderImage, StateDir};
 use hde_core::{Hde, HdeConfig};
 
 use crate::output::{ids, is_stdio, Output};
@@ -48,6 +48,11 @@ pub(crate) struct EncodeArgs {
     /// baseline, or missed a frame, needs); a damaged saved baseline is then replaced.
     #[arg(long)]
     keyframe: bool,
+    /// Flush outputs to stable storage before exiting (as rsync's --fsync). Without it a
+    /// power cut can lose the latest output; a baseline saved with --state is then found
+    /// damaged by its checksum and the next round is a keyframe, never a wrong image.
+    #[arg(long)]
+    fsync: bool,
     #[command(flatten)]
     pub(crate) engine: EngineArgs,
 }
@@ -70,6 +75,11 @@ pub(crate) struct DecodeArgs {
     /// The image the frames were encoded against with `encode --base`.
     #[arg(long, conflicts_with = "state")]
     base: Option<PathBuf>,
+    /// Flush outputs to stable storage before exiting (as rsync's --fsync). Without it a
+    /// power cut can lose the latest output; a baseline saved with --state is then found
+    /// damaged by its checksum and the next round is a keyframe, never a wrong image.
+    #[arg(long)]
+    fsync: bool,
     /// Worker threads (default: all cores).
     #[arg(long, value_parser = parse_threads)]
     threads: Option<usize>,
@@ -177,8 +187,15 @@ pub(crate) fn encode(a: EncodeArgs) -> Result<()> {
         for (i, input) in a.inputs.iter().enumerate() {
             let image = read_input(input)?;
             let is_last = i + 1 == a.inputs.len();
+            // The last round of a run with --state is saved as hashes beside its file: no copy
+            // of the image is kept in memory for it.
+            let options = EncodeOptions {
+                force_keyframe: a.keyframe && i == 0,
+                hashes_only: is_last && state.is_some(),
+                ..EncodeOptions::default()
+            };
             let flight = sender
-                .encode(&key, &image, &mut w, a.keyframe && i == 0)
+                .encode_with(&key, &image, &mut w, options)
                 .with_context(|| format!("cannot encode {}", display(input)))?;
             summaries.push(flight.summary().clone());
             // A frame file is its own delivery: the next round (in this stream, or in the
@@ -193,9 +210,11 @@ pub(crate) fn encode(a: EncodeArgs) -> Result<()> {
         }
         Ok(())
     })?;
-    out.commit(state.is_some())?;
+    out.commit(a.fsync)?;
     let total = rounds + a.inputs.len() as u64;
     if let (Some(dir), Some(image)) = (&state, &last) {
+        let file = a.inputs.last().filter(|p| !is_stdio(p) && matches!(image, Input::Mapped(_)));
+        let image = SenderImage { bytes: image, file: file.map(PathBuf::as_path) };
         dir.save_sender(&hde, &key, image, total).context("cannot save the baseline")?;
     }
     if io::stderr().is_terminal() {
@@ -325,6 +344,7 @@ pub(crate) fn decode(a: DecodeArgs) -> Result<()> {
     // The last frame applied of each key (what --state saves), and the stream's last image.
     let mut applied: Vec<Received> = Vec::new();
     let mut last_image = None;
+    let mut written = false;
     for (index, frame) in frames.iter().enumerate() {
         let name = || format!("cannot decode {}", frame_name(&a.input, index, several));
         let (header, note) = receiver.prepare(frame).with_context(name)?;
@@ -346,9 +366,21 @@ pub(crate) fn decode(a: DecodeArgs) -> Result<()> {
             // Nothing keeps the last image: each segment goes straight to the file.
             Some(file) if is_last && a.state.is_none() => {
                 receiver.receive_into(frame, file).map_err(|e| explain(e, &cx)).with_context(name)?;
-                out.commit(false)?;
+                out.commit(a.fsync)?;
                 return Ok(());
             }
+            // The last image goes straight to the file, which becomes the baseline.
+            Some(file) if is_last => match receiver.receive_to_file(frame, file) {
+                Ok(got) => {
+                    written = true;
+                    let seen = applied.iter().any(|r| r.header.key == got.header.key);
+                    if !(got.retry && seen) {
+                        applied.retain(|r| r.header.key != got.header.key);
+                        applied.push(got);
+                    }
+                }
+                Err(e) => return Err(explain(e, &cx)).with_context(name),
+            },
             _ => match receiver.receive(frame) {
                 Ok(got) => {
                     last_image = Some(got.image.clone());
@@ -366,10 +398,12 @@ pub(crate) fn decode(a: DecodeArgs) -> Result<()> {
             },
         }
     }
-    let Some(image) = last_image else { return Ok(()) };
     let target = out.target().map(Path::to_path_buf);
-    out.write_image(&image)?;
-    out.commit(a.state.is_some())?;
+    if !written {
+        let Some(image) = last_image else { return Ok(()) };
+        out.write_image(&image)?;
+    }
+    out.commit(a.fsync)?;
     // The image is in place: now the state may move. The last frame's key keeps the output
     // file itself as its baseline (a link, not a second copy) where it is a regular file.
     let last_key = applied.last().map(|r| r.header.key.clone());

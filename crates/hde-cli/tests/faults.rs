@@ -29,7 +29,9 @@ fn tmp(name: &str) -> PathBuf {
 fn saved(state: &Path, side: Side) -> Option<BaselineId> {
     let dir = StateDir::open(state).unwrap();
     dir.load(side, KEY, u64::MAX).unwrap_or_else(|e| panic!("{side:?} state does not load: {e}")).map(|s| {
-        assert_eq!(checksum(&s.image, 4096), s.id.checksum, "{side:?} state image differs from its identity");
+        // A sender's baseline is its hashes and the input file they describe.
+        let image = s.hashed.as_ref().map_or_else(|| s.image.clone(), |h| std::fs::read(&h.source).unwrap());
+        assert_eq!(checksum(&image, 4096), s.id.checksum, "{side:?} state image differs from its identity");
         s.id
     })
 }
@@ -173,15 +175,21 @@ fn a_full_disk_or_unwritable_output_is_an_error_and_the_state_stays() {
     let listing = (files_in(&dir), files_in(&send.join("send")), files_in(&recv.join("recv")));
 
     // The frame itself does not fit (1 KiB disk), the frame fits but the state does not
-    // (64 KiB), and an output nobody can create: each an error naming the cause, nothing
-    // changed, no temporary file left.
+    // (64 KiB, with the input on stdin: the state keeps a copy), and an output nobody can
+    // create: each an error naming the cause, nothing changed, no temporary file left.
     let cases: [(&str, Option<u64>, PathBuf); 3] = [
         ("frame", Some(1 << 10), frame1.clone()),
         ("state", Some(64 << 10), frame1.clone()),
         ("unwritable", None, dir.join("no-such-dir").join("f1.hde")),
     ];
     for (what, limit, target) in &cases {
-        let mut cmd = encode(&send, &files[1], target, false);
+        let mut cmd = if *what == "state" {
+            let mut c = encode(&send, Path::new("-"), target, false);
+            c.stdin(std::fs::File::open(&files[1]).unwrap());
+            c
+        } else {
+            encode(&send, &files[1], target, false)
+        };
         if let Some(limit) = limit {
             with_file_limit(&mut cmd, *limit);
         }

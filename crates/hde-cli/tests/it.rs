@@ -549,8 +549,15 @@ fn state_list_shows_rounds_and_damage_and_drop_forgets_a_key() {
         assert_eq!(cols[0], "send", "{line}");
         assert_eq!(cols[2], "3", "three rounds: {line}");
         assert_eq!(cols[3], (2u64 << 20).to_string(), "{line}");
-        assert!(line.ends_with("verifies"), "{line}");
+        // The sender keeps the hashes of the last input and that file's path.
+        assert!(line.contains("verifies (hashes; image in") && line.ends_with("snap_02.raw)"), "{line}");
     }
+    // The input changed since: the list says the hashes alone stand.
+    let original = std::fs::read(&files[2]).unwrap();
+    std::fs::write(&files[2], &original[..4096]).unwrap();
+    let text = String::from_utf8_lossy(&hde(&["state", "list", "--state", s(&state)]).stdout).into_owned();
+    assert!(text.lines().any(|l| l.contains(" db ") && l.contains("hashes only")), "{text}");
+    std::fs::write(&files[2], &original).unwrap();
     // Damage web's saved image: the list says so (exit 0: listing is not verifying a round).
     let path = hde_core::state::StateDir::open(&state).unwrap().path(hde_core::state::Side::Send, "web");
     let mut bytes = std::fs::read(&path).unwrap();

@@ -186,8 +186,22 @@ impl<'h, D: DeltaEncoder, S: Selector, B: CodecBank> Sender<'h, D, S, B> {
         out: &mut impl Write,
         keyframe: bool,
     ) -> Result<InFlight<'a, D>> {
-        let force_keyframe = keyframe || self.needs_keyframe(key);
-        let options = EncodeOptions { force_keyframe, detached: false };
+        self.encode_with(key, image, out, EncodeOptions { force_keyframe: keyframe, ..EncodeOptions::default() })
+    }
+
+    /// [`encode`](Self::encode) with the delta layer's options (e.g.
+    /// [`EncodeOptions::hashes_only`] for the last round of a process that saves its baseline
+    /// with [`StateDir::save_sender`](crate::state::StateDir::save_sender)). A keyframe the
+    /// receiver asked for is forced whatever `options` say; `detached` is not for sessions.
+    pub fn encode_with<'a>(
+        &'a self,
+        key: &str,
+        image: &'a [u8],
+        out: &mut impl Write,
+        options: EncodeOptions,
+    ) -> Result<InFlight<'a, D>> {
+        let force_keyframe = options.force_keyframe || self.needs_keyframe(key);
+        let options = EncodeOptions { force_keyframe, detached: false, ..options };
         let (summary, round) = self.hde.compress_pending(key, image, out, options)?;
         Ok(InFlight { summary, round })
     }
@@ -327,6 +341,38 @@ impl<'h> Receiver<'h> {
         Ok(Received { header, image, retry: false, rounds })
     }
 
+    /// [`receive`](Self::receive) straight into `file` (a fresh regular file, written from
+    /// offset 0 with zero blocks as holes): segments are written as they are decoded, and no
+    /// copy of the image is made in memory. The returned image is `file` mapped, and is the
+    /// key's baseline from now on; [`finish_linked`](Self::finish_linked) keeps the file
+    /// itself as the saved baseline.
+    #[cfg(unix)]
+    pub fn receive_to_file(&self, frame: &[u8], file: &std::fs::File) -> Result<Received> {
+        let (header, _) = self.prepare(frame)?;
+        let key = header.key.clone();
+        let held = self.rounds(&key);
+        if self.hde.receiver().baseline(&key) == Some(header.round.produces()) {
+            let image =
+                self.hde.receiver().image(&key).ok_or(Error::CorruptFrame { reason: "baseline without image" })?;
+            crate::state::write_sparse(file, 0, &image)?;
+            return Ok(Received { header, image, retry: true, rounds: held });
+        }
+        let header = self.hde.decompress_to_file(&mut &frame[..], file)?;
+        let image = if header.round.image_len == 0 {
+            Image::from(Vec::new())
+        } else {
+            // SAFETY: a read-only map of the file this call just wrote and verified, which only
+            // this process holds (unnamed or not yet renamed into place).
+            let map = unsafe { memmap2::Mmap::map(file) }?;
+            Image::shared(std::sync::Arc::new(map))
+        };
+        // The file, as mapped, is the baseline (its checksum checked once more on the way in).
+        self.hde.receiver().restore(&key, header.round.produces(), header.round.page_size as usize, image.clone())?;
+        let rounds = held.saturating_add(1);
+        lock(&self.rounds).insert(key, rounds);
+        Ok(Received { header, image, retry: false, rounds })
+    }
+
     /// Applies one frame straight into `file` (from offset 0, zero blocks as holes), keeping
     /// no image and no baseline: for a receiver that needs the image on disk only.
     #[cfg(unix)]
@@ -351,7 +397,8 @@ impl<'h> Receiver<'h> {
     pub fn finish_linked(&self, received: &Received, image_file: &std::path::Path) -> Result<Reply> {
         let key = &received.header.key;
         if let (Some(dir), false) = (&self.state, received.retry) {
-            dir.save_receiver_linked(self.hde, key, received.rounds, image_file)?;
+            let id = received.header.round.produces();
+            dir.save_receiver_linked(key, id, received.rounds, image_file, &received.image)?;
         }
         Ok(Reply::Applied { key: key.clone(), holds: received.header.round.produces() })
     }

@@ -15,11 +15,23 @@
 //! in place afterwards (a VM booted from it), its checksum no longer matches and the next
 //! delta is refused for a keyframe, never applied to the wrong bytes.
 //!
+//! A sender never writes its image: its baseline is the image it just encoded, which the
+//! caller usually has in a file (the round's input). The state keeps the baseline's page
+//! hashes and that file's path; the next process maps the file and checks every page against
+//! its hash. Pages that still match serve as old content (patches, references); pages that
+//! changed since (the file was overwritten, a disk image in use) or a file that is gone leave
+//! those pages known by hash alone: still recognised when unchanged, sent whole when changed,
+//! never patched against wrong bytes. An image read from a pipe is kept in `<hex>.copy`,
+//! where only the pages that differ are written, unsynced: the hashes catch what a crash tore.
+//!
 //! File format (little-endian): magic `HDES`, version, flags (bit 0: the image is the linked
-//! `<hex>.<seq>.img`, not in this file), 2 zero bytes, sequence, image checksum,
+//! `<hex>.<seq>.img`, not in this file; bit 1: page hashes and a source path instead of the
+//! image), 2 zero bytes, sequence, image checksum,
 //! chain length (low 32 bits) and keyframe time in seconds (high 32 bits), image length, then in
 //! version 2 the number of rounds of the key, then an xxh3-64 of the header so far, then the
-//! image. Version 1 files (no round count) are still read.
+//! image, or with bit 1: page size (u32), path length (u32), the xxh3-128 of every page (16 bytes
+//! each, 0 for a zero page), the path's bytes and an xxh3-64 of this section.
+//! Version 1 files (no round count) are still read.
 
 use std::fs::{self, File};
 use std::io::{Read, Write};
@@ -39,6 +51,10 @@ const HEADER_V1: usize = 48;
 const HEADER: usize = 56;
 /// Flags byte: the image lives in the linked `<hex>.<seq>.img`.
 const FLAG_LINKED: u8 = 1;
+/// Flags byte: page hashes and a source path follow the header, not the image.
+const FLAG_HASHED: u8 = 2;
+/// Longest source path kept.
+const MAX_PATH: u32 = 4096;
 
 /// Which side's baselines.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -70,9 +86,49 @@ pub struct Saved {
     /// Rounds of the key this side has encoded or applied, this one included (0: unknown, a
     /// file from before round counts were kept).
     pub rounds: u64,
-    /// The image.
+    /// The image (empty when `hashed` holds the baseline).
     pub image: Vec<u8>,
+    /// A baseline saved as page hashes and the file that held the image (sender side).
+    pub hashed: Option<Hashed>,
 }
+
+/// A baseline saved without its bytes: what [`StateDir::restore_sender`] checks a file against.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hashed {
+    /// The image's length.
+    pub len: u64,
+    /// The page size of the hashes.
+    pub page_size: u32,
+    /// The xxh3-128 of every page (0 for a zero page).
+    pub hashes: Vec<u128>,
+    /// The file that held the image when it was saved.
+    pub source: PathBuf,
+}
+
+impl Saved {
+    /// The image's length, whether its bytes or its hashes were saved.
+    pub fn len(&self) -> u64 {
+        self.hashed.as_ref().map_or(self.image.len() as u64, |h| h.len)
+    }
+
+    /// Whether the image is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// What a sender's baseline image is, to save it: the bytes, and the file they came from when
+/// there is one (then nothing is copied).
+#[derive(Debug, Clone, Copy)]
+pub struct SenderImage<'a> {
+    /// The image.
+    pub bytes: &'a [u8],
+    /// A regular file holding exactly `bytes` now (the round's input), if any.
+    pub file: Option<&'a Path>,
+}
+
+/// A linked image not read yet: its path and length.
+type LinkedImage = (PathBuf, u64);
 
 /// A directory of saved baselines.
 #[derive(Debug, Clone)]
@@ -165,6 +221,7 @@ impl StateDir {
     pub fn remove(&self, side: Side, key: &str) -> Result<bool> {
         let path = self.path(side, key);
         self.remove_images(side, key, None);
+        let _ = fs::remove_file(path.with_extension("copy"));
         match fs::remove_file(&path) {
             Ok(()) => {
                 if let Some(dir) = path.parent() {
@@ -191,6 +248,18 @@ impl StateDir {
 
     /// Loads `key`'s baseline on `side`, if saved.
     pub fn load(&self, side: Side, key: &str, max_image: u64) -> Result<Option<Saved>> {
+        Ok(self.load_inner(side, key, max_image, true)?.map(|(saved, _)| saved))
+    }
+
+    /// [`load`](Self::load); with `read_linked` false, a linked image is not read but its path
+    /// and length returned (the length checked against the file's).
+    fn load_inner(
+        &self,
+        side: Side,
+        key: &str,
+        max_image: u64,
+        read_linked: bool,
+    ) -> Result<Option<(Saved, Option<LinkedImage>)>> {
         let path = self.path(side, key);
         let mut file = match File::open(&path) {
             Ok(f) => f,
@@ -202,10 +271,15 @@ impl StateDir {
         if head[..4] != MAGIC || !(1..=VERSION).contains(&head[4]) {
             return Err(Error::CorruptFrame { reason: "state file has a wrong magic or version" });
         }
-        if head[5] & !FLAG_LINKED != 0 || head[6] != 0 || head[7] != 0 {
+        if head[5] & !(FLAG_LINKED | FLAG_HASHED) != 0
+            || head[5] == FLAG_LINKED | FLAG_HASHED
+            || head[6] != 0
+            || head[7] != 0
+        {
             return Err(Error::CorruptFrame { reason: "state file has unknown flags" });
         }
         let linked = head[5] & FLAG_LINKED != 0;
+        let hashed = head[5] & FLAG_HASHED != 0;
         let header = if head[4] == 1 { HEADER_V1 } else { HEADER };
         file.read_exact(&mut head[HEADER_V1..header]).map_err(io_at(&path))?;
         let field = |at: usize| {
@@ -222,31 +296,81 @@ impl StateDir {
         if len > max_image {
             return Err(Error::LimitExceeded { what: "saved image size", claimed: len, limit: max_image });
         }
+        let packed = field(24);
+        let chain = u32::try_from(packed & 0xffff_ffff).unwrap_or(0);
+        let keyframe_ms = (packed >> 32) * 1000;
+        let rounds = if header == HEADER { field(40) } else { 0 };
+        let id = BaselineId { seq: field(8), checksum: field(16) };
         // The file's own length must agree before anything is allocated for the claim.
         let on_disk = file.metadata().map_err(io_at(&path))?.len();
+        if hashed {
+            let hashed = Self::load_hashed(&mut file, &path, len, on_disk.saturating_sub(header as u64))?;
+            return Ok(Some((Saved { id, chain, keyframe_ms, rounds, image: Vec::new(), hashed: Some(hashed) }, None)));
+        }
         let inline = if linked { 0 } else { len };
         if on_disk != header as u64 + inline {
             return Err(Error::CorruptFrame { reason: "state file length differs from its header's" });
         }
-        let mut image = Vec::with_capacity(len as usize);
+        let mut image = Vec::new();
         if linked {
             let img = self.image_path(side, key, field(8));
             let mut f = File::open(&img).map_err(io_at(&img))?;
             if f.metadata().map_err(io_at(&img))?.len() != len {
                 return Err(Error::CorruptFrame { reason: "linked state image length differs from its header's" });
             }
+            if !read_linked {
+                return Ok(Some((Saved { id, chain, keyframe_ms, rounds, image, hashed: None }, Some((img, len)))));
+            }
+            image.reserve_exact(len as usize);
             f.read_to_end(&mut image).map_err(io_at(&img))?;
         } else {
+            image.reserve_exact(len as usize);
             file.read_to_end(&mut image).map_err(io_at(&path))?;
         }
         if image.len() as u64 != len {
             return Err(Error::CorruptFrame { reason: "state file is truncated" });
         }
-        let packed = field(24);
-        let chain = u32::try_from(packed & 0xffff_ffff).unwrap_or(0);
-        let keyframe_ms = (packed >> 32) * 1000;
-        let rounds = if header == HEADER { field(40) } else { 0 };
-        Ok(Some(Saved { id: BaselineId { seq: field(8), checksum: field(16) }, chain, keyframe_ms, rounds, image }))
+        Ok(Some((Saved { id, chain, keyframe_ms, rounds, image, hashed: None }, None)))
+    }
+
+    /// Reads the hashes section of a hashed state file (`rest` bytes after the header).
+    fn load_hashed(file: &mut File, path: &Path, len: u64, rest: u64) -> Result<Hashed> {
+        if rest < 16 {
+            return Err(Error::CorruptFrame { reason: "state file is truncated" });
+        }
+        let mut fixed = [0u8; 8];
+        file.read_exact(&mut fixed).map_err(io_at(path))?;
+        let page_size = u32::from_le_bytes([fixed[0], fixed[1], fixed[2], fixed[3]]);
+        let path_len = u32::from_le_bytes([fixed[4], fixed[5], fixed[6], fixed[7]]);
+        if !page_size.is_power_of_two() || page_size < 512 || path_len > MAX_PATH {
+            return Err(Error::CorruptFrame { reason: "state file has a bad page size or path length" });
+        }
+        let pages = len.div_ceil(u64::from(page_size));
+        // Checked against the file's length before anything is allocated.
+        if rest != 8 + pages * 16 + u64::from(path_len) + 8 {
+            return Err(Error::CorruptFrame { reason: "state file length differs from its header's" });
+        }
+        let mut section = Vec::with_capacity(usize::try_from(rest).unwrap_or(0));
+        section.extend_from_slice(&fixed);
+        file.read_to_end(&mut section).map_err(io_at(path))?;
+        if section.len() as u64 != rest {
+            return Err(Error::CorruptFrame { reason: "state file is truncated" });
+        }
+        let (body, sum) = section.split_at(section.len() - 8);
+        let stored = u64::from_le_bytes(sum.try_into().unwrap_or_default());
+        let computed = xxh3_64(body);
+        if stored != computed {
+            return Err(Error::ChecksumMismatch {
+                what: format!("page hashes in {}", path.display()),
+                stored,
+                computed,
+            });
+        }
+        let (hashes, source) = body[8..].split_at(body.len() - 8 - path_len as usize);
+        let hashes = hashes.chunks_exact(16).map(|h| u128::from_le_bytes(h.try_into().unwrap_or_default())).collect();
+        use std::os::unix::ffi::OsStrExt as _;
+        let source = PathBuf::from(std::ffi::OsStr::from_bytes(source));
+        Ok(Hashed { len, page_size, hashes, source })
     }
 
     /// The header of a saved baseline.
@@ -346,27 +470,102 @@ impl StateDir {
     /// Restores the sender's baseline of `key` into `hde` (if saved); returns the number of
     /// rounds the saved state counts (`Some(0)` for a file that kept no count), `None` if
     /// nothing was saved.
+    ///
+    /// A baseline saved as hashes is checked page by page against its source file (see the
+    /// module's documentation); a source that changed or is gone costs ratio, never exactness.
     pub fn restore_sender(&self, hde: &Hde, key: &str) -> Result<Option<u64>> {
         let Some(saved) = self.load(Side::Send, key, hde.config().delta.max_image_size)? else { return Ok(None) };
+        let path = self.path(Side::Send, key);
         let age = Duration::from_secs(now_ms().saturating_sub(saved.keyframe_ms * 1000) / 1000);
-        hde.sender().restore(key, saved.id, saved.image, saved.chain, age)?;
+        match saved.hashed {
+            None => {
+                hde.sender().restore(key, saved.id, saved.image, saved.chain, age).map_err(saved_mismatch(&path))?
+            }
+            Some(h) => {
+                if h.page_size as usize != hde.config().delta.page_size {
+                    return Err(Error::CorruptFrame { reason: "the saved baseline has another page size" });
+                }
+                let content = map_file(&h.source, h.len);
+                hde.sender()
+                    .restore_hashed(key, saved.id, h.len, h.hashes, content, saved.chain, age)
+                    .map_err(saved_mismatch(&path))?;
+            }
+        }
         Ok(Some(saved.rounds))
     }
 
     /// Saves the sender's baseline of `key` (the image just encoded) from `hde`, as the key's
-    /// round `rounds`.
-    pub fn save_sender(&self, hde: &Hde, key: &str, image: &[u8], rounds: u64) -> Result<()> {
-        let Some(info) = hde.sender().baseline_info(key) else { return Ok(()) };
+    /// round `rounds`: its page hashes and the path of `image.file`, or where there is no file,
+    /// the pages of a kept copy that differ.
+    pub fn save_sender(&self, hde: &Hde, key: &str, image: SenderImage<'_>, rounds: u64) -> Result<()> {
+        let (Some(info), Some(hashes)) = (hde.sender().baseline_info(key), hde.sender().baseline_hashes(key)) else {
+            return Ok(());
+        };
         let keyframe_ms = now_ms().saturating_sub(u64::try_from(info.since_keyframe.as_millis()).unwrap_or(0));
-        let saved = Saved { id: info.id, chain: info.chain, keyframe_ms, rounds, image: Vec::new() };
-        self.save(Side::Send, key, &saved, image)
+        let saved = Saved { id: info.id, chain: info.chain, keyframe_ms, rounds, image: Vec::new(), hashed: None };
+        let path = self.path(Side::Send, key);
+        let source = match image.file.map(fs::canonicalize) {
+            Some(Ok(file)) => file,
+            _ => {
+                let copy = path.with_extension("copy");
+                if let Some(dir) = copy.parent() {
+                    fs::create_dir_all(dir).map_err(io_at(dir))?;
+                }
+                update_copy(&copy, image.bytes).map_err(io_at(&copy))?;
+                copy
+            }
+        };
+        use std::os::unix::ffi::OsStrExt as _;
+        let source_bytes = source.as_os_str().as_bytes();
+        let path_len = u32::try_from(source_bytes.len()).ok().filter(|&n| n <= MAX_PATH);
+        let Some(path_len) = path_len else {
+            return Err(io_at(&source)(std::io::Error::new(std::io::ErrorKind::InvalidInput, "path too long to keep")));
+        };
+        let page_size = u32::try_from(hde.config().delta.page_size).unwrap_or(u32::MAX);
+        let mut section = Vec::with_capacity(16 + hashes.len() * 16 + source_bytes.len());
+        section.extend_from_slice(&page_size.to_le_bytes());
+        section.extend_from_slice(&path_len.to_le_bytes());
+        for h in &hashes {
+            section.extend_from_slice(&h.to_le_bytes());
+        }
+        section.extend_from_slice(source_bytes);
+        let sum = xxh3_64(&section);
+        section.extend_from_slice(&sum.to_le_bytes());
+        let head = Self::header(&saved, image.bytes.len() as u64, FLAG_HASHED);
+        let write = || -> std::io::Result<()> {
+            if let Some(dir) = path.parent() {
+                fs::create_dir_all(dir)?;
+            }
+            let f = AtomicFile::create(&path)?;
+            f.file().write_all(&head)?;
+            f.file().write_all(&section)?;
+            f.commit(Existing::Replace, true)
+        };
+        write().map_err(io_at(&path))?;
+        if image.file.is_some() {
+            let _ = fs::remove_file(path.with_extension("copy"));
+        }
+        Ok(())
     }
 
     /// Restores the receiver's baseline of `key` into `hde` (if saved); returns the rounds it
     /// counts as [`restore_sender`](Self::restore_sender) does.
     pub fn restore_receiver(&self, hde: &Hde, key: &str) -> Result<Option<u64>> {
-        let Some(saved) = self.load(Side::Receive, key, hde.config().delta.max_image_size)? else { return Ok(None) };
-        hde.receiver().restore(key, saved.id, hde.config().delta.page_size, saved.image)?;
+        let loaded = self.load_inner(Side::Receive, key, hde.config().delta.max_image_size, false)?;
+        let Some((saved, linked)) = loaded else { return Ok(None) };
+        let ps = hde.config().delta.page_size;
+        let path = self.path(Side::Receive, key);
+        match linked {
+            // The image file mapped, not read: no copy of it in this process's memory.
+            Some((img, len)) => match map_file(&img, len) {
+                Some(image) => hde.receiver().restore(key, saved.id, ps, image).map_err(saved_mismatch(&img))?,
+                None if len == 0 => {
+                    hde.receiver().restore(key, saved.id, ps, Vec::new()).map_err(saved_mismatch(&img))?
+                }
+                None => return Err(Error::CorruptFrame { reason: "linked state image cannot be mapped" }),
+            },
+            None => hde.receiver().restore(key, saved.id, ps, saved.image).map_err(saved_mismatch(&path))?,
+        }
         Ok(Some(saved.rounds))
     }
 
@@ -374,20 +573,95 @@ impl StateDir {
     /// round `rounds`.
     pub fn save_receiver(&self, hde: &Hde, key: &str, rounds: u64) -> Result<()> {
         let (Some(id), Some(image)) = (hde.receiver().baseline(key), hde.receiver().image(key)) else { return Ok(()) };
-        self.save(Side::Receive, key, &Saved { id, chain: 0, keyframe_ms: 0, rounds, image: Vec::new() }, &image)
+        self.save(
+            Side::Receive,
+            key,
+            &Saved { id, chain: 0, keyframe_ms: 0, rounds, image: Vec::new(), hashed: None },
+            &image,
+        )
     }
 
-    /// [`save_receiver`](Self::save_receiver) for a receiver that wrote the image to
-    /// `image_file` (durably): the state links that file instead of writing a copy, or copies
-    /// it where it cannot be linked.
-    pub fn save_receiver_linked(&self, hde: &Hde, key: &str, rounds: u64, image_file: &Path) -> Result<()> {
-        let (Some(id), Some(image)) = (hde.receiver().baseline(key), hde.receiver().image(key)) else { return Ok(()) };
-        let saved = Saved { id, chain: 0, keyframe_ms: 0, rounds, image: Vec::new() };
+    /// Saves the receiver's baseline `id` of `key` (round `rounds`) for a receiver that wrote
+    /// its image (`image`) to `image_file`: the state links that file instead of writing a
+    /// copy, or copies it where it cannot be linked.
+    pub fn save_receiver_linked(
+        &self,
+        key: &str,
+        id: BaselineId,
+        rounds: u64,
+        image_file: &Path,
+        image: &[u8],
+    ) -> Result<()> {
+        let saved = Saved { id, chain: 0, keyframe_ms: 0, rounds, image: Vec::new(), hashed: None };
         if self.save_linked(Side::Receive, key, &saved, image_file, image.len() as u64)? {
             return Ok(());
         }
-        self.save(Side::Receive, key, &saved, &image)
+        self.save(Side::Receive, key, &saved, image)
     }
+}
+
+/// A restored image that does not match its saved identity, named as the saved baseline it is
+/// (the delta layer calls it a reconstructed image).
+fn saved_mismatch(path: &Path) -> impl FnOnce(hde_delta::Error) -> Error + '_ {
+    move |e| match e {
+        hde_delta::Error::ChecksumMismatch { key, expected, actual } => Error::ChecksumMismatch {
+            what: format!("saved baseline of {key:?} in {}", path.display()),
+            stored: expected,
+            computed: actual,
+        },
+        e => Error::Delta(e),
+    }
+}
+
+/// The bytes of `path` if it is a regular file of `len` bytes, mapped.
+fn map_file(path: &Path, len: u64) -> Option<hde_delta::Image> {
+    let file = File::open(path).ok()?;
+    let meta = file.metadata().ok()?;
+    if !meta.is_file() || meta.len() != len || len == 0 {
+        return None;
+    }
+    // SAFETY: a read-only private map. Another process changing the file while we hold it
+    // changes the bytes under us; every page was just checked against its hash, and a page
+    // changed after that makes the receiver's checksum of the round fail (a typed error there),
+    // as with any input changed mid-read.
+    let map = unsafe { memmap2::MmapOptions::new().populate().map(&file) }.ok()?;
+    Some(hde_delta::Image::shared(std::sync::Arc::new(map)))
+}
+
+/// Makes the file at `path` hold `image`, writing only the pages that differ from what it
+/// holds. Not synced: the hashes saved beside it catch what a crash leaves torn.
+fn update_copy(path: &Path, image: &[u8]) -> std::io::Result<()> {
+    let existed = path.exists();
+    let file = fs::OpenOptions::new().read(true).write(true).create(true).truncate(false).open(path)?;
+    let result = fill_copy(&file, image);
+    if result.is_err() && !existed {
+        // Nothing refers to a copy made by this call: leave no half of one behind.
+        let _ = fs::remove_file(path);
+    }
+    result
+}
+
+fn fill_copy(file: &File, image: &[u8]) -> std::io::Result<()> {
+    use std::os::unix::fs::FileExt as _;
+    const CHUNK: usize = 1 << 20;
+    const PAGE: usize = 4096;
+    let held = file.metadata()?.len();
+    let mut old = vec![0u8; CHUNK];
+    for (i, new) in image.chunks(CHUNK).enumerate() {
+        let at = (i * CHUNK) as u64;
+        let have = usize::try_from(held.saturating_sub(at)).unwrap_or(usize::MAX).min(new.len());
+        file.read_exact_at(&mut old[..have], at)?;
+        for (j, page) in new.chunks(PAGE).enumerate() {
+            let start = j * PAGE;
+            let same = start + page.len() <= have && old[start..start + page.len()] == *page;
+            // Zero pages past the old end stay holes.
+            let hole = start >= have && hde_delta::is_zero(page);
+            if !same && !hole {
+                file.write_all_at(page, at + start as u64)?;
+            }
+        }
+    }
+    file.set_len(image.len() as u64)
 }
 
 /// The key a state file name (without `.hde`) stands for: its UTF-8 bytes in hex.
@@ -404,13 +678,18 @@ fn unhex(name: &str) -> Option<String> {
 mod tests {
     use super::*;
 
+    /// A header's worth of state: identity and round count, no image.
+    fn meta(seq: u64, checksum: u64, rounds: u64) -> Saved {
+        let id = BaselineId { seq, checksum };
+        Saved { id, chain: 0, keyframe_ms: 0, rounds, image: Vec::new(), hashed: None }
+    }
+
     #[test]
     fn a_header_claiming_more_than_the_file_holds_is_refused_before_allocation() {
         let root = std::env::temp_dir().join(format!("hde-state-claim-{}", std::process::id()));
         let dir = StateDir::open(&root).unwrap();
         let image = vec![7u8; 8192];
-        let saved =
-            Saved { id: BaselineId { seq: 3, checksum: 9 }, chain: 0, keyframe_ms: 0, rounds: 1, image: Vec::new() };
+        let saved = meta(3, 9, 1);
         dir.save(Side::Send, "vm", &saved, &image).unwrap();
         assert_eq!(dir.load(Side::Send, "vm", u64::MAX).unwrap().unwrap().image, image);
         // Rewrite the length field as 1 TiB with a valid header checksum.
@@ -435,7 +714,7 @@ mod tests {
         let image = vec![1u8; 4096];
         let id = BaselineId { seq: 5, checksum: 11 };
         for key in ["vm-b", "vm a", "\u{e9}t\u{e9}"] {
-            let saved = Saved { id, chain: 2, keyframe_ms: 7_000, rounds: 4, image: Vec::new() };
+            let saved = Saved { id, chain: 2, keyframe_ms: 7_000, rounds: 4, image: Vec::new(), hashed: None };
             dir.save(Side::Send, key, &saved, &image).unwrap();
         }
         fs::write(root.join("send").join(".x.hde-tmp.1.2"), b"stray").unwrap();
@@ -469,7 +748,7 @@ mod tests {
         let out = root.join("out.raw");
         fs::write(&out, &image).unwrap();
         let id = BaselineId { seq: 9, checksum: crate::delta::checksum(&image, 4096) };
-        let saved = Saved { id, chain: 0, keyframe_ms: 0, rounds: 2, image: Vec::new() };
+        let saved = Saved { id, chain: 0, keyframe_ms: 0, rounds: 2, image: Vec::new(), hashed: None };
         assert!(dir.save_linked(Side::Receive, "vm", &saved, &out, image.len() as u64).unwrap());
         // The header alone is written; the image is the output's inode.
         assert_eq!(fs::metadata(dir.path(Side::Receive, "vm")).unwrap().len(), HEADER as u64);
@@ -506,8 +785,7 @@ mod tests {
         let root = std::env::temp_dir().join(format!("hde-state-xdev-{}", std::process::id()));
         let _ = fs::remove_dir_all(&root);
         let dir = StateDir::open(&root).unwrap();
-        let saved =
-            Saved { id: BaselineId { seq: 1, checksum: 2 }, chain: 0, keyframe_ms: 0, rounds: 1, image: Vec::new() };
+        let saved = meta(1, 2, 1);
         let linked = dir.save_linked(Side::Receive, "vm", &saved, &image_file, 8192).unwrap();
         // /tmp on tmpfs too would link: then the state is the link, and loads as well.
         if !linked {

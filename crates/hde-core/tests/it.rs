@@ -676,3 +676,133 @@ mod sessions {
         assert!(tx.needs_keyframe("vm"));
     }
 }
+
+mod sender_state {
+    //! A sender's saved baseline is its page hashes and the file that held the image; the next
+    //! process checks the file page by page. Whatever happened to the file, rounds decode exactly.
+    use std::path::PathBuf;
+
+    use hde_core::corpus::{generate, CorpusConfig};
+    use hde_core::session::{Receiver, Reply, Sender};
+    use hde_core::state::{SenderImage, Side, StateDir};
+    use hde_core::{Hde, HdeConfig};
+
+    fn node(id: u64) -> Hde {
+        let mut c = HdeConfig::new(id);
+        c.threads = 2;
+        Hde::new(c).unwrap()
+    }
+
+    fn scratch(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("hde-sender-state-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    /// One process of the sender: restores from `state`, sends `image` (from `file`, if any)
+    /// to `rx` and saves; returns the frame's length and whether it was a delta.
+    fn round(state: &StateDir, rx: &Receiver<'_>, image: &[u8], file: Option<&std::path::Path>) -> (usize, bool) {
+        let hde = node(1);
+        let rounds = state.restore_sender(&hde, "vm").unwrap().unwrap_or(0);
+        let tx = Sender::new(&hde);
+        let mut frame = Vec::new();
+        let flight = tx.encode("vm", image, &mut frame, false).unwrap();
+        let got = rx.receive(&frame).unwrap();
+        assert!(got.image.as_slice() == image, "the receiver's image differs");
+        let reply = rx.finish(&got).unwrap();
+        assert!(matches!(reply, Reply::Applied { .. }), "{reply:?}");
+        let delta = !flight.summary().header.round.is_keyframe();
+        tx.confirm(flight, &reply).unwrap();
+        state.save_sender(&hde, "vm", SenderImage { bytes: image, file }, rounds + 1).unwrap();
+        (frame.len(), delta)
+    }
+
+    fn images() -> Vec<Vec<u8>> {
+        generate(&CorpusConfig { size: 2 << 20, rounds: 4, seed: 5, ..CorpusConfig::default() }).unwrap()
+    }
+
+    #[test]
+    fn the_state_keeps_hashes_and_a_path_and_the_file_is_checked() {
+        let dir = scratch("file");
+        let state = StateDir::open(dir.join("state")).unwrap();
+        let b = node(2);
+        let rx = Receiver::new(&b);
+        let images = images();
+        let files: Vec<PathBuf> = (0..images.len()).map(|i| dir.join(format!("snap_{i}.raw"))).collect();
+        for (f, image) in files.iter().zip(&images) {
+            std::fs::write(f, image).unwrap();
+        }
+        round(&state, &rx, &images[0], Some(&files[0]));
+        // Hashes only: 16 bytes a page, no image bytes.
+        let saved = std::fs::metadata(state.path(Side::Send, "vm")).unwrap().len();
+        assert!(saved < 64 + 16 * 512 + 256, "{saved} bytes saved");
+        let loaded = state.load(Side::Send, "vm", u64::MAX).unwrap().unwrap();
+        assert_eq!(loaded.hashed.as_ref().unwrap().source, std::fs::canonicalize(&files[0]).unwrap());
+        assert_eq!(loaded.len(), images[0].len() as u64);
+
+        // Unchanged file: the same frame as a sender that never stopped.
+        let (intact, delta) = round(&state, &rx, &images[1], Some(&files[1]));
+        assert!(delta);
+        let reference = {
+            let (a, b) = (node(1), node(2));
+            let (tx, rx) = (Sender::new(&a), Receiver::new(&b));
+            let mut sizes = Vec::new();
+            for image in &images[..2] {
+                let mut frame = Vec::new();
+                let flight = tx.encode("vm", image, &mut frame, false).unwrap();
+                let got = rx.receive(&frame).unwrap();
+                tx.confirm(flight, &rx.finish(&got).unwrap()).unwrap();
+                sizes.push(frame.len());
+            }
+            sizes[1]
+        };
+        assert_eq!(intact, reference);
+
+        // The file overwritten in place with the next round (a disk image in use): still a
+        // delta, still exact.
+        std::fs::write(&files[1], &images[2]).unwrap();
+        let (_, delta) = round(&state, &rx, &images[2], Some(&files[1]));
+        assert!(delta);
+        // The file gone: hashes alone still give an exact delta.
+        std::fs::remove_file(&files[1]).unwrap();
+        let (_, delta) = round(&state, &rx, &images[3], None);
+        assert!(delta);
+        // No file: a copy beside the state, written where it differs, then used.
+        let copy = state.path(Side::Send, "vm").with_extension("copy");
+        assert!(std::fs::read(&copy).unwrap() == images[3]);
+        let (_, delta) = round(&state, &rx, &images[0], None);
+        assert!(delta);
+        assert!(std::fs::read(&copy).unwrap() == images[0]);
+        // A file again: the copy goes.
+        round(&state, &rx, &images[2], Some(&files[2]));
+        assert!(!copy.exists());
+        assert!(state.remove(Side::Send, "vm").unwrap());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn damaged_hash_files_are_typed_errors() {
+        let dir = scratch("damaged");
+        let state = StateDir::open(dir.join("state")).unwrap();
+        let b = node(2);
+        let rx = Receiver::new(&b);
+        let images = images();
+        let file = dir.join("snap.raw");
+        std::fs::write(&file, &images[0]).unwrap();
+        round(&state, &rx, &images[0], Some(&file));
+        let path = state.path(Side::Send, "vm");
+        let good = std::fs::read(&path).unwrap();
+        for at in [56, 60, 100, good.len() - 20, good.len() - 1] {
+            let mut bad = good.clone();
+            bad[at] ^= 0x10;
+            std::fs::write(&path, &bad).unwrap();
+            assert!(state.restore_sender(&node(1), "vm").is_err(), "flip at {at} accepted");
+        }
+        for len in [56, 64, good.len() - 1] {
+            std::fs::write(&path, &good[..len]).unwrap();
+            assert!(state.restore_sender(&node(1), "vm").is_err(), "truncation to {len} accepted");
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hde_core::session::{Confirmed, Reply, Sender};
-use hde_core::state::StateDir;
+use hde_core::state::{SenderImage, StateDir};
 use hde_core::{Hde, HdeConfig};
 use rustls::pki_types::ServerName;
 use tokio::io::AsyncWriteExt as _;
@@ -189,7 +189,9 @@ fn encoder(
             match sender.confirm(flight, &answer.reply)? {
                 Confirmed::Committed(_) => {
                     if let Some(dir) = &state {
-                        dir.save_sender(&hde, &options.key, &image, rounds + 1)?;
+                        // A regular file is kept by reference; anything else (a pipe) as a copy.
+                        let file = Some(path.as_path()).filter(|p| p.metadata().is_ok_and(|m| m.is_file()));
+                        dir.save_sender(&hde, &options.key, SenderImage { bytes: &image, file }, rounds + 1)?;
                     }
                     if answer.link_bytes_per_second > 0.0 {
                         // The link as measured feeds hybrid mode's cost model.

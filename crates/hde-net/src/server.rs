@@ -44,6 +44,10 @@ pub struct ServeOptions {
     pub max_idle: Option<Duration>,
     /// Print a line on stderr per round applied and per connection refused.
     pub log: bool,
+    /// Flush each image written to `out` to stable storage before confirming its round.
+    /// Without it a power cut can lose the latest image; its baseline then fails its checksum
+    /// and the sender's next round is a keyframe, never a wrong image.
+    pub fsync: bool,
 }
 
 /// A bound server, ready to [`run`](Server::run).
@@ -79,17 +83,18 @@ pub fn image_name(key: &str) -> String {
     }
 }
 
-fn write_image(dir: &Path, key: &str, image: &[u8]) -> std::io::Result<PathBuf> {
+fn write_image(dir: &Path, key: &str, image: &[u8], fsync: bool) -> std::io::Result<PathBuf> {
     std::fs::create_dir_all(dir)?;
     let path = dir.join(image_name(key));
     let file = AtomicFile::create(&path)?;
     hde_core::state::write_sparse(file.file(), 0, image)?;
-    file.commit(Existing::Replace, true)?;
+    file.commit(Existing::Replace, fsync)?;
     Ok(path)
 }
 
 /// Applies one frame: decode and verify, write the image, save the state, confirm.
-fn apply(receiver: &Receiver<'_>, out: Option<&Path>, frame: &[u8], log: bool) -> Reply {
+fn apply(receiver: &Receiver<'_>, how: &Applying, frame: &[u8]) -> Reply {
+    let (out, log) = (how.out.as_deref(), how.log);
     let key = match receiver.prepare(frame) {
         Ok((header, _)) => header.key,
         Err(e) => return receiver.refusal("", &e),
@@ -100,7 +105,7 @@ fn apply(receiver: &Receiver<'_>, out: Option<&Path>, frame: &[u8], log: bool) -
     };
     // The image written to --out is also the baseline the state keeps (a link, not a copy).
     let finished = match out {
-        Some(dir) if !got.retry => match write_image(dir, &key, &got.image) {
+        Some(dir) if !got.retry => match write_image(dir, &key, &got.image, how.fsync) {
             Ok(path) => receiver.finish_linked(&got, &path),
             Err(e) => return receiver.refusal(&key, &hde_core::Error::Io(e)),
         },
@@ -123,18 +128,19 @@ fn apply(receiver: &Receiver<'_>, out: Option<&Path>, frame: &[u8], log: bool) -
     }
 }
 
-/// The worker thread: owns the node and the session, applies frames one at a time.
-fn worker(
-    config: HdeConfig,
-    state: PathBuf,
+/// What the worker does with an applied frame besides saving the state.
+struct Applying {
     out: Option<PathBuf>,
     log: bool,
-    mut jobs: mpsc::Receiver<Job>,
-) -> Result<()> {
+    fsync: bool,
+}
+
+/// The worker thread: owns the node and the session, applies frames one at a time.
+fn worker(config: HdeConfig, state: PathBuf, how: Applying, mut jobs: mpsc::Receiver<Job>) -> Result<()> {
     let hde = Hde::new(config)?;
     let receiver = Receiver::with_state(&hde, StateDir::open(&state)?);
     while let Some(job) = jobs.blocking_recv() {
-        let reply = apply(&receiver, out.as_deref(), &job.frame, log);
+        let reply = apply(&receiver, &how, &job.frame);
         let _ = job.done.send(reply);
     }
     Ok(())
@@ -160,7 +166,8 @@ impl Server {
         let (config, state, out) = (options.config.clone(), options.state.clone(), options.out.clone());
         let node = config.node_id;
         let log = options.log;
-        let worker = std::thread::spawn(move || worker(config, state, out, log, queue));
+        let how = Applying { out, log, fsync: options.fsync };
+        let worker = std::thread::spawn(move || worker(config, state, how, queue));
         let open = Arc::new(AtomicUsize::new(0));
         let mut idle_since = std::time::Instant::now();
         loop {

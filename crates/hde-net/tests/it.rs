@@ -61,6 +61,7 @@ fn start_server(
         config: config(2),
         max_idle: Some(Duration::from_secs(3)),
         log: true,
+        fsync: true,
     };
     let (tx, rx) = std::sync::mpsc::channel();
     let handle = std::thread::spawn(move || {
