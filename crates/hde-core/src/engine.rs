@@ -1,7 +1,7 @@
 //! The encoder and decoder: the layers composed through their traits.
 
 use std::io::{Read, Write};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Mutex;
 use std::time::Instant;
 
@@ -73,42 +73,76 @@ pub struct FrameSummary {
     pub codecs: Vec<(String, u64)>,
 }
 
-/// Runs `f` over `0..n` on up to `threads` threads, each with its own state from `init` (its
-/// codecs, created once per call, not per segment); results in index order.
-fn par_map<W, T: Send>(
+/// Reads the segment records of `header`'s frame from `r` one by one and hands each to
+/// `threads` workers as it arrives: decoding overlaps reading (a frame coming off a network is
+/// rebuilt while its later segments are on the wire), and at most `2 x threads` records are
+/// held at a time. Returns `f`'s results in segment order, or the first error (a read error or
+/// a worker's); reading stops at the first error.
+fn stream_segments<W, T: Send>(
     threads: usize,
-    n: usize,
+    header: &FrameHeader,
+    r: &mut impl Read,
     init: impl Fn() -> W + Sync,
-    f: impl Fn(&mut W, usize) -> T + Sync,
-) -> Vec<T> {
+    f: impl Fn(&mut W, usize, SegmentRecord) -> Result<T> + Sync,
+) -> Result<Vec<T>> {
+    let n = usize::try_from(header.round.segment_count())
+        .map_err(|_| Error::CorruptFrame { reason: "too many segments" })?;
     let workers = threads.clamp(1, n.max(1));
-    if workers == 1 {
-        let mut state = init();
-        return (0..n).map(|i| f(&mut state, i)).collect();
-    }
-    let next = AtomicUsize::new(0);
+    let (tx, rx) = crossbeam::channel::bounded::<(usize, SegmentRecord)>(workers);
     let slots: Vec<Mutex<Option<T>>> = (0..n).map(|_| Mutex::new(None)).collect();
-    let work = || {
-        let mut state = init();
-        loop {
-            let i = next.fetch_add(1, Ordering::Relaxed);
-            if i >= n {
-                break;
-            }
-            let value = f(&mut state, i);
-            *slots[i].lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(value);
-        }
+    let first_error: Mutex<Option<Error>> = Mutex::new(None);
+    let failed = std::sync::atomic::AtomicBool::new(false);
+    let fail = |e: Error| {
+        failed.store(true, Ordering::SeqCst);
+        first_error.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get_or_insert(e);
     };
     let scoped = crossbeam::thread::scope(|s| {
-        for _ in 1..workers {
-            s.spawn(|_| work());
+        for _ in 0..workers {
+            let rx = rx.clone();
+            let (init, f, fail, failed, slots) = (&init, &f, &fail, &failed, &slots);
+            s.spawn(move |_| {
+                let mut state = init();
+                for (i, record) in rx {
+                    if failed.load(Ordering::SeqCst) {
+                        continue; // drain: the reader stops soon
+                    }
+                    match f(&mut state, i, record) {
+                        Ok(v) => *slots[i].lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(v),
+                        Err(e) => fail(e),
+                    }
+                }
+            });
         }
-        work();
+        drop(rx);
+        for index in 0..n {
+            if failed.load(Ordering::SeqCst) {
+                break;
+            }
+            let record = u32::try_from(index)
+                .map_err(|_| Error::CorruptFrame { reason: "too many segments" })
+                .and_then(|i| frame::read_segment(r, header, i));
+            match record {
+                Ok(record) => {
+                    if tx.send((index, record)).is_err() {
+                        break;
+                    }
+                }
+                Err(e) => fail(e),
+            }
+        }
+        drop(tx);
     });
     if let Err(panic) = scoped {
         std::panic::resume_unwind(panic);
     }
-    slots.into_iter().filter_map(|m| m.into_inner().unwrap_or_else(std::sync::PoisonError::into_inner)).collect()
+    if let Some(e) = first_error.into_inner().unwrap_or_else(std::sync::PoisonError::into_inner) {
+        return Err(e);
+    }
+    slots
+        .into_iter()
+        .map(|m| m.into_inner().unwrap_or_else(std::sync::PoisonError::into_inner))
+        .collect::<Option<Vec<T>>>()
+        .ok_or(Error::CorruptFrame { reason: "a segment was not decoded" })
 }
 
 /// The sending side: encodes rounds of keys into frames.
@@ -383,27 +417,22 @@ impl<D: DeltaDecoder, B: CodecBank> Decoder<D, B> {
         Ok(decoded)
     }
 
-    /// Reads a frame's header, prepares its round against the baseline held, and reads its
-    /// compressed segment records (each bounded by the header's validated geometry).
-    fn read_frame(&self, r: &mut impl Read) -> Result<(FrameHeader, D::Prepared, Vec<SegmentRecord>)> {
-        let header = frame::read_header(r, &self.limits)?;
-        let prepared = self.delta.prepare(&header.key, &header.round)?;
-        let mut records = Vec::new();
-        for index in 0..header.round.segment_count() {
-            let index = u32::try_from(index).map_err(|_| Error::CorruptFrame { reason: "too many segments" })?;
-            records.push(frame::read_segment(r, &header, index)?);
-        }
-        Ok((header, prepared, records))
-    }
-
     /// Reads one frame from `r` and decodes it.
     ///
-    /// The compressed records are read first (bounded by the frame's validated lengths);
-    /// then each worker decompresses a segment into its own buffers and rebuilds it straight
-    /// into its part of the new image, so the decompressed streams of at most `threads`
-    /// segments exist at a time.
+    /// Segment records are decoded as they are read (see [`decompress_body`](Self::decompress_body)).
     pub fn decompress_from(&self, r: &mut impl Read) -> Result<(FrameHeader, Image)> {
-        let (header, prepared, records) = self.read_frame(r)?;
+        let header = frame::read_header(r, &self.limits)?;
+        let image = self.decompress_body(&header, r)?;
+        Ok((header, image))
+    }
+
+    /// Decodes the rest of a frame whose header was read (and checked) already: the records
+    /// are read one by one, and each worker decompresses a segment into its own buffers and
+    /// rebuilds it straight into its part of the new image as soon as it has been read, so
+    /// at most `2 x threads` records and the decompressed streams of `threads` segments exist
+    /// at a time.
+    pub fn decompress_body(&self, header: &FrameHeader, r: &mut impl Read) -> Result<Image> {
+        let prepared = self.delta.prepare(&header.key, &header.round)?;
         let len = usize::try_from(header.round.image_len)
             .map_err(|_| Error::CorruptFrame { reason: "image larger than this machine's address space" })?;
         // Bounded by the limits `read_header` and `prepare` checked; pages stay unmapped until
@@ -411,50 +440,56 @@ impl<D: DeltaDecoder, B: CodecBank> Decoder<D, B> {
         let mut image = crate::alloc::zeroed(len)?;
         let seg_size = (header.round.segment_size as usize).max(1);
         let slots: Vec<Mutex<Option<&mut [u8]>>> = image.chunks_mut(seg_size).map(|c| Mutex::new(Some(c))).collect();
-        if slots.len() != records.len() {
+        if slots.len() as u64 != header.round.segment_count() {
             return Err(Error::CorruptFrame { reason: "segment count differs from the image's" });
         }
-        let applied = par_map(
+        let applied = stream_segments(
             self.threads,
-            records.len(),
+            header,
+            r,
             || (B::default(), SegmentStreams::default(), Vec::new()),
-            |(codecs, streams, reference), s| {
-                decompress_segment(codecs, &prepared, &records[s], streams, reference)?;
+            |(codecs, streams, reference), s, record| {
+                decompress_segment(codecs, &prepared, &record, streams, reference)?;
                 let out = slots[s].lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
                 let out = out.ok_or(Error::CorruptFrame { reason: "segment applied twice" })?;
                 Ok(self.delta.apply_segment(&prepared, s, streams, out)?)
             },
-        );
-        let applied = applied.into_iter().collect::<Result<Vec<_>>>()?;
+        )?;
         drop(slots);
-        let image = self.delta.finish(&header.key, prepared, image, applied)?;
-        Ok((header, image))
+        Ok(self.delta.finish(&header.key, prepared, image, applied)?)
     }
-}
 
-impl<D: DeltaDecoder, B: CodecBank> Decoder<D, B> {
     /// Reads one frame from `r` and writes its image into `file` (from offset 0, zero blocks
     /// left as holes, the length set to the image's), without keeping the image in memory or
     /// making it a baseline: for a receiver that needs the image on disk only (a one-off
     /// frame, or a delta against a reference it supplies each time).
     ///
-    /// Each worker rebuilds a segment into a buffer of its own and writes it at its offset;
-    /// the checksum is verified before the last copies between segments are made. On error
-    /// the file's content is unspecified: write to a temporary file and keep it only on
-    /// success (the `hde` binary does).
+    /// Each worker rebuilds a segment into a buffer of its own as soon as its record is read
+    /// and writes it at its offset; the checksum is verified before the last copies between
+    /// segments are made. On error the file's content is unspecified: write to a temporary
+    /// file and keep it only on success (the `hde` binary does).
     #[cfg(unix)]
     pub fn decompress_to_file(&self, r: &mut impl Read, file: &std::fs::File) -> Result<FrameHeader> {
+        let header = frame::read_header(r, &self.limits)?;
+        self.decompress_body_to_file(&header, r, file)?;
+        Ok(header)
+    }
+
+    /// [`decompress_to_file`](Self::decompress_to_file) for a frame whose header was read.
+    #[cfg(unix)]
+    pub fn decompress_body_to_file(&self, header: &FrameHeader, r: &mut impl Read, file: &std::fs::File) -> Result<()> {
         use std::os::unix::fs::FileExt;
-        let (header, prepared, records) = self.read_frame(r)?;
+        let prepared = self.delta.prepare(&header.key, &header.round)?;
         let seg_size = u64::from(header.round.segment_size.max(1));
         let buffer = usize::try_from(seg_size.min(header.round.image_len))
             .map_err(|_| Error::CorruptFrame { reason: "segment larger than this machine's address space" })?;
-        let applied = par_map(
+        let applied = stream_segments(
             self.threads,
-            records.len(),
+            header,
+            r,
             || (B::default(), SegmentStreams::default(), Vec::new(), Vec::new()),
-            |(codecs, streams, reference, out), s| {
-                decompress_segment(codecs, &prepared, &records[s], streams, reference)?;
+            |(codecs, streams, reference, out), s, record| {
+                decompress_segment(codecs, &prepared, &record, streams, reference)?;
                 let start = s as u64 * seg_size;
                 let len = header.round.image_len.saturating_sub(start).min(seg_size) as usize;
                 if out.is_empty() {
@@ -465,8 +500,7 @@ impl<D: DeltaDecoder, B: CodecBank> Decoder<D, B> {
                 crate::state::write_sparse_at(file, start, out)?;
                 Ok(applied)
             },
-        );
-        let applied = applied.into_iter().collect::<Result<Vec<_>>>()?;
+        )?;
         let copies = self.delta.verify_detached(&header.key, prepared, applied)?;
         let mut page = Vec::new();
         for copy in copies {
@@ -475,7 +509,7 @@ impl<D: DeltaDecoder, B: CodecBank> Decoder<D, B> {
             file.write_all_at(&page, copy.to)?;
         }
         file.set_len(header.round.image_len)?;
-        Ok(header)
+        Ok(())
     }
 }
 

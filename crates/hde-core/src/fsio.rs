@@ -218,6 +218,26 @@ fn link_fd(file: &File, target: &Path) -> io::Result<()> {
     }
 }
 
+/// An image's bytes from `path`: a non-empty regular file mapped (all pages populated up front,
+/// no copy through a read buffer), anything else (a pipe, a device) read.
+///
+/// A file changed by another process while mapped changes the bytes under the caller; frames
+/// carry checksums, so the result is a typed error at the receiver, as with any input changed
+/// mid-read.
+pub fn read_image(path: &Path) -> io::Result<hde_delta::Image> {
+    let file = File::open(path)?;
+    let meta = file.metadata()?;
+    if meta.is_file() && meta.len() > 0 {
+        // SAFETY: a read-only private map; see above for a file changed while mapped.
+        if let Ok(map) = unsafe { memmap2::MmapOptions::new().populate().map(&file) } {
+            return Ok(hde_delta::Image::shared(std::sync::Arc::new(map)));
+        }
+    }
+    let mut data = Vec::new();
+    io::Read::read_to_end(&mut &file, &mut data)?;
+    Ok(data.into())
+}
+
 #[cfg(test)]
 mod tests {
     use std::io::Write as _;

@@ -230,6 +230,23 @@ where
         Ok((header, image))
     }
 
+    /// Decodes the rest of a frame whose header was read already, segment by segment as
+    /// they are read from `r` (a network stream: decoding overlaps the transfer).
+    pub fn decompress_body(&self, header: &FrameHeader, r: &mut impl Read) -> Result<Image> {
+        let image = self.decoder.decompress_body(header, r)?;
+        self.after_decode(header);
+        Ok(image)
+    }
+
+    /// [`decompress_body`](Self::decompress_body) into `file`, keeping no image and no baseline
+    /// (see [`decompress_to_file`](Self::decompress_to_file)).
+    #[cfg(unix)]
+    pub fn decompress_body_to_file(&self, header: &FrameHeader, r: &mut impl Read, file: &std::fs::File) -> Result<()> {
+        self.decoder.decompress_body_to_file(header, r, file)?;
+        self.ledger.decoded();
+        Ok(())
+    }
+
     /// Reads one frame from `r` and writes its image into `file`, without keeping the image
     /// or making it a baseline ([`Decoder::decompress_to_file`]); counted as a decoded frame,
     /// not recorded in the replica (this node does not hold the result).
@@ -238,6 +255,12 @@ where
         let header = self.decoder.decompress_to_file(r, file)?;
         self.ledger.decoded();
         Ok(header)
+    }
+
+    /// Records in the replica that this node holds the baseline `header`'s round produced,
+    /// for a frame decoded to a file that became the baseline after all.
+    pub(crate) fn record_decoded(&self, header: &FrameHeader) {
+        self.record(&header.key, &header.round, String::new());
     }
 
     fn after_decode(&self, header: &FrameHeader) {

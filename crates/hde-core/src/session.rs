@@ -18,7 +18,7 @@
 //! `hde` binary and the network transport drive the same types.
 
 use std::collections::{HashMap, HashSet};
-use std::io::Write;
+use std::io::{Read, Write};
 
 use hde_delta::{BaselineId, DeltaEncoder, EncodeOptions, Image, PageDeltaEncoder};
 use hde_selector::{LearningSelector, Selector};
@@ -260,6 +260,15 @@ pub struct Received {
     pub rounds: u64,
 }
 
+/// A frame slice must hold one frame and nothing after it.
+fn whole(rest: &[u8]) -> Result<()> {
+    if rest.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::CorruptFrame { reason: "bytes after the last segment" })
+    }
+}
+
 /// The receiving side of a session: one per node, shared by all its keys.
 #[derive(Debug)]
 pub struct Receiver<'h> {
@@ -327,18 +336,13 @@ impl<'h> Receiver<'h> {
     /// Applies one frame (which must hold exactly one frame) and keeps its image as the key's
     /// baseline. The frame this receiver applied last is a retry: its image is returned again.
     pub fn receive(&self, frame: &[u8]) -> Result<Received> {
-        let (header, _) = self.prepare(frame)?;
-        let key = header.key.clone();
-        let held = self.rounds(&key);
-        if self.hde.receiver().baseline(&key) == Some(header.round.produces()) {
-            let image =
-                self.hde.receiver().image(&key).ok_or(Error::CorruptFrame { reason: "baseline without image" })?;
-            return Ok(Received { header, image, retry: true, rounds: held });
+        let mut r = frame;
+        let header = self.read_header(&mut r)?;
+        let got = self.receive_body(header, &mut r)?;
+        if !got.retry {
+            whole(r)?;
         }
-        let (header, image) = self.hde.decompress(frame)?;
-        let rounds = held.saturating_add(1);
-        lock(&self.rounds).insert(key, rounds);
-        Ok(Received { header, image, retry: false, rounds })
+        Ok(got)
     }
 
     /// [`receive`](Self::receive) straight into `file` (a fresh regular file, written from
@@ -348,16 +352,70 @@ impl<'h> Receiver<'h> {
     /// itself as the saved baseline.
     #[cfg(unix)]
     pub fn receive_to_file(&self, frame: &[u8], file: &std::fs::File) -> Result<Received> {
-        let (header, _) = self.prepare(frame)?;
-        let key = header.key.clone();
-        let held = self.rounds(&key);
-        if self.hde.receiver().baseline(&key) == Some(header.round.produces()) {
-            let image =
-                self.hde.receiver().image(&key).ok_or(Error::CorruptFrame { reason: "baseline without image" })?;
-            crate::state::write_sparse(file, 0, &image)?;
-            return Ok(Received { header, image, retry: true, rounds: held });
+        let mut r = frame;
+        let header = self.read_header(&mut r)?;
+        let got = self.receive_body_to_file(header, &mut r, file)?;
+        if !got.retry {
+            whole(r)?;
         }
-        let header = self.hde.decompress_to_file(&mut &frame[..], file)?;
+        Ok(got)
+    }
+
+    /// Reads and checks a frame's header from `r` (a network stream), and loads the key's
+    /// saved baseline if it is the first frame of the key: the first half of
+    /// [`receive`](Self::receive), for a caller that needs the key before the body arrives.
+    pub fn read_header(&self, r: &mut impl Read) -> Result<FrameHeader> {
+        let header = frame::read_header(r, &self.limits())?;
+        self.ensure_key(&header)?;
+        Ok(header)
+    }
+
+    /// Whether the frame of `header` was applied already (its round is the baseline held):
+    /// a resend after a lost reply, confirmed again without decoding.
+    pub fn is_retry(&self, header: &FrameHeader) -> bool {
+        self.hde.receiver().baseline(&header.key) == Some(header.round.produces())
+    }
+
+    fn retry(&self, header: FrameHeader) -> Result<Received> {
+        let image =
+            self.hde.receiver().image(&header.key).ok_or(Error::CorruptFrame { reason: "baseline without image" })?;
+        let rounds = self.rounds(&header.key);
+        Ok(Received { header, image, retry: true, rounds })
+    }
+
+    fn applied(&self, header: FrameHeader, image: Image) -> Received {
+        let rounds = self.rounds(&header.key).saturating_add(1);
+        lock(&self.rounds).insert(header.key.clone(), rounds);
+        Received { header, image, retry: false, rounds }
+    }
+
+    /// The second half of [`receive`](Self::receive): the frame's segments, read from `r`
+    /// and rebuilt as they arrive. For a retry nothing more is read from `r` (the caller
+    /// discards the rest of the frame).
+    pub fn receive_body(&self, header: FrameHeader, r: &mut impl Read) -> Result<Received> {
+        if self.is_retry(&header) {
+            return self.retry(header);
+        }
+        let image = self.hde.decompress_body(&header, r)?;
+        Ok(self.applied(header, image))
+    }
+
+    /// [`receive_to_file`](Self::receive_to_file) for a frame whose header was read with
+    /// [`read_header`](Self::read_header): the segments are read from `r`, rebuilt as they
+    /// arrive and written to `file`.
+    #[cfg(unix)]
+    pub fn receive_body_to_file(
+        &self,
+        header: FrameHeader,
+        r: &mut impl Read,
+        file: &std::fs::File,
+    ) -> Result<Received> {
+        if self.is_retry(&header) {
+            let got = self.retry(header)?;
+            crate::state::write_sparse(file, 0, &got.image)?;
+            return Ok(got);
+        }
+        self.hde.decompress_body_to_file(&header, r, file)?;
         let image = if header.round.image_len == 0 {
             Image::from(Vec::new())
         } else {
@@ -367,10 +425,10 @@ impl<'h> Receiver<'h> {
             Image::shared(std::sync::Arc::new(map))
         };
         // The file, as mapped, is the baseline (its checksum checked once more on the way in).
-        self.hde.receiver().restore(&key, header.round.produces(), header.round.page_size as usize, image.clone())?;
-        let rounds = held.saturating_add(1);
-        lock(&self.rounds).insert(key, rounds);
-        Ok(Received { header, image, retry: false, rounds })
+        let (id, ps) = (header.round.produces(), header.round.page_size as usize);
+        self.hde.receiver().restore(&header.key, id, ps, image.clone())?;
+        self.hde.record_decoded(&header);
+        Ok(self.applied(header, image))
     }
 
     /// Applies one frame straight into `file` (from offset 0, zero blocks as holes), keeping

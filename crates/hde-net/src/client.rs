@@ -14,6 +14,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use hde_core::delta::EncodeOptions;
 use hde_core::session::{Confirmed, Reply, Sender};
 use hde_core::state::{SenderImage, StateDir};
 use hde_core::{Hde, HdeConfig};
@@ -172,14 +173,18 @@ fn encoder(
     let sender = Sender::new(&hde);
     let mut reports = Vec::with_capacity(images.len());
     for (i, path) in images.iter().enumerate() {
-        let image = std::fs::read(path).map_err(|source| Error::Io { path: path.clone(), source })?;
+        let image = hde_core::fsio::read_image(path).map_err(|source| Error::Io { path: path.clone(), source })?;
+        // The last round's baseline is kept as page hashes only (saved with --state, or
+        // dropped when this process ends): no copy of the image for it.
+        let last = i + 1 == images.len();
         let start = Instant::now();
         let mut keyframe = options.keyframe && i == 0;
         let mut frame_bytes = 0;
         let mut attempts = 0;
         loop {
             let mut w = ChunkWriter { up, buf: Vec::with_capacity(CHUNK) };
-            let flight = sender.encode(&options.key, &image, &mut w, keyframe)?;
+            let encode = EncodeOptions { force_keyframe: keyframe, hashes_only: last, ..EncodeOptions::default() };
+            let flight = sender.encode_with(&options.key, &image, &mut w, encode)?;
             w.flush().map_err(Error::Connection)?;
             up.blocking_send(Up::End).map_err(|_| gone())?;
             frame_bytes += flight.summary().output_bytes;

@@ -1,10 +1,13 @@
 //! `hde serve`: a receiver for many senders and keys at once.
 //!
-//! Connections are accepted and spoken to on the tokio runtime; frames are applied on one
-//! worker thread that owns the node and its [`Receiver`] session (its baselines, restored
-//! from and saved to the state directory). A frame is buffered whole (at most `max_frame`
-//! bytes; more is refused with a reply, the connection stays usable), applied, its image
-//! written to `out/<key>.raw` if asked, the state saved, and only then confirmed.
+//! Connections are accepted and spoken to on the tokio runtime; frames are applied by a
+//! worker that owns the node and its [`Receiver`] session (its baselines, restored from and
+//! saved to the state directory). A frame is not buffered: its chunks go, as they arrive,
+//! through a bounded channel (`QUEUE` chunks of at most 1 MiB) to a thread of its own that
+//! rebuilds segments as their records complete and writes them to `out/<key>.raw` if asked.
+//! Frames of different keys are applied at once; frames of one key one after the other. A
+//! frame over `max_frame` bytes is refused with a reply (the connection stays usable). The
+//! state is saved, and only then the round confirmed.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -66,9 +69,45 @@ impl std::fmt::Debug for Server {
     }
 }
 
+/// Chunks a connection may queue for its frame's decoder before it waits (each at most
+/// 1 MiB: the memory one frame in flight holds besides its image).
+const QUEUE: usize = 8;
+
+/// Where a connection puts its frame's chunks.
+type ChunkSender = mpsc::Sender<Vec<u8>>;
+
+/// A frame on its way in: its chunks as they arrive, and where its reply goes.
 struct Job {
-    frame: Vec<u8>,
+    chunks: mpsc::Receiver<Vec<u8>>,
     done: oneshot::Sender<Reply>,
+}
+
+/// The chunks of one frame as a `Read`: blocks until the next chunk arrives; the end of the
+/// frame (or a connection gone) is the end of the stream.
+struct ChunkReader {
+    chunks: mpsc::Receiver<Vec<u8>>,
+    chunk: Vec<u8>,
+    at: usize,
+    read: u64,
+}
+
+impl std::io::Read for ChunkReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while self.at == self.chunk.len() {
+            match self.chunks.blocking_recv() {
+                Some(chunk) => {
+                    self.chunk = chunk;
+                    self.at = 0;
+                }
+                None => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.chunk.len() - self.at);
+        buf[..n].copy_from_slice(&self.chunk[self.at..self.at + n]);
+        self.at += n;
+        self.read += n as u64;
+        Ok(n)
+    }
 }
 
 /// A file name for `key` in `--out`: the key itself where it is a plain name, its hex
@@ -83,48 +122,70 @@ pub fn image_name(key: &str) -> String {
     }
 }
 
-fn write_image(dir: &Path, key: &str, image: &[u8], fsync: bool) -> std::io::Result<PathBuf> {
-    std::fs::create_dir_all(dir)?;
-    let path = dir.join(image_name(key));
-    let file = AtomicFile::create(&path)?;
-    hde_core::state::write_sparse(file.file(), 0, image)?;
-    file.commit(Existing::Replace, fsync)?;
-    Ok(path)
-}
-
-/// Applies one frame: decode and verify, write the image, save the state, confirm.
-fn apply(receiver: &Receiver<'_>, how: &Applying, frame: &[u8]) -> Reply {
-    let (out, log) = (how.out.as_deref(), how.log);
-    let key = match receiver.prepare(frame) {
-        Ok((header, _)) => header.key,
+/// Applies one frame as it arrives: decode and verify (into `out/<key>.raw` if asked), save
+/// the state, confirm. One key's frames are applied one at a time (`locks`).
+fn apply(receiver: &Receiver<'_>, how: &Applying, locks: &KeyLocks, chunks: mpsc::Receiver<Vec<u8>>) -> Reply {
+    let mut r = ChunkReader { chunks, chunk: Vec::new(), at: 0, read: 0 };
+    let header = match receiver.read_header(&mut r) {
+        Ok(header) => header,
         Err(e) => return receiver.refusal("", &e),
     };
-    let got = match receiver.receive(frame) {
-        Ok(got) => got,
+    let key = header.key.clone();
+    let lock = locks.of(&key);
+    let _held = lock.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let applied = match &how.out {
+        // The image written to --out is also the baseline the state keeps (a link, not a copy).
+        Some(dir) if !receiver.is_retry(&header) => receive_to_out(receiver, dir, header, &mut r, how.fsync),
+        _ => receiver.receive_body(header, &mut r).map(|got| (got, None)),
+    };
+    let (got, path) = match applied {
+        Ok(a) => a,
         Err(e) => return receiver.refusal(&key, &e),
     };
-    // The image written to --out is also the baseline the state keeps (a link, not a copy).
-    let finished = match out {
-        Some(dir) if !got.retry => match write_image(dir, &key, &got.image, how.fsync) {
-            Ok(path) => receiver.finish_linked(&got, &path),
-            Err(e) => return receiver.refusal(&key, &hde_core::Error::Io(e)),
-        },
-        _ => receiver.finish(&got),
+    let finished = match &path {
+        Some(path) => receiver.finish_linked(&got, path),
+        None => receiver.finish(&got),
     };
     match finished {
         Ok(reply) => {
-            if !log {
-                return reply;
+            if how.log {
+                eprintln!(
+                    "hde serve: {key}: round {} {} ({} bytes)",
+                    got.rounds.saturating_sub(1),
+                    if got.retry { "confirmed again (a resend)" } else { "applied" },
+                    r.read
+                );
             }
-            eprintln!(
-                "hde serve: {key}: round {} {} ({} bytes)",
-                got.rounds.saturating_sub(1),
-                if got.retry { "confirmed again (a resend)" } else { "applied" },
-                frame.len()
-            );
             reply
         }
         Err(e) => receiver.refusal(&key, &e),
+    }
+}
+
+/// Decodes the frame's body straight into `dir/<key>.raw` (replaced atomically once whole).
+fn receive_to_out(
+    receiver: &Receiver<'_>,
+    dir: &Path,
+    header: hde_core::frame::FrameHeader,
+    r: &mut ChunkReader,
+    fsync: bool,
+) -> hde_core::Result<(hde_core::session::Received, Option<PathBuf>)> {
+    std::fs::create_dir_all(dir)?;
+    let path = dir.join(image_name(&header.key));
+    let file = AtomicFile::create(&path)?;
+    let got = receiver.receive_body_to_file(header, r, file.file())?;
+    file.commit(Existing::Replace, fsync)?;
+    Ok((got, Some(path)))
+}
+
+/// One lock per key: frames of a key are applied in turn, frames of different keys at once.
+#[derive(Default)]
+struct KeyLocks(std::sync::Mutex<std::collections::HashMap<String, Arc<std::sync::Mutex<()>>>>);
+
+impl KeyLocks {
+    fn of(&self, key: &str) -> Arc<std::sync::Mutex<()>> {
+        let mut map = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        map.entry(key.to_owned()).or_default().clone()
     }
 }
 
@@ -135,14 +196,21 @@ struct Applying {
     fsync: bool,
 }
 
-/// The worker thread: owns the node and the session, applies frames one at a time.
+/// The worker: owns the node and the session; each frame is applied on a thread of its own
+/// as its chunks arrive.
 fn worker(config: HdeConfig, state: PathBuf, how: Applying, mut jobs: mpsc::Receiver<Job>) -> Result<()> {
     let hde = Hde::new(config)?;
     let receiver = Receiver::with_state(&hde, StateDir::open(&state)?);
-    while let Some(job) = jobs.blocking_recv() {
-        let reply = apply(&receiver, &how, &job.frame);
-        let _ = job.done.send(reply);
-    }
+    let locks = KeyLocks::default();
+    std::thread::scope(|scope| {
+        while let Some(job) = jobs.blocking_recv() {
+            let (receiver, how, locks) = (&receiver, &how, &locks);
+            scope.spawn(move || {
+                let reply = apply(receiver, how, locks, job.chunks);
+                let _ = job.done.send(reply);
+            });
+        }
+    });
     Ok(())
 }
 
@@ -243,36 +311,63 @@ async fn connection(
     }
     proto::write(&mut tls, &Message::Hello(Hello::new(node, max_frame))).await?;
     tls.flush().await.map_err(Error::Connection)?;
-    let mut frame = Vec::new();
+    // The frame being received: its chunks' way to the decoder (gone once the frame is over
+    // the limit: the decoder then sees it end early), its answer, and the bytes so far.
+    let mut inflight: Option<(Option<ChunkSender>, oneshot::Receiver<Reply>)> = None;
+    let mut received: u64 = 0;
     let mut over = false;
+    let stopped = || Error::Protocol { what: "the receiver's worker stopped".into() };
     loop {
         match proto::read(&mut tls).await? {
             None | Some(Message::Bye) => return Ok(()),
             Some(Message::Chunk(bytes)) => {
-                if over || frame.len() as u64 + bytes.len() as u64 > max_frame {
-                    // Refused at FrameEnd; the bytes are dropped as they come.
+                received += bytes.len() as u64;
+                if over || received > max_frame {
+                    // Refused at FrameEnd; the decoder sees the frame end early, the rest is
+                    // dropped as it comes.
                     over = true;
-                    frame = Vec::new();
-                } else {
-                    frame.extend_from_slice(&bytes);
+                    if let Some((chunks, _)) = inflight.as_mut() {
+                        *chunks = None;
+                    }
+                    continue;
+                }
+                if inflight.is_none() {
+                    let (chunks, queue) = mpsc::channel(QUEUE);
+                    let (done, answer) = oneshot::channel();
+                    jobs.send(Job { chunks: queue, done }).await.map_err(|_| stopped())?;
+                    inflight = Some((Some(chunks), answer));
+                }
+                if let Some((Some(chunks), _)) = &inflight {
+                    // A decoder that stopped reading (a retry, a corrupt frame) has its answer
+                    // ready at FrameEnd: the rest of the frame is dropped.
+                    let _ = chunks.send(bytes).await;
                 }
             }
             Some(Message::FrameEnd) => {
-                let reply = if over {
-                    Reply::Refused {
-                        key: String::new(),
-                        reason: Refusal::OverLimit,
-                        holds: None,
-                        message: format!("frame over this receiver's limit of {max_frame} bytes (--max-memory)"),
+                // Dropping the chunks' sender ends the frame for its decoder.
+                let answer = inflight.take().map(|(_, answer)| answer);
+                let reply = match (over, answer) {
+                    (true, answer) => {
+                        // Wait for the decoder to give up on the cut frame before replying.
+                        if let Some(answer) = answer {
+                            let _ = answer.await;
+                        }
+                        Reply::Refused {
+                            key: String::new(),
+                            reason: Refusal::OverLimit,
+                            holds: None,
+                            message: format!("frame over this receiver's limit of {max_frame} bytes (--max-memory)"),
+                        }
                     }
-                } else {
-                    let (done, answer) = oneshot::channel();
-                    jobs.send(Job { frame: std::mem::take(&mut frame), done })
-                        .await
-                        .map_err(|_| Error::Protocol { what: "the receiver's worker stopped".into() })?;
-                    answer.await.map_err(|_| Error::Protocol { what: "the receiver's worker stopped".into() })?
+                    (false, Some(answer)) => answer.await.map_err(|_| stopped())?,
+                    (false, None) => {
+                        // An empty frame: the decoder reads nothing and says what is wrong.
+                        let (done, answer) = oneshot::channel();
+                        jobs.send(Job { chunks: mpsc::channel(1).1, done }).await.map_err(|_| stopped())?;
+                        answer.await.map_err(|_| stopped())?
+                    }
                 };
-                frame = Vec::new();
+                received = 0;
                 over = false;
                 proto::write(&mut tls, &Message::Reply(reply)).await?;
                 tls.flush().await.map_err(Error::Connection)?;

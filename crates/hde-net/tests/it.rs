@@ -304,3 +304,36 @@ fn rounds_cross_a_20_ms_round_trip_relay() {
     server.join().unwrap().unwrap();
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_slow_sender_does_not_hold_back_another_key() {
+    // Frames are decoded as they arrive, each on a thread of its own: a key trickling in at
+    // 1 MB/s must not make another key's round wait for it.
+    let dir = tmp("two-keys");
+    let files = corpus(&dir, 1, 8 << 20);
+    let n = Nodes::new();
+    let (addr, server) = start_server(&n.server, &n.client, &dir, 1 << 30);
+    let mut slow = options(addr, &n.client, &n.server, &dir);
+    slow.key = "slow".into();
+    slow.state = None;
+    slow.limit_bytes_per_second = Some(1e6);
+    let slow_files = files.clone();
+    let slow = std::thread::spawn(move || client::send(&slow, &slow_files).unwrap());
+    // Let the slow frame start (its first chunks are on the server).
+    std::thread::sleep(Duration::from_millis(400));
+    let mut fast = options(addr, &n.client, &n.server, &dir);
+    fast.key = "fast".into();
+    fast.state = None;
+    let fast_reports = client::send(&fast, &files).unwrap();
+    let slow_reports = slow.join().unwrap();
+    assert!(
+        fast_reports[0].seconds * 2.0 < slow_reports[0].seconds,
+        "fast {} s, slow {} s",
+        fast_reports[0].seconds,
+        slow_reports[0].seconds
+    );
+    assert!(same(&dir.join("out/fast.raw"), &files[0]));
+    assert!(same(&dir.join("out/slow.raw"), &files[0]));
+    server.join().unwrap().unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+}
