@@ -1,5 +1,6 @@
 //! `hde keygen`, `hde serve` and `hde send`: rounds between nodes, over `hde-net`.
 
+use std::io::IsTerminal as _;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -8,7 +9,7 @@ use std::time::Duration;
 use anyhow::{Context as _, Result};
 use clap::Args;
 use hde_core::HdeConfig;
-use hde_net::client::{self, SendOptions};
+use hde_net::client::{self, Progress, ProgressHook, SendOptions};
 use hde_net::identity::{Identity, Peers};
 use hde_net::server::{ServeOptions, Server};
 
@@ -130,6 +131,35 @@ pub(crate) fn serve(a: ServeArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// One progress bar per round on stderr: the image's bytes encoded, what went on the link,
+/// the ratio so far, the rate and the time left; it ends with the round's line.
+fn progress_bars() -> ProgressHook {
+    use indicatif::{ProgressBar, ProgressStyle};
+    let current: std::sync::Mutex<Option<(u64, ProgressBar)>> = std::sync::Mutex::new(None);
+    ProgressHook(std::sync::Arc::new(move |p: &Progress| {
+        let mut current = current.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if current.as_ref().is_none_or(|(round, _)| *round != p.round) {
+            let bar = ProgressBar::new(p.input_bytes);
+            if let Ok(style) =
+                ProgressStyle::with_template("round {prefix} [{bar:30}] {bytes}/{total_bytes} {msg} ETA {eta}")
+            {
+                bar.set_style(style.progress_chars("=> "));
+            }
+            bar.set_prefix(p.round.to_string());
+            *current = Some((p.round, bar));
+        }
+        let Some((_, bar)) = current.as_ref() else { return };
+        bar.set_position(p.input_done);
+        let ratio = p.frame_bytes as f64 / p.input_done.max(1) as f64;
+        let rate = p.frame_bytes as f64 * 8.0 / p.seconds.max(1e-6) / 1e6;
+        bar.set_message(format!("sent {} ratio {ratio:.4} {rate:.1} Mbit/s", indicatif::HumanBytes(p.frame_bytes)));
+        if p.confirmed {
+            bar.finish_and_clear();
+            *current = None;
+        }
+    }))
+}
+
 pub(crate) fn send(a: SendArgs) -> Result<ExitCode> {
     let (identity, peers) = credentials(&a.identity, &a.peers)?;
     let config: HdeConfig = engine_config(&a.engine, 1);
@@ -143,6 +173,8 @@ pub(crate) fn send(a: SendArgs) -> Result<ExitCode> {
         keyframe: a.keyframe,
         attempts: a.attempts,
         limit_bytes_per_second: a.limit_rate.map(hde_core::units::Rate::bytes_per_second),
+        // A bar per round on a terminal; scripts (--json, a pipe) get none.
+        progress: (!a.json && std::io::stderr().is_terminal()).then(progress_bars),
     };
     let reports = client::send(&options, &a.images).with_context(|| format!("cannot send {} to {}", a.key, a.to))?;
     if a.json {
@@ -239,6 +271,7 @@ pub(crate) fn demo_transport(
         keyframe: false,
         attempts: 3,
         limit_bytes_per_second: None,
+        progress: None,
     };
     let start = std::time::Instant::now();
     let reports = client::send(&options, files)?;

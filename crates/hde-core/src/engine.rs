@@ -73,6 +73,19 @@ pub struct FrameSummary {
     pub codecs: Vec<(String, u64)>,
 }
 
+/// How far a frame being written has come (see [`Encoder::compress_observed`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Written {
+    /// Segments written.
+    pub segments: usize,
+    /// Segments in the frame.
+    pub of: usize,
+    /// Bytes of the image those segments cover.
+    pub input_bytes: u64,
+    /// Bytes of the frame written so far, its header included.
+    pub frame_bytes: u64,
+}
+
 /// Reads the segment records of `header`'s frame from `r` one by one and hands each to
 /// `threads` workers as it arrives: decoding overlaps reading (a frame coming off a network is
 /// rebuilt while its later segments are on the wire), and at most `2 x threads` records are
@@ -230,11 +243,26 @@ impl<D: DeltaEncoder, S: Selector, B: CodecBank> Encoder<D, S, B> {
         out: &mut impl Write,
         options: EncodeOptions,
     ) -> Result<(FrameSummary, D::Round<'a>)> {
+        self.compress_observed(key, image, out, options, &mut |_| {})
+    }
+
+    /// [`compress_pending`](Self::compress_pending) that calls `observe` after each segment
+    /// is written (for a progress display: segments done and the frame's bytes so far).
+    pub fn compress_observed<'a>(
+        &'a self,
+        key: &str,
+        image: &'a [u8],
+        out: &mut impl Write,
+        options: EncodeOptions,
+        observe: &mut dyn FnMut(&Written),
+    ) -> Result<(FrameSummary, D::Round<'a>)> {
         let round = self.delta.encode(key, image, options)?;
+        let segments = round.segment_count();
         let header = FrameHeader { key: key.to_owned(), round: *round.header() };
         let head = frame::encode_header(&header)?;
         out.write_all(&head)?;
         let mut written = head.len() as u64;
+        let mut done = 0;
         let mut codecs: Vec<(String, u64)> = Vec::new();
         pipeline::ordered(
             self.threads,
@@ -247,6 +275,9 @@ impl<D: DeltaEncoder, S: Selector, B: CodecBank> Encoder<D, S, B> {
             |sealed: Result<_>| {
                 let (head, record, choice) = sealed?;
                 written += frame::write_sealed(out, &head, &record)?;
+                done += 1;
+                let input = (done as u64 * u64::from(round.header().segment_size)).min(image.len() as u64);
+                observe(&Written { segments: done, of: segments, input_bytes: input, frame_bytes: written });
                 if let Some(choice) = choice {
                     match codecs.iter_mut().find(|(name, _)| *name == choice) {
                         Some((_, n)) => *n += 1,

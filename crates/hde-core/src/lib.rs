@@ -37,7 +37,7 @@ mod pipeline;
 mod sync;
 
 pub use crate::config::HdeConfig;
-pub use crate::engine::{CodecBank, Decoder, Encoder, FrameSummary};
+pub use crate::engine::{CodecBank, Decoder, Encoder, FrameSummary, Written};
 pub use crate::error::{Error, Result};
 pub use crate::node::{BaselineMeta, Hde, Health, Metrics};
 pub use hde_codec as codec;

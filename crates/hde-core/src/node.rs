@@ -186,10 +186,23 @@ where
         key: &str,
         data: &'a [u8],
         out: &mut impl Write,
+        options: EncodeOptions,
+    ) -> Result<(FrameSummary, D::Round<'a>)> {
+        self.compress_observed(key, data, out, options, &mut |_| {})
+    }
+
+    /// [`compress_pending`](Self::compress_pending) that calls `observe` after each segment
+    /// is written.
+    pub fn compress_observed<'a>(
+        &'a self,
+        key: &str,
+        data: &'a [u8],
+        out: &mut impl Write,
         mut options: EncodeOptions,
+        observe: &mut dyn FnMut(&crate::engine::Written),
     ) -> Result<(FrameSummary, D::Round<'a>)> {
         options.force_keyframe |= !self.config.enable_delta;
-        let (summary, round) = self.encoder.compress_pending(key, data, out, options)?;
+        let (summary, round) = self.encoder.compress_observed(key, data, out, options, observe)?;
         self.ledger.encoded(&EncodeRecord {
             input_bytes: summary.input_bytes,
             output_bytes: summary.output_bytes,

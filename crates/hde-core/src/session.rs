@@ -200,9 +200,22 @@ impl<'h, D: DeltaEncoder, S: Selector, B: CodecBank> Sender<'h, D, S, B> {
         out: &mut impl Write,
         options: EncodeOptions,
     ) -> Result<InFlight<'a, D>> {
+        self.encode_observed(key, image, out, options, &mut |_| {})
+    }
+
+    /// [`encode_with`](Self::encode_with) that calls `observe` after each segment is written
+    /// (a progress display's hook).
+    pub fn encode_observed<'a>(
+        &'a self,
+        key: &str,
+        image: &'a [u8],
+        out: &mut impl Write,
+        options: EncodeOptions,
+        observe: &mut dyn FnMut(&crate::engine::Written),
+    ) -> Result<InFlight<'a, D>> {
         let force_keyframe = options.force_keyframe || self.needs_keyframe(key);
         let options = EncodeOptions { force_keyframe, detached: false, ..options };
-        let (summary, round) = self.hde.compress_pending(key, image, out, options)?;
+        let (summary, round) = self.hde.compress_observed(key, image, out, options, observe)?;
         Ok(InFlight { summary, round })
     }
 

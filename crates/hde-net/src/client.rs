@@ -58,6 +58,35 @@ pub struct SendOptions {
     pub attempts: u32,
     /// The most bytes per second to put on the link (as QEMU's `max-bandwidth`), if capped.
     pub limit_bytes_per_second: Option<f64>,
+    /// Called as each round's segments go out and once more when the round is confirmed.
+    pub progress: Option<ProgressHook>,
+}
+
+/// How far a round has come, for a progress display.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Progress {
+    /// The key's round (counted from the state directory, if any).
+    pub round: u64,
+    /// The image's bytes.
+    pub input_bytes: u64,
+    /// The image's bytes encoded and handed to the connection so far.
+    pub input_done: u64,
+    /// The frame's bytes handed to the connection so far (resends included).
+    pub frame_bytes: u64,
+    /// Seconds since the round started.
+    pub seconds: f64,
+    /// The receiver confirmed the round.
+    pub confirmed: bool,
+}
+
+/// A progress callback ([`SendOptions::progress`]).
+#[derive(Clone)]
+pub struct ProgressHook(pub std::sync::Arc<dyn Fn(&Progress) + Send + Sync>);
+
+impl std::fmt::Debug for ProgressHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ProgressHook")
+    }
 }
 
 /// Keeps a frame's sending at or under a rate: each chunk waits until the bytes sent since
@@ -184,7 +213,20 @@ fn encoder(
         loop {
             let mut w = ChunkWriter { up, buf: Vec::with_capacity(CHUNK) };
             let encode = EncodeOptions { force_keyframe: keyframe, hashes_only: last, ..EncodeOptions::default() };
-            let flight = sender.encode_with(&options.key, &image, &mut w, encode)?;
+            let sent_before = frame_bytes;
+            let mut observe = |w: &hde_core::Written| {
+                if let Some(hook) = &options.progress {
+                    (hook.0)(&Progress {
+                        round: rounds,
+                        input_bytes: image.len() as u64,
+                        input_done: w.input_bytes,
+                        frame_bytes: sent_before + w.frame_bytes,
+                        seconds: start.elapsed().as_secs_f64(),
+                        confirmed: false,
+                    });
+                }
+            };
+            let flight = sender.encode_observed(&options.key, &image, &mut w, encode, &mut observe)?;
             w.flush().map_err(Error::Connection)?;
             up.blocking_send(Up::End).map_err(|_| gone())?;
             frame_bytes += flight.summary().output_bytes;
@@ -201,6 +243,16 @@ fn encoder(
                     if answer.link_bytes_per_second > 0.0 {
                         // The link as measured feeds hybrid mode's cost model.
                         hde.set_bandwidth(answer.link_bytes_per_second);
+                    }
+                    if let Some(hook) = &options.progress {
+                        (hook.0)(&Progress {
+                            round: rounds,
+                            input_bytes: image.len() as u64,
+                            input_done: image.len() as u64,
+                            frame_bytes,
+                            seconds: start.elapsed().as_secs_f64(),
+                            confirmed: true,
+                        });
                     }
                     reports.push(RoundReport {
                         round: rounds,
@@ -346,8 +398,11 @@ async fn network(
                 }
                 // The delivery rate: bytes over the time the socket kept us waiting. A frame
                 // that fits the socket buffers says nothing about the link (0: unknown).
+                // Under --limit-rate the link is the cap where the cap is lower (the pacer's
+                // waits are not counted as busy): what a round can count on.
                 let rate = if frame.len() >= MEASURABLE && !busy.is_zero() && attempts == 1 {
-                    frame.len() as f64 / busy.as_secs_f64()
+                    let measured = frame.len() as f64 / busy.as_secs_f64();
+                    options.limit_bytes_per_second.map_or(measured, |cap| measured.min(cap))
                 } else {
                     0.0
                 };

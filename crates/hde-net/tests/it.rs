@@ -86,6 +86,7 @@ fn options(to: SocketAddr, client: &Identity, server: &Identity, dir: &Path) -> 
         keyframe: false,
         attempts: 6,
         limit_bytes_per_second: None,
+        progress: None,
     }
 }
 
@@ -103,7 +104,22 @@ fn rounds_arrive_exact_and_a_later_send_continues_with_deltas() {
     let files = corpus(&dir, 4, 4 << 20);
     let n = Nodes::new();
     let (addr, server) = start_server(&n.server, &n.client, &dir, 1 << 30);
-    let reports = client::send(&options(addr, &n.client, &n.server, &dir), &files[..3]).unwrap();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let mut o = options(addr, &n.client, &n.server, &dir);
+    let log = seen.clone();
+    o.progress = Some(client::ProgressHook(std::sync::Arc::new(move |p| log.lock().unwrap().push(*p))));
+    let reports = client::send(&o, &files[..3]).unwrap();
+    // Progress: per round, input done never goes back, and the last event is the confirmation
+    // with the round's frame bytes.
+    let seen = seen.lock().unwrap();
+    for (round, report) in reports.iter().enumerate() {
+        let events: Vec<&client::Progress> = seen.iter().filter(|p| p.round == round as u64).collect();
+        assert!(events.len() >= 2, "round {round}: {events:?}");
+        assert!(events.windows(2).all(|w| w[0].input_done <= w[1].input_done), "{events:?}");
+        let last = events.last().unwrap();
+        assert!(last.confirmed && last.input_done == last.input_bytes && last.frame_bytes == report.frame_bytes);
+        assert_eq!(events.iter().filter(|p| p.confirmed).count(), 1);
+    }
     let kinds: Vec<bool> = reports.iter().map(|r| r.keyframe).collect();
     assert_eq!(kinds, [true, false, false]);
     assert!(reports[1].frame_bytes * 5 < reports[0].frame_bytes, "{reports:?}");
