@@ -52,14 +52,50 @@ pub(crate) struct Args {
     /// Where to write the JSON results (default: target/bench-link/results.json).
     #[arg(long)]
     json: Option<PathBuf>,
+    /// A fault in hde's round R: SIGKILL the receiver SECS seconds into it and start it again
+    /// on the same state (`R:SECS`); the sender must finish the round by itself.
+    #[arg(long, value_parser = parse_fault)]
+    kill_receiver: Option<(usize, f64)>,
+    /// A fault in hde's round R: cut its connection (`ss -K` on the receiver's side) SECS
+    /// seconds into it (`R:SECS`).
+    #[arg(long, value_parser = parse_fault)]
+    cut: Option<(usize, f64)>,
+    /// Measure hde only (no peer pipelines): for the fault runs.
+    #[arg(long)]
+    hde_only: bool,
 }
 
-const ADDR: [&str; 2] = ["10.213.9.1", "10.213.9.2"];
+fn parse_fault(s: &str) -> std::result::Result<(usize, f64), String> {
+    let (round, secs) = s.split_once(':').ok_or("expected ROUND:SECONDS, e.g. 2:1.5")?;
+    Ok((round.parse().map_err(|e| format!("{e}"))?, secs.parse().map_err(|e| format!("{e}"))?))
+}
+
+/// Starts `hde serve` in the receiver's namespace on `state` (fresh or kept).
+fn start_server(link: &Link, hde: &Path, work: &Path, state: &Path) -> Result<Child> {
+    let mut server = link
+        .exec(1, hde)
+        .args(["serve", "--listen", &format!("{}:{HDE_PORT}", ADDR[1]), "--max-idle", "120"])
+        .arg("--identity")
+        .arg(work.join("b"))
+        .arg("--peers")
+        .arg(work.join("peers-of-b"))
+        .arg("--state")
+        .arg(state.join("recv"))
+        .arg("--out")
+        .arg(state.join("out"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()?;
+    first_line(&mut server)?;
+    Ok(server)
+}
+
+pub(crate) const ADDR: [&str; 2] = ["10.213.9.1", "10.213.9.2"];
 const HDE_PORT: u16 = 7070;
 const PEER_PORT: u16 = 7071;
 
 /// The shaped link; removed on drop.
-struct Link {
+pub(crate) struct Link {
     ns: [String; 2],
     dev: String,
 }
@@ -71,7 +107,7 @@ fn ip(args: &[&str]) -> Result<()> {
 }
 
 impl Link {
-    fn new(rate: &str) -> Result<Link> {
+    pub(crate) fn new(rate: &str) -> Result<Link> {
         let pid = std::process::id();
         let link = Link { ns: [format!("hdebl-a-{pid}"), format!("hdebl-b-{pid}")], dev: format!("hbla{pid}") };
         let peer = format!("hblb{pid}");
@@ -95,7 +131,7 @@ impl Link {
     }
 
     /// `program` in namespace `side` (0 sender, 1 receiver).
-    fn exec(&self, side: usize, program: impl AsRef<std::ffi::OsStr>) -> Command {
+    pub(crate) fn exec(&self, side: usize, program: impl AsRef<std::ffi::OsStr>) -> Command {
         let mut c = Command::new("ip");
         c.args(["netns", "exec", &self.ns[side]]).arg(program);
         c
@@ -121,7 +157,7 @@ impl Drop for Link {
 }
 
 /// Reads the first line a child prints (e.g. `listening on ADDR`).
-fn first_line(child: &mut Child) -> Result<String> {
+pub(crate) fn first_line(child: &mut Child) -> Result<String> {
     let stdout = child.stdout.take().context("no stdout")?;
     let mut line = String::new();
     BufReader::new(stdout).read_line(&mut line)?;
@@ -297,25 +333,11 @@ pub(crate) fn run_bench(args: &Args) -> Result<()> {
     let mut bytes: BTreeMap<String, BTreeMap<usize, u64>> = BTreeMap::new();
     for run_index in 0..args.runs {
         let state = work.join(format!("run{run_index}"));
-        let mut server = link
-            .exec(1, &hde)
-            .args(["serve", "--listen", &format!("{}:{HDE_PORT}", ADDR[1]), "--max-idle", "120"])
-            .arg("--identity")
-            .arg(&b)
-            .arg("--peers")
-            .arg(work.join("peers-of-b"))
-            .arg("--state")
-            .arg(state.join("recv"))
-            .arg("--out")
-            .arg(state.join("out"))
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()?;
-        first_line(&mut server)?;
+        let mut server = start_server(&link, &hde, &work, &state)?;
         for (r, input) in files.iter().enumerate() {
             let before = link.tx_bytes()?;
             let start = Instant::now();
-            let status = link
+            let mut send = link
                 .exec(0, &hde)
                 .args(["send", "--to", &hde_target, "--key", "vm", "--identity"])
                 .arg(&a)
@@ -325,7 +347,25 @@ pub(crate) fn run_bench(args: &Args) -> Result<()> {
                 .arg(state.join("send"))
                 .arg(input)
                 .stdout(Stdio::null())
-                .status()?;
+                .spawn()?;
+            let faults = [(args.kill_receiver, true), (args.cut, false)];
+            for (at, kill) in faults.into_iter().filter_map(|(f, k)| f.filter(|f| f.0 == r).map(|f| (f.1, k))) {
+                while start.elapsed().as_secs_f64() < at && send.try_wait()?.is_none() {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                ensure!(send.try_wait()?.is_none(), "round {r} ended before its fault at {at} s");
+                if kill {
+                    server.kill()?; // SIGKILL
+                    server.wait()?;
+                    eprintln!("run {run_index} round {r}: receiver killed at {:.2} s", start.elapsed().as_secs_f64());
+                    server = start_server(&link, &hde, &work, &state)?;
+                } else {
+                    let filter = format!("( sport = :{HDE_PORT} )");
+                    run(link.exec(1, "ss").args(["-K", "-t", "state", "established", &filter]).stdout(Stdio::null()))?;
+                    eprintln!("run {run_index} round {r}: connection cut at {:.2} s", start.elapsed().as_secs_f64());
+                }
+            }
+            let status = send.wait()?;
             let seconds = start.elapsed().as_secs_f64();
             ensure!(status.success(), "hde send of round {r} failed");
             let sent = link.tx_bytes()? - before;
@@ -333,7 +373,8 @@ pub(crate) fn run_bench(args: &Args) -> Result<()> {
             times.entry("hde".into()).or_default().entry(r).or_default().push(seconds);
             bytes.entry("hde".into()).or_default().insert(r, sent);
             eprintln!("run {run_index} round {r}: hde {seconds:.3} s, {sent} bytes");
-            for p in PEERS.iter().filter(|p| p.delta == (r > 0) && !(p.slow && args.skip_slow)) {
+            let peers = PEERS.iter().filter(|p| !args.hde_only && p.delta == (r > 0) && !(p.slow && args.skip_slow));
+            for p in peers {
                 let prev = if r > 0 { &files[r - 1] } else { input };
                 let f = peer_round(&link, &peer_target, p, input, prev, &work.join("peer-out.raw"))?;
                 eprintln!("run {run_index} round {r}: {} {:.3} s, {} bytes", p.name, f.seconds, f.bytes);
@@ -386,6 +427,10 @@ pub(crate) fn run_bench(args: &Args) -> Result<()> {
     });
     std::fs::write(&path, serde_json::to_string_pretty(&doc)?)?;
     eprintln!("wrote {}", path.display());
+    if args.hde_only && hde_total > 0.0 {
+        println!("link {} rtt {}: hde_s={hde_total:.3} (hde only)", args.rate, args.rtt);
+        return Ok(());
+    }
     if !(hde_total > 0.0 && best_total > 0.0) {
         bail!("no complete measurement");
     }

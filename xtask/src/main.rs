@@ -13,6 +13,7 @@ mod peers;
 mod replay;
 #[cfg(test)]
 mod tidy;
+mod transport;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -46,6 +47,12 @@ enum Task {
     /// Time until the receiver holds each round, hde send/serve against peer pipelines, through
     /// one shaped link between network namespaces (root; `--rate`, `--rtt`).
     BenchLink(link::Args),
+    /// TCP + TLS 1.3 against QUIC (quinn) through one shaped link, with hde-net's pinned-key
+    /// authentication: connect time and bulk transfer time (root; `--rate`, `--rtt`).
+    BenchTransport(transport::Args),
+    /// One side of `bench-transport` (run by it inside a namespace).
+    #[command(hide = true)]
+    TransportPeer(transport::PeerArgs),
     /// Run every fuzz target for a bounded time (libFuzzer via cargo-fuzz if installed, else
     /// the stable mutation runner); findings go to fuzz/artifacts/ and fail the command.
     Fuzz(fuzz::Args),
@@ -66,6 +73,8 @@ fn main() -> Result<()> {
         Task::BenchPeers(args) => peers::run_bench(&args),
         Task::Fuzz(args) => fuzz::run_fuzz(&args),
         Task::BenchLink(args) => link::run_bench(&args),
+        Task::BenchTransport(args) => transport::run_bench(&args),
+        Task::TransportPeer(args) => transport::peer(&args),
         Task::Bench { args } => {
             let mut cmd = cargo();
             cmd.args(["bench", "-p", "hde-benches", "--"]).args(args);

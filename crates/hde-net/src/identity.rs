@@ -25,8 +25,9 @@ use crate::{Error, Result};
 
 /// The prefix of a public identity line.
 const PUBLIC_PREFIX: &str = "hde-cert-v1 ";
-/// The name every node's certificate carries (not checked: pinning replaces names).
-pub(crate) const NODE_NAME: &str = "hde-node";
+/// The name every node's certificate carries, which a client names when it connects (not
+/// checked: pinning replaces names).
+pub const NODE_NAME: &str = "hde-node";
 
 /// A node's key pair and certificate.
 #[derive(Debug)]
