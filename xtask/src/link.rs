@@ -74,7 +74,9 @@ fn parse_fault(s: &str) -> std::result::Result<(usize, f64), String> {
 fn start_server(link: &Link, hde: &Path, work: &Path, state: &Path) -> Result<Child> {
     let mut server = link
         .exec(1, hde)
-        .args(["serve", "--listen", &format!("{}:{HDE_PORT}", ADDR[1]), "--max-idle", "120"])
+        // Killed at the end of its run; the idle limit only guards against a harness that
+        // died. Peers can keep hde's receiver idle for minutes on a slow link.
+        .args(["serve", "--listen", &format!("{}:{HDE_PORT}", ADDR[1]), "--max-idle", "3600"])
         .arg("--identity")
         .arg(work.join("b"))
         .arg("--peers")
@@ -152,6 +154,18 @@ impl Drop for Link {
     fn drop(&mut self) {
         for ns in &self.ns {
             let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+    }
+}
+
+/// Processes killed when dropped (the relays), also when a run fails half-way.
+struct Children(Vec<Child>);
+
+impl Drop for Children {
+    fn drop(&mut self) {
+        for child in &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
         }
     }
 }
@@ -311,7 +325,7 @@ pub(crate) fn run_bench(args: &Args) -> Result<()> {
     let link = Link::new(&args.rate)?;
     // With --rtt, both kinds of tool reach the receiver through a relay in the sender's
     // namespace that holds each direction for half the round trip.
-    let mut relays = Vec::new();
+    let mut relays = Children(Vec::new());
     let mut target = |port: u16| -> Result<String> {
         let direct = format!("{}:{port}", ADDR[1]);
         if args.rtt == 0 {
@@ -323,7 +337,7 @@ pub(crate) fn run_bench(args: &Args) -> Result<()> {
             .stdout(Stdio::piped())
             .spawn()?;
         let line = first_line(&mut child)?;
-        relays.push(child);
+        relays.0.push(child);
         Ok(line.strip_prefix("relaying on ").context("the relay's address")?.to_owned())
     };
     let (hde_target, peer_target) = (target(HDE_PORT)?, target(PEER_PORT)?);
@@ -333,7 +347,8 @@ pub(crate) fn run_bench(args: &Args) -> Result<()> {
     let mut bytes: BTreeMap<String, BTreeMap<usize, u64>> = BTreeMap::new();
     for run_index in 0..args.runs {
         let state = work.join(format!("run{run_index}"));
-        let mut server = start_server(&link, &hde, &work, &state)?;
+        // In a guard: a failed round must not leave the receiver running.
+        let mut server = Children(vec![start_server(&link, &hde, &work, &state)?]);
         for (r, input) in files.iter().enumerate() {
             let before = link.tx_bytes()?;
             let start = Instant::now();
@@ -355,10 +370,11 @@ pub(crate) fn run_bench(args: &Args) -> Result<()> {
                 }
                 ensure!(send.try_wait()?.is_none(), "round {r} ended before its fault at {at} s");
                 if kill {
-                    server.kill()?; // SIGKILL
-                    server.wait()?;
+                    let old = &mut server.0[0];
+                    old.kill()?; // SIGKILL
+                    old.wait()?;
                     eprintln!("run {run_index} round {r}: receiver killed at {:.2} s", start.elapsed().as_secs_f64());
-                    server = start_server(&link, &hde, &work, &state)?;
+                    server.0[0] = start_server(&link, &hde, &work, &state)?;
                 } else {
                     let filter = format!("( sport = :{HDE_PORT} )");
                     run(link.exec(1, "ss").args(["-K", "-t", "state", "established", &filter]).stdout(Stdio::null()))?;
@@ -382,13 +398,9 @@ pub(crate) fn run_bench(args: &Args) -> Result<()> {
                 bytes.entry(p.name.into()).or_default().insert(r, f.bytes);
             }
         }
-        let _ = server.kill();
-        let _ = server.wait();
+        drop(server);
     }
-    for mut relay in relays {
-        let _ = relay.kill();
-        let _ = relay.wait();
-    }
+    drop(relays);
     drop(link);
 
     // The table, the JSON and the summary line.

@@ -437,9 +437,10 @@ impl<'h> Receiver<'h> {
             let map = unsafe { memmap2::Mmap::map(file) }?;
             Image::shared(std::sync::Arc::new(map))
         };
-        // The file, as mapped, is the baseline (its checksum checked once more on the way in).
+        // The file, as mapped, is the baseline: decoding just verified it against the frame's
+        // checksum (a later process restoring it checks it again).
         let (id, ps) = (header.round.produces(), header.round.page_size as usize);
-        self.hde.receiver().restore(&header.key, id, ps, image.clone())?;
+        self.hde.receiver().install_verified(&header.key, id, ps, image.clone())?;
         self.hde.record_decoded(&header);
         Ok(self.applied(header, image))
     }

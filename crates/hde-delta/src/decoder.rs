@@ -228,6 +228,17 @@ impl PageDeltaDecoder {
         self.install_baseline(key, Some(id), page_size, image.into()).map(|_| ())
     }
 
+    /// Installs `image` as `key`'s baseline `id` without hashing it again: for an image the
+    /// caller has just rebuilt and verified against `id` (a round decoded straight into a
+    /// file, then mapped). Anything read from storage goes through [`restore`](Self::restore).
+    pub fn install_verified(&self, key: &str, id: BaselineId, page_size: usize, image: impl Into<Image>) -> Result<()> {
+        if !page_size.is_power_of_two() || !(512..=65536).contains(&page_size) {
+            return Err(Error::InvalidConfig { what: "page_size must be a power of two from 512 to 65536" });
+        }
+        lock(&self.store).insert(key.to_owned(), Held { id, page_size, data: image.into() });
+        Ok(())
+    }
+
     /// Installs `image` as `key`'s baseline with sequence 0 and its own checksum: the
     /// receiving side of [`PageDeltaEncoder::install`](crate::PageDeltaEncoder::install).
     pub fn install(&self, key: &str, page_size: usize, image: impl Into<Image>) -> Result<BaselineId> {
