@@ -152,7 +152,7 @@ pub(crate) fn run(args: &Args) -> Result<()> {
                 continue;
             }
             let mut reference = Vec::new();
-            round.reference(s, &streams.classes, &mut reference);
+            round.reference(s, &streams.classes, &streams.dups, &mut reference);
             let outcomes = measure_all(&mut set, &arms, &streams.literals, &reference)?;
             let profile = Profile::of(&streams.literals, 4096);
             items.push(Item {

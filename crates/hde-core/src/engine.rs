@@ -258,7 +258,8 @@ impl<D: DeltaEncoder, S: Selector, B: CodecBank> Encoder<D, S, B> {
     ) -> Result<(FrameSummary, D::Round<'a>)> {
         let round = self.delta.encode(key, image, options)?;
         let segments = round.segment_count();
-        let header = FrameHeader { key: key.to_owned(), round: *round.header() };
+        let header =
+            FrameHeader { key: key.to_owned(), round: *round.header(), base_key: round.base_key().map(str::to_owned) };
         let head = frame::encode_header(&header)?;
         out.write_all(&head)?;
         let mut written = head.len() as u64;
@@ -319,7 +320,7 @@ impl<D: DeltaEncoder, S: Selector, B: CodecBank> Encoder<D, S, B> {
         let mut chosen = None;
         if !streams.literals.is_empty() {
             reference.clear();
-            round.reference(s, &streams.classes, reference);
+            round.reference(s, &streams.classes, &streams.dups, reference);
             let (desc, choice) =
                 self.store_chosen(codecs, &streams.literals, reference, round.header().page_size, &mut data)?;
             descs[3] = desc;
@@ -463,7 +464,8 @@ impl<D: DeltaDecoder, B: CodecBank> Decoder<D, B> {
     /// at most `2 x threads` records and the decompressed streams of `threads` segments exist
     /// at a time.
     pub fn decompress_body(&self, header: &FrameHeader, r: &mut impl Read) -> Result<Image> {
-        let prepared = self.delta.prepare(&header.key, &header.round)?;
+        let prepared =
+            self.delta.prepare_from(&header.key, header.base_key.as_deref().unwrap_or(&header.key), &header.round)?;
         let len = usize::try_from(header.round.image_len)
             .map_err(|_| Error::CorruptFrame { reason: "image larger than this machine's address space" })?;
         // Bounded by the limits `read_header` and `prepare` checked; pages stay unmapped until
@@ -510,7 +512,8 @@ impl<D: DeltaDecoder, B: CodecBank> Decoder<D, B> {
     #[cfg(unix)]
     pub fn decompress_body_to_file(&self, header: &FrameHeader, r: &mut impl Read, file: &std::fs::File) -> Result<()> {
         use std::os::unix::fs::FileExt;
-        let prepared = self.delta.prepare(&header.key, &header.round)?;
+        let prepared =
+            self.delta.prepare_from(&header.key, header.base_key.as_deref().unwrap_or(&header.key), &header.round)?;
         let seg_size = u64::from(header.round.segment_size.max(1));
         let buffer = usize::try_from(seg_size.min(header.round.image_len))
             .map_err(|_| Error::CorruptFrame { reason: "segment larger than this machine's address space" })?;
@@ -557,7 +560,7 @@ fn decompress_segment(
         let desc = record.streams[i];
         if desc.with_reference && i == 3 {
             reference.clear();
-            prepared.reference(record.index as usize, &streams.classes, reference)?;
+            prepared.reference(record.index as usize, &streams.classes, &streams.dups, reference)?;
         } else if desc.with_reference {
             return Err(Error::CorruptFrame { reason: "reference flag on a stream that has none" });
         }

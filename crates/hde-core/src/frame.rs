@@ -24,6 +24,8 @@ pub const SEGMENT_FIXED: usize = 60;
 pub const MAX_KEY: usize = 255;
 
 const FLAG_KEYFRAME: u8 = 1;
+/// Header flag: the base key follows the key (a delta against another key's baseline).
+const FLAG_BASE_KEY: u8 = 2;
 const STREAM_FLAG_REFERENCE: u8 = 1;
 
 /// The streams of a segment, in wire order.
@@ -36,6 +38,9 @@ pub struct FrameHeader {
     pub key: String,
     /// Sequence, base, geometry and image checksum.
     pub round: RoundHeader,
+    /// The key whose baseline a delta applies to, where it is not `key`'s own (a VM encoded
+    /// against another VM's image the receiver holds). `None`: `key`'s.
+    pub base_key: Option<String>,
 }
 
 /// How one stream of a segment is stored.
@@ -106,10 +111,21 @@ pub fn encode_header(header: &FrameHeader) -> Result<Vec<u8>> {
     if !r.page_size.is_power_of_two() {
         return Err(Error::CorruptFrame { reason: "page size is not a power of two" });
     }
-    let mut out = Vec::with_capacity(HEADER_FIXED + key.len() + 8);
+    let base_key = header.base_key.as_deref().map(str::as_bytes);
+    if let Some(b) = base_key {
+        if b.len() > MAX_KEY || b.is_empty() || r.is_keyframe() {
+            return Err(Error::LimitExceeded {
+                what: "base key length",
+                claimed: b.len() as u64,
+                limit: MAX_KEY as u64,
+            });
+        }
+    }
+    let mut out = Vec::with_capacity(HEADER_FIXED + key.len() + 9 + base_key.map_or(0, <[u8]>::len));
     out.extend_from_slice(&MAGIC);
     out.push(VERSION);
-    out.push(if r.is_keyframe() { FLAG_KEYFRAME } else { 0 });
+    let flags = if r.is_keyframe() { FLAG_KEYFRAME } else { 0 } | if base_key.is_some() { FLAG_BASE_KEY } else { 0 };
+    out.push(flags);
     out.push(r.page_size.trailing_zeros() as u8);
     out.push(key.len() as u8);
     out.extend_from_slice(&r.segment_size.to_le_bytes());
@@ -122,6 +138,10 @@ pub fn encode_header(header: &FrameHeader) -> Result<Vec<u8>> {
     out.extend_from_slice(&base.checksum.to_le_bytes());
     out.extend_from_slice(&r.checksum.to_le_bytes());
     out.extend_from_slice(key);
+    if let Some(b) = base_key {
+        out.push(b.len() as u8);
+        out.extend_from_slice(b);
+    }
     let sum = xxh3_64(&out);
     out.extend_from_slice(&sum.to_le_bytes());
     Ok(out)
@@ -148,18 +168,30 @@ pub fn read_header(r: &mut impl Read, limits: &FrameLimits) -> Result<FrameHeade
         return Err(Error::NotAFrame { reason: "unsupported format version" });
     }
     let key_len = fixed[7] as usize;
-    let mut rest = vec![0u8; key_len + 8];
-    read_exact(r, &mut rest, "frame header")?;
+    let flags = fixed[5];
+    if flags & !(FLAG_KEYFRAME | FLAG_BASE_KEY) != 0 || flags == FLAG_KEYFRAME | FLAG_BASE_KEY {
+        return Err(Error::CorruptFrame { reason: "unknown header flags" });
+    }
     let mut all = fixed.to_vec();
-    all.extend_from_slice(&rest[..key_len]);
-    let stored = le64(&rest, key_len);
+    let mut key = vec![0u8; key_len];
+    read_exact(r, &mut key, "frame header")?;
+    all.extend_from_slice(&key);
+    let mut base_key = None;
+    if flags & FLAG_BASE_KEY != 0 {
+        let mut len = [0u8; 1];
+        read_exact(r, &mut len, "frame header")?;
+        let mut b = vec![0u8; usize::from(len[0])];
+        read_exact(r, &mut b, "frame header")?;
+        all.push(len[0]);
+        all.extend_from_slice(&b);
+        base_key = Some(b);
+    }
+    let mut sum = [0u8; 8];
+    read_exact(r, &mut sum, "frame header")?;
+    let stored = u64::from_le_bytes(sum);
     let computed = xxh3_64(&all);
     if stored != computed {
         return Err(Error::ChecksumMismatch { what: "header".into(), stored, computed });
-    }
-    let flags = fixed[5];
-    if flags & !FLAG_KEYFRAME != 0 {
-        return Err(Error::CorruptFrame { reason: "unknown header flags" });
     }
     let page_log = u32::from(fixed[6]);
     if !(9..=16).contains(&page_log) {
@@ -178,8 +210,14 @@ pub fn read_header(r: &mut impl Read, limits: &FrameLimits) -> Result<FrameHeade
     if u64::from(segments) != image_len.div_ceil(u64::from(segment_size)) {
         return Err(Error::CorruptFrame { reason: "segment count does not match image size" });
     }
-    let key =
-        String::from_utf8(rest[..key_len].to_vec()).map_err(|_| Error::CorruptFrame { reason: "key is not UTF-8" })?;
+    let key = String::from_utf8(key).map_err(|_| Error::CorruptFrame { reason: "key is not UTF-8" })?;
+    let base_key = base_key
+        .map(String::from_utf8)
+        .transpose()
+        .map_err(|_| Error::CorruptFrame { reason: "base key is not UTF-8" })?;
+    if base_key.as_ref().is_some_and(|b| b.is_empty() || *b == key) {
+        return Err(Error::CorruptFrame { reason: "base key empty or the frame's own key" });
+    }
     let keyframe = flags & FLAG_KEYFRAME != 0;
     let base = (!keyframe).then(|| BaselineId { seq: le64(&fixed, 32), checksum: le64(&fixed, 40) });
     Ok(FrameHeader {
@@ -192,6 +230,7 @@ pub fn read_header(r: &mut impl Read, limits: &FrameLimits) -> Result<FrameHeade
             segment_size,
             checksum: le64(&fixed, 48),
         },
+        base_key,
     })
 }
 

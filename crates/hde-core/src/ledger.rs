@@ -13,10 +13,10 @@
 
 use std::collections::BTreeMap;
 
-use hde_crdt::{MergeStats, NodeId, ORMap};
+use hde_crdt::{MergeStats, NodeId, ORMap, SyncMessage};
 use hde_delta::ClassCounts;
 
-use crate::node::BaselineMeta;
+use crate::index::{BaselineMeta, Holding};
 use crate::sync::{lock, Mutex};
 
 /// The counters of one node.
@@ -42,7 +42,7 @@ pub(crate) struct EncodeRecord<'a> {
 #[derive(Debug, Default)]
 pub(crate) struct Ledger {
     counters: Mutex<Counters>,
-    replica: Mutex<ORMap<String, BaselineMeta>>,
+    replica: Mutex<ORMap<Holding, BaselineMeta>>,
 }
 
 impl Ledger {
@@ -63,13 +63,29 @@ impl Ledger {
         lock(&self.counters).frames_decoded += 1;
     }
 
-    /// Records in the replica that `node` holds `meta` for `key`.
-    pub(crate) fn record(&self, node: u64, key: &str, meta: BaselineMeta, timestamp: u64) {
-        lock(&self.replica).update(NodeId(node), key.to_owned(), meta, timestamp);
+    /// Records `meta` for `holding` in the replica as written by `node`, unless the replica
+    /// holds the same baseline and sketch already. The write's timestamp is `meta.time_ms`.
+    pub(crate) fn record_if_changed(&self, node: u64, holding: Holding, meta: BaselineMeta) {
+        let mut replica = lock(&self.replica);
+        let same = replica.get(&holding).is_some_and(|m| {
+            m.id() == meta.id() && m.sketch == meta.sketch && m.size == meta.size && m.holder == meta.holder
+        });
+        if !same {
+            let timestamp = meta.time_ms;
+            replica.update(NodeId(node), holding, meta, timestamp);
+        }
+    }
+
+    /// Removes `holding` from the replica as `node`.
+    pub(crate) fn remove(&self, node: u64, holding: &Holding) {
+        let mut replica = lock(&self.replica);
+        if replica.get(holding).is_some() {
+            replica.remove(NodeId(node), holding);
+        }
     }
 
     /// Merges a peer's replica.
-    pub(crate) fn merge(&self, remote: &ORMap<String, BaselineMeta>) {
+    pub(crate) fn merge(&self, remote: &ORMap<Holding, BaselineMeta>) {
         lock(&self.replica).merge(remote);
     }
 
@@ -78,9 +94,29 @@ impl Ledger {
         lock(&self.replica).to_bytes()
     }
 
-    /// What the replica says about `key`.
-    pub(crate) fn get(&self, key: &str) -> Option<BaselineMeta> {
-        lock(&self.replica).get(&key.to_owned()).cloned()
+    /// A copy of every entry.
+    pub(crate) fn entries(&self) -> Vec<(Holding, BaselineMeta)> {
+        lock(&self.replica).iter().map(|(h, m)| (h.clone(), m.clone())).collect()
+    }
+
+    /// The first message of an anti-entropy exchange.
+    pub(crate) fn sync_start(&self) -> SyncMessage<Holding, BaselineMeta> {
+        lock(&self.replica).sync_start()
+    }
+
+    /// Handles a peer's anti-entropy message (merging what it carries).
+    pub(crate) fn sync_handle(
+        &self,
+        message: &SyncMessage<Holding, BaselineMeta>,
+    ) -> Option<SyncMessage<Holding, BaselineMeta>> {
+        lock(&self.replica).sync_handle(message)
+    }
+
+    /// A hash of the replica's digest.
+    pub(crate) fn digest(&self) -> u64 {
+        let digest = lock(&self.replica).digest();
+        let bytes: Vec<u8> = digest.groups().iter().flat_map(|g| g.to_le_bytes()).collect();
+        xxhash_rust::xxh3::xxh3_64(&bytes)
     }
 
     /// A consistent copy of the counters, and the replica's merge statistics.
@@ -100,7 +136,20 @@ mod loom_models {
     use super::*;
 
     fn meta(holder: u64, seq: u64) -> BaselineMeta {
-        BaselineMeta { holder, seq, checksum: seq, size: 4096, codec: String::new(), keyframe: seq == 0 }
+        BaselineMeta {
+            holder,
+            seq,
+            checksum: seq,
+            size: 4096,
+            codec: String::new(),
+            keyframe: seq == 0,
+            time_ms: seq * 10,
+            sketch: crate::index::Sketch::default(),
+        }
+    }
+
+    fn vm() -> Holding {
+        Holding { key: "vm".into(), node: 0 }
     }
 
     fn encode(ledger: &Ledger, bytes: u64) {
@@ -145,12 +194,12 @@ mod loom_models {
             // Node 1 records on a while node 2 records on b and merges a's export, concurrently.
             let ta = {
                 let a = a.clone();
-                thread::spawn(move || a.record(1, "vm", meta(1, 1), 10))
+                thread::spawn(move || a.record_if_changed(1, vm(), meta(1, 1)))
             };
             let tb = {
                 let (a, b) = (a.clone(), b.clone());
                 thread::spawn(move || {
-                    b.record(2, "vm", meta(2, 2), 20);
+                    b.record_if_changed(2, vm(), meta(2, 2));
                     let remote = ORMap::from_bytes(&a.export(), &hde_crdt::Limits::default()).unwrap();
                     b.merge(&remote);
                 })
@@ -162,8 +211,8 @@ mod loom_models {
             let from_b = ORMap::from_bytes(&b.export(), &hde_crdt::Limits::default()).unwrap();
             a.merge(&from_b);
             b.merge(&from_a);
-            assert_eq!(a.get("vm"), Some(meta(2, 2)));
-            assert_eq!(b.get("vm"), Some(meta(2, 2)));
+            assert_eq!(a.entries(), vec![(vm(), meta(2, 2))]);
+            assert_eq!(b.entries(), vec![(vm(), meta(2, 2))]);
             assert_eq!(a.export(), b.export());
         });
     }

@@ -23,6 +23,7 @@
 
 pub mod frame;
 pub mod fsio;
+pub mod index;
 pub mod session;
 pub mod state;
 pub mod units;
@@ -39,7 +40,8 @@ mod sync;
 pub use crate::config::HdeConfig;
 pub use crate::engine::{CodecBank, Decoder, Encoder, FrameSummary, Written};
 pub use crate::error::{Error, Result};
-pub use crate::node::{BaselineMeta, Hde, Health, Metrics};
+pub use crate::index::BaselineMeta;
+pub use crate::node::{Hde, Health, Metrics};
 pub use hde_codec as codec;
 pub use hde_corpus as corpus;
 pub use hde_crdt as crdt;

@@ -5,31 +5,14 @@ use std::io::{Read, Write};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use hde_codec::CodecSet;
-use hde_crdt::{Limits, ORMap};
+use hde_crdt::{Limits, ORMap, SyncMessage};
 use hde_delta::{ClassCounts, DeltaEncoder, EncodeOptions, Image, PageDeltaEncoder};
 use hde_selector::{LearningSelector, NetworkMode, Selector};
-use serde::{Deserialize, Serialize};
 
 use crate::frame::FrameHeader;
+use crate::index::{BaselineMeta, Candidate, Holding, Sketch};
 use crate::ledger::{EncodeRecord, Ledger};
 use crate::{CodecBank, Decoder, Encoder, FrameSummary, HdeConfig, Result};
-
-/// What the cluster knows about one key's baseline: who holds which version.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct BaselineMeta {
-    /// The node that recorded it (sender or receiver of the frame).
-    pub holder: u64,
-    /// Sequence of the round that produced it.
-    pub seq: u64,
-    /// Image checksum.
-    pub checksum: u64,
-    /// Image size in bytes.
-    pub size: u64,
-    /// The literal codecs of the frame (`zstd-3+ref`, ...), most used first.
-    pub codec: String,
-    /// Whether that frame was a keyframe.
-    pub keyframe: bool,
-}
 
 /// The node's counters, as `metrics()` reports them.
 #[derive(Debug, Clone, PartialEq, Default)]
@@ -283,9 +266,6 @@ where
 
     /// Records in the replica that this node now holds the baseline `round` produced.
     fn record(&self, key: &str, round: &hde_delta::RoundHeader, codec: String) {
-        if !self.config.enable_crdt {
-            return;
-        }
         let meta = BaselineMeta {
             holder: self.config.node_id,
             seq: round.seq,
@@ -293,8 +273,29 @@ where
             size: round.image_len,
             codec,
             keyframe: round.is_keyframe(),
+            time_ms: now_ms(),
+            sketch: Sketch::default(),
         };
-        self.ledger.record(self.config.node_id, key, meta, now_ms());
+        self.note_held(key, meta);
+    }
+
+    /// Records in the replica that this node holds `meta` of `key` (a baseline found in its
+    /// state directory, or one whose sketch was just computed). Nothing is written when the
+    /// replica says so already (same baseline, same sketch), so a periodic rescan of the
+    /// state costs no replication traffic.
+    pub fn note_held(&self, key: &str, mut meta: BaselineMeta) {
+        if !self.config.enable_crdt {
+            return;
+        }
+        meta.holder = self.config.node_id;
+        let holding = Holding { key: key.to_owned(), node: self.config.node_id };
+        self.ledger.record_if_changed(self.config.node_id, holding, meta);
+    }
+
+    /// Removes this node's holding of `key` from the replica (the baseline was dropped).
+    pub fn forget_held(&self, key: &str) {
+        let holding = Holding { key: key.to_owned(), node: self.config.node_id };
+        self.ledger.remove(self.config.node_id, &holding);
     }
 
     /// Switches the network mode; the next frame uses it.
@@ -314,14 +315,43 @@ where
 
     /// Merges a peer's exported state; a malformed one is an error and changes nothing.
     pub fn merge_remote_crdt(&self, bytes: &[u8]) -> Result<()> {
-        let remote: ORMap<String, BaselineMeta> = ORMap::from_bytes(bytes, &Limits::default())?;
+        let remote: ORMap<Holding, BaselineMeta> = ORMap::from_bytes(bytes, &Limits::default())?;
         self.ledger.merge(&remote);
         Ok(())
     }
 
-    /// What the replica says about `key`'s baseline.
+    /// The newest record of `key`'s baseline, whichever node holds it.
     pub fn baseline_record(&self, key: &str) -> Option<BaselineMeta> {
-        self.ledger.get(key)
+        self.ledger.entries().into_iter().filter(|(h, _)| h.key == key).map(|(_, m)| m).max_by_key(|m| m.seq)
+    }
+
+    /// Every entry of the replica: who holds which baseline of which key.
+    pub fn index_entries(&self) -> Vec<(Holding, BaselineMeta)> {
+        self.ledger.entries()
+    }
+
+    /// What `node` holds that a sender of `key` could encode an image of sketch `sketch`
+    /// against, per this replica: `key`'s own baseline first, then the most similar others.
+    pub fn candidates(&self, node: u64, key: &str, sketch: &Sketch) -> Vec<Candidate> {
+        let entries = self.ledger.entries();
+        crate::index::rank(entries.iter().map(|(h, m)| (h, m)), node, key, sketch)
+    }
+
+    /// The first message of an anti-entropy exchange with a peer (its digest's group hashes).
+    pub fn index_sync_start(&self) -> Vec<u8> {
+        self.ledger.sync_start().to_bytes()
+    }
+
+    /// Handles a peer's anti-entropy message: merges what it carries and returns the answer
+    /// to send, if the exchange goes on. A malformed message is an error and changes nothing.
+    pub fn index_sync_handle(&self, bytes: &[u8]) -> Result<Option<Vec<u8>>> {
+        let message = SyncMessage::<Holding, BaselineMeta>::from_bytes(bytes, &Limits::default())?;
+        Ok(self.ledger.sync_handle(&message).map(|m| m.to_bytes()))
+    }
+
+    /// A hash of the replica's content: equal on two nodes when their replicas agree.
+    pub fn index_digest(&self) -> u64 {
+        self.ledger.digest()
     }
 
     /// The node's counters.

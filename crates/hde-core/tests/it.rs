@@ -21,7 +21,15 @@ fn delta_header() -> FrameHeader {
             segment_size: 16 * 4096,
             checksum: 0xfeed_face_dead_beef,
         },
+        base_key: None,
     }
+}
+
+/// A delta against another key's baseline.
+fn cross_header() -> FrameHeader {
+    let mut h = delta_header();
+    h.base_key = Some("vm-7".into());
+    h
 }
 
 fn keyframe_header() -> FrameHeader {
@@ -60,7 +68,7 @@ fn decode_frame(bytes: &[u8]) -> hde_core::Result<(FrameHeader, SegmentRecord)> 
 
 #[test]
 fn headers_and_segments_round_trip() {
-    for header in [delta_header(), keyframe_header()] {
+    for header in [delta_header(), keyframe_header(), cross_header()] {
         let bytes = encode_frame(&header, &segment());
         let (h, s) = decode_frame(&bytes).unwrap();
         assert_eq!(h, header);
@@ -71,7 +79,24 @@ fn headers_and_segments_round_trip() {
 
 #[test]
 fn every_bit_flip_and_truncation_is_an_error() {
-    let bytes = encode_frame(&delta_header(), &segment());
+    for bytes in [encode_frame(&delta_header(), &segment()), encode_frame(&cross_header(), &segment())] {
+        flips_and_cuts_are_errors(&bytes);
+    }
+    // A keyframe cannot name a base key, nor a frame its own key.
+    let mut kf = keyframe_header();
+    kf.base_key = Some("vm-7".into());
+    assert!(frame::encode_header(&kf).is_err());
+    let mut own = cross_header();
+    own.base_key = Some(own.key.clone());
+    let bytes = frame::encode_header(&own).unwrap();
+    assert!(matches!(
+        frame::read_header(&mut &bytes[..], &FrameLimits::default()),
+        Err(Error::CorruptFrame { reason: "base key empty or the frame's own key" })
+    ));
+}
+
+fn flips_and_cuts_are_errors(bytes: &[u8]) {
+    let bytes = bytes.to_vec();
     for i in 0..bytes.len() {
         for bit in 0..8 {
             let mut bad = bytes.clone();

@@ -84,6 +84,14 @@ pub(crate) struct EncBaseline {
     /// Pages whose bytes in `content` are not the baseline's (a restored image that no longer
     /// verifies there): known by hash only, never used as old content.
     pub(crate) stale: PageSet,
+    /// Resemblance features of its pages, for a baseline that is not the key's own last round
+    /// (installed from a file or taken from another key): its similar pages lie elsewhere.
+    pub(crate) similar: Option<crate::similar::SimIndex>,
+    /// The key this baseline was taken from, where it is another key's ([`fork`]): the next
+    /// round names it, so the receiver takes the same baseline.
+    ///
+    /// [`fork`]: crate::PageDeltaEncoder::fork
+    pub(crate) origin: Option<String>,
 }
 
 /// A set of page numbers (a bitmap, empty until a page is added).
@@ -94,6 +102,10 @@ pub(crate) struct PageSet {
 }
 
 impl PageSet {
+    pub(crate) fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
     pub(crate) fn contains(&self, page: usize) -> bool {
         self.words.get(page / 64).is_some_and(|w| w & (1 << (page % 64)) != 0)
     }
@@ -167,7 +179,11 @@ impl EncBaseline {
             Content::Bounded(cache) => cache.memory(),
         };
         // A hashbrown entry of (u64, u32) with its control byte, at its usual load.
-        content + self.hashes.capacity() as u64 * 16 + self.index.capacity() as u64 * 18 + self.stale.memory()
+        content
+            + self.hashes.capacity() as u64 * 16
+            + self.index.capacity() as u64 * 18
+            + self.stale.memory()
+            + self.similar.as_ref().map_or(0, |s| s.memory() as u64)
     }
 }
 
@@ -209,7 +225,7 @@ mod tests {
     #[test]
     fn page_set_counts_what_it_holds() {
         let mut set = PageSet::default();
-        assert!(!set.contains(5) && set.len() == 0);
+        assert!(!set.contains(5) && set.is_empty());
         set.insert(5);
         set.insert(5);
         set.insert(700);
@@ -220,6 +236,6 @@ mod tests {
         set.remove(10_000);
         assert_eq!(set.len(), 1);
         set.clear();
-        assert!(!set.contains(700) && set.len() == 0);
+        assert!(!set.contains(700) && set.is_empty());
     }
 }

@@ -26,9 +26,10 @@ pub struct PreparedRound {
 pub trait Prepared {
     /// The header that was prepared.
     fn header(&self) -> &RoundHeader;
-    /// Appends the literal reference of segment `segment`, given its decompressed classes
-    /// stream: the baseline content of its `LiteralRef` pages, as the encoder built it.
-    fn reference(&self, segment: usize, classes: &[u8], out: &mut Vec<u8>) -> Result<()>;
+    /// Appends the literal reference of segment `segment`, given its decompressed classes and
+    /// dups streams: the baseline content of its `LiteralRef` pages and of the pages its
+    /// `LiteralSimilar` pages name, as the encoder built it.
+    fn reference(&self, segment: usize, classes: &[u8], dups: &[u8], out: &mut Vec<u8>) -> Result<()>;
 }
 
 impl PreparedRound {
@@ -60,13 +61,25 @@ impl Prepared for PreparedRound {
         &self.header
     }
 
-    fn reference(&self, segment: usize, classes: &[u8], out: &mut Vec<u8>) -> Result<()> {
+    fn reference(&self, segment: usize, classes: &[u8], dups: &[u8], out: &mut Vec<u8>) -> Result<()> {
         let (ps, per_seg, len) = self.geometry();
         let first = segment.checked_mul(per_seg).ok_or(Error::Corrupt { reason: "segment index overflows" })?;
+        let mut at = 0;
         for (i, &code) in classes.iter().enumerate() {
-            if code == PageClass::LiteralRef as u8 {
-                let p = first + i;
-                out.extend_from_slice(old_page(self.base.as_ref(), p, page_len(len, ps, p))?);
+            let p = first + i;
+            let plen = page_len(len, ps, p);
+            match PageClass::from_u8(code) {
+                Some(PageClass::LiteralRef) => out.extend_from_slice(old_page(self.base.as_ref(), p, plen)?),
+                Some(PageClass::DupBaseline | PageClass::DupCurrent) => {
+                    get_varint(dups, &mut at)?;
+                }
+                Some(PageClass::LiteralSimilar) => {
+                    let q = usize::try_from(get_varint(dups, &mut at)?)
+                        .map_err(|_| Error::Corrupt { reason: "page index overflows" })?;
+                    out.extend_from_slice(old_page(self.base.as_ref(), q, plen)?);
+                }
+                // Unknown classes are refused when the segment is applied.
+                _ => {}
             }
         }
         Ok(())
@@ -88,6 +101,17 @@ pub trait DeltaDecoder: Send + Sync {
     /// Checks `header` (limits, sequence, baseline identity) for `key`; the result lends the
     /// references needed to decompress the round's literal streams.
     fn prepare(&self, key: &str, header: &RoundHeader) -> Result<Self::Prepared>;
+
+    /// [`prepare`](Self::prepare) for a delta of `key` against the baseline held for another
+    /// key, `base_key` (a frame that names it). The result, once finished, is `key`'s
+    /// baseline; `base_key`'s is left as it is. A decoder that keeps no baselines of other
+    /// keys says it lacks the baseline.
+    fn prepare_from(&self, key: &str, base_key: &str, header: &RoundHeader) -> Result<Self::Prepared> {
+        match header.base {
+            Some(want) if base_key != key => Err(Error::MissingBaseline { key: base_key.to_owned(), want }),
+            _ => self.prepare(key, header),
+        }
+    }
 
     /// Rebuilds segment `segment` from its decompressed streams into `out`: the segment's
     /// bytes of the new image (`segment_size` bytes, fewer for the last segment).
@@ -357,9 +381,15 @@ fn apply_segment(
                 let how = if class == PageClass::Xor { RunBytes::Xor } else { RunBytes::New };
                 run_decode(&streams.xor, &mut xor_pos, how, dst)?;
             }
-            PageClass::Literal | PageClass::LiteralRef => {
+            PageClass::Literal | PageClass::LiteralRef | PageClass::LiteralSimilar => {
                 if class == PageClass::LiteralRef {
                     old_page(base, p, plen)?;
+                }
+                if class == PageClass::LiteralSimilar {
+                    // Checked by `reference` already; the index is consumed here in order.
+                    let q = usize::try_from(get_varint(&streams.dups, &mut dup_pos)?)
+                        .map_err(|_| Error::Corrupt { reason: "page index overflows" })?;
+                    old_page(base, q, plen)?;
                 }
                 let src = streams
                     .literals
@@ -417,20 +447,24 @@ impl DeltaDecoder for PageDeltaDecoder {
     type Applied = AppliedSegment;
 
     fn prepare(&self, key: &str, header: &RoundHeader) -> Result<PreparedRound> {
+        self.prepare_from(key, key, header)
+    }
+
+    fn prepare_from(&self, key: &str, base_key: &str, header: &RoundHeader) -> Result<PreparedRound> {
         self.check_geometry(header)?;
         let store = lock(&self.store);
-        let held = store.get(key);
-        if let Some(h) = held {
+        if let Some(h) = store.get(key) {
             if header.seq <= h.id.seq {
                 return Err(Error::StaleSequence { key: key.to_owned(), have: h.id.seq, got: header.seq });
             }
         }
+        let held = store.get(base_key);
         let base = match header.base {
             None => None,
             Some(want) => match held {
-                None => return Err(Error::MissingBaseline { key: key.to_owned(), want }),
+                None => return Err(Error::MissingBaseline { key: base_key.to_owned(), want }),
                 Some(h) if h.id != want => {
-                    return Err(Error::BaselineMismatch { key: key.to_owned(), have: h.id, want });
+                    return Err(Error::BaselineMismatch { key: base_key.to_owned(), have: h.id, want });
                 }
                 Some(h) if h.page_size != header.page_size as usize => {
                     return Err(Error::Corrupt { reason: "delta page size differs from its baseline's" });

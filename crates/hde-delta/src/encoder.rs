@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use crate::baseline::{index_key, Content, EncBaseline, PageCache, PageSet};
 use crate::checksum::combine;
-use crate::page::{hash, is_zero, put_varint, run_encode, RunBytes};
+use crate::page::{get_varint, hash, is_zero, put_varint, run_encode, RunBytes};
+use crate::similar::SimIndex;
 use crate::sync::{lock, Arc, AtomicU32, Mutex, Ordering};
 use crate::Image;
 use crate::{
@@ -122,6 +123,8 @@ pub struct EncodedRound<'a> {
     changed: Vec<u32>,
     /// The commit keeps hashes only ([`EncodeOptions::hashes_only`]).
     hashes_only: bool,
+    /// The key whose baseline this delta applies to, where it is another key's.
+    base_key: Option<String>,
 }
 
 const UNBUILT: u32 = u32::MAX;
@@ -142,14 +145,20 @@ impl EncodedRound<'_> {
 pub trait Round: Sync {
     /// The header (sequence, baseline identity, geometry, checksum).
     fn header(&self) -> &RoundHeader;
+    /// The key whose baseline the round applies to, where it is not the round's own key (a
+    /// baseline taken from another key with [`PageDeltaEncoder::fork`]); the frame names it.
+    fn base_key(&self) -> Option<&str> {
+        None
+    }
     /// Number of segments.
     fn segment_count(&self) -> usize;
     /// Builds the streams of segment `segment` into `out` (replacing what it held). Segments
     /// may be built in any order, on any thread, and again with the same result.
     fn build(&self, segment: usize, out: &mut SegmentStreams);
-    /// Appends segment `segment`'s literal reference, given its built classes stream: the old
-    /// content of its `LiteralRef` pages.
-    fn reference(&self, segment: usize, classes: &[u8], out: &mut Vec<u8>);
+    /// Appends segment `segment`'s literal reference, given its built classes and dups
+    /// streams: the old content of its `LiteralRef` pages and of the pages its
+    /// `LiteralSimilar` pages name.
+    fn reference(&self, segment: usize, classes: &[u8], dups: &[u8], out: &mut Vec<u8>);
     /// Page counts per class; XOR and literal pages are told apart once their segment was
     /// built (an unbuilt segment counts them as literal).
     fn counts(&self) -> ClassCounts;
@@ -169,6 +178,10 @@ pub trait Round: Sync {
 impl Round for EncodedRound<'_> {
     fn header(&self) -> &RoundHeader {
         &self.header
+    }
+
+    fn base_key(&self) -> Option<&str> {
+        self.base_key.as_deref()
     }
 
     fn segment_count(&self) -> usize {
@@ -199,18 +212,25 @@ impl Round for EncodedRound<'_> {
                         put_varint(&mut st.dups, u64::from(q));
                         class
                     } else {
-                        match base.and_then(|b| b.old_page(p, page.len())) {
-                            Some(old) if run_encode(page, old, self.xor_limit, RunBytes::New, &mut st.xor) => {
-                                xor_pages += 1;
-                                PageClass::Patch
-                            }
-                            Some(_) => {
-                                st.literals.extend_from_slice(page);
-                                PageClass::LiteralRef
-                            }
-                            None => {
-                                st.literals.extend_from_slice(page);
-                                PageClass::Literal
+                        let old = base.and_then(|b| b.old_page(p, page.len()));
+                        if old.is_some_and(|old| run_encode(page, old, self.xor_limit, RunBytes::New, &mut st.xor)) {
+                            xor_pages += 1;
+                            PageClass::Patch
+                        } else {
+                            st.literals.extend_from_slice(page);
+                            // A baseline that is not this key's last round: the most similar
+                            // page, wherever it is.
+                            match base.filter(|b| b.similar.is_some()) {
+                                Some(b) => match most_similar(b, page, p, old) {
+                                    Some(q) if q as usize == p => PageClass::LiteralRef,
+                                    Some(q) => {
+                                        put_varint(&mut st.dups, u64::from(q));
+                                        PageClass::LiteralSimilar
+                                    }
+                                    None => PageClass::Literal,
+                                },
+                                None if old.is_some() => PageClass::LiteralRef,
+                                None => PageClass::Literal,
                             }
                         }
                     }
@@ -221,17 +241,28 @@ impl Round for EncodedRound<'_> {
         self.seg_xor[segment].store(xor_pages, Ordering::Relaxed);
     }
 
-    fn reference(&self, segment: usize, classes: &[u8], out: &mut Vec<u8>) {
+    fn reference(&self, segment: usize, classes: &[u8], dups: &[u8], out: &mut Vec<u8>) {
         let Some(base) = &self.base else { return };
         let ps = self.header.page_size as usize;
         let first = segment * self.per_seg;
+        let mut at = 0;
         for (i, &code) in classes.iter().enumerate() {
-            if code == PageClass::LiteralRef as u8 {
-                let p = first + i;
-                let len = page_len(self.header.image_len as usize, ps, p);
-                if let Some(old) = base.old_page(p, len) {
-                    out.extend_from_slice(old);
+            let p = first + i;
+            let len = page_len(self.header.image_len as usize, ps, p);
+            let old = match PageClass::from_u8(code) {
+                Some(PageClass::LiteralRef) => base.old_page(p, len),
+                Some(PageClass::DupBaseline | PageClass::DupCurrent) => {
+                    let _ = get_varint(dups, &mut at);
+                    None
                 }
+                Some(PageClass::LiteralSimilar) => get_varint(dups, &mut at)
+                    .ok()
+                    .and_then(|q| usize::try_from(q).ok())
+                    .and_then(|q| base.old_page(q, len)),
+                _ => None,
+            };
+            if let Some(old) = old {
+                out.extend_from_slice(old);
             }
         }
     }
@@ -250,6 +281,44 @@ impl Round for EncodedRound<'_> {
         total
     }
 }
+
+/// The reference of a literal page `page` (page `p` of the image) against a baseline with a
+/// resemblance index (one that is not the key's last round): the page with the most features
+/// in common, then the most words in place; or page `p` itself where that shares as many words
+/// in place. `None`: no reference.
+fn most_similar(base: &EncBaseline, page: &[u8], p: usize, old: Option<&[u8]>) -> Option<u32> {
+    let index = base.similar.as_ref()?;
+    let mut best: Option<(u8, usize, u32)> = None;
+    for (q, votes) in index.candidates(page) {
+        let Some(cand) = base.old_page(q as usize, page.len()) else { continue };
+        let score = (votes, crate::similar::alike(page, cand), q);
+        if best.is_none_or(|b| (score.0, score.1) > (b.0, b.1)) {
+            best = Some(score);
+        }
+    }
+    // The same-index page (the key's own older content, for a `--base` of the same VM) wins
+    // where it shares as many words in place; another VM's page there is usually unrelated
+    // and is referenced only where it shares some.
+    let in_place = old.map_or(0, |old| crate::similar::alike(page, old));
+    match best {
+        Some((_, words, _)) if in_place >= words.max(SAME_INDEX_WORDS) => Some(p as u32),
+        Some((_, _, q)) => Some(q),
+        None => (in_place >= SAME_INDEX_WORDS).then_some(p as u32),
+    }
+}
+
+/// Where an installed baseline comes from.
+enum Origin {
+    /// This key's own saved round: its pages are where they were.
+    Restored,
+    /// A file both sides hold (`--base`): similar pages may lie anywhere.
+    File,
+    /// Another key's baseline: similar pages anywhere, and rounds name that key.
+    Key(String),
+}
+
+/// Words in place a same-index page of a foreign baseline must share to be a reference.
+const SAME_INDEX_WORDS: usize = 32;
 
 /// The boundary of the sending side of the delta layer.
 pub trait DeltaEncoder: Send + Sync {
@@ -376,7 +445,7 @@ impl<C: Clock> PageDeltaEncoder<C> {
         chain: u32,
         since_keyframe: Duration,
     ) -> Result<()> {
-        self.install_baseline(key, Some(id), Image::from(image), chain, since_keyframe).map(|_| ())
+        self.install_baseline(key, Some(id), Image::from(image), chain, since_keyframe, Origin::Restored).map(|_| ())
     }
 
     /// Installs `key`'s baseline `id` from its page hashes (restoring state saved by another
@@ -445,7 +514,8 @@ impl<C: Clock> PageDeltaEncoder<C> {
                 index.entry(index_key(h)).or_insert(p as u32);
             }
         }
-        let baseline = EncBaseline { id, len, page_size: ps, content, hashes, index, stale };
+        let baseline =
+            EncBaseline { id, len, page_size: ps, content, hashes, index, stale, similar: None, origin: None };
         self.put_baseline(key, baseline, chain, since_keyframe);
         Ok(stale_pages)
     }
@@ -466,7 +536,24 @@ impl<C: Clock> PageDeltaEncoder<C> {
     /// A shared image ([`Image::shared`], e.g. a memory-mapped file) is used in place; it is
     /// copied only if a round is committed on top of it.
     pub fn install(&self, key: &str, image: impl Into<Image>) -> Result<BaselineId> {
-        self.install_baseline(key, None, image.into(), 0, Duration::ZERO)
+        self.install_baseline(key, None, image.into(), 0, Duration::ZERO, Origin::File)
+    }
+
+    /// Makes a copy of `from`'s baseline `to`'s (which the receiver does likewise when a frame
+    /// of `to` names `from`'s baseline): the next round of `to` is a delta against another
+    /// key's image, with similar pages found wherever they lie. Returns the baseline's identity,
+    /// or `None` if `from` has none with its content held.
+    pub fn fork(&self, from: &str, to: &str) -> Option<BaselineId> {
+        let base = lock(&self.store).entries.get(from).and_then(|e| e.baseline.clone())?;
+        if !base.stale.is_empty() || from == to {
+            return None;
+        }
+        let image = match &base.content {
+            Content::Full(data) => Image::from(data.clone()),
+            Content::Shared(image) => image.clone(),
+            Content::Bounded(_) => return None,
+        };
+        self.install_baseline(to, Some(base.id), image, 0, Duration::ZERO, Origin::Key(from.to_owned())).ok()
     }
 
     fn install_baseline(
@@ -476,6 +563,7 @@ impl<C: Clock> PageDeltaEncoder<C> {
         image: Image,
         chain: u32,
         since_keyframe: Duration,
+        origin: Origin,
     ) -> Result<BaselineId> {
         let ps = self.config.page_size;
         if image.len() as u64 > self.config.max_image_size {
@@ -501,11 +589,18 @@ impl<C: Clock> PageDeltaEncoder<C> {
             }
         }
         let len = image.len();
+        let similar = (!matches!(origin, Origin::Restored) && matches!(self.config.content, BaselineContent::Full))
+            .then(|| SimIndex::build(&image, ps, self.config.threads));
+        let origin = match origin {
+            Origin::Key(k) => Some(k),
+            Origin::Restored | Origin::File => None,
+        };
         let content = match self.config.content {
             BaselineContent::Full => Content::Shared(image),
             BaselineContent::Bounded { cache_bytes } => Content::Bounded(PageCache::new(cache_bytes)),
         };
-        let baseline = EncBaseline { id, len, page_size: ps, content, hashes, index, stale: PageSet::default() };
+        let baseline =
+            EncBaseline { id, len, page_size: ps, content, hashes, index, stale: PageSet::default(), similar, origin };
         self.put_baseline(key, baseline, chain, since_keyframe);
         Ok(id)
     }
@@ -703,6 +798,7 @@ impl<C: Clock> PageDeltaEncoder<C> {
             }
             seg_counts.push(c);
         }
+        let base_key = base.as_ref().and_then(|b| b.origin.clone());
         let header = RoundHeader {
             seq,
             base: base.as_ref().map(|b| b.id),
@@ -727,6 +823,7 @@ impl<C: Clock> PageDeltaEncoder<C> {
             hashes,
             changed,
             hashes_only: options.hashes_only,
+            base_key,
         })
     }
 
@@ -754,7 +851,17 @@ impl<C: Clock> PageDeltaEncoder<C> {
                     index.entry(index_key(h)).or_insert(p as u32);
                 }
             }
-            return EncBaseline { id: round.header.produces(), len, page_size: ps, content, hashes, index, stale };
+            return EncBaseline {
+                id: round.header.produces(),
+                len,
+                page_size: ps,
+                content,
+                hashes,
+                index,
+                stale,
+                similar: None,
+                origin: None,
+            };
         }
         let fresh_content = || match self.config.content {
             BaselineContent::Full => Content::Full(Vec::new()),
@@ -849,6 +956,8 @@ impl<C: Clock> PageDeltaEncoder<C> {
             hashes: std::mem::take(&mut round.hashes),
             index,
             stale,
+            similar: None,
+            origin: None,
         }
     }
 

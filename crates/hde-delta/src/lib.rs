@@ -54,6 +54,7 @@ mod image;
 mod page;
 mod par;
 mod payload;
+mod similar;
 mod sync;
 
 pub use crate::checksum::checksum;

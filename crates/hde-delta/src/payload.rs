@@ -75,6 +75,9 @@ pub enum PageClass {
     /// The baseline page at the same index with the runs of a record of the xor stream
     /// replaced by that record's new bytes.
     Patch = 7,
+    /// Literal bytes whose reference is the baseline page named in the dups stream (a page
+    /// like it, elsewhere: another VM's image, a moved page).
+    LiteralSimilar = 8,
 }
 
 impl PageClass {
@@ -89,6 +92,7 @@ impl PageClass {
             5 => PageClass::Literal,
             6 => PageClass::LiteralRef,
             7 => PageClass::Patch,
+            8 => PageClass::LiteralSimilar,
             _ => return None,
         })
     }
@@ -117,7 +121,7 @@ impl ClassCounts {
             PageClass::Zero => self.zero += 1,
             PageClass::DupBaseline | PageClass::DupCurrent => self.duplicate += 1,
             PageClass::Xor | PageClass::Patch => self.xor += 1,
-            PageClass::Literal | PageClass::LiteralRef => self.literal += 1,
+            PageClass::Literal | PageClass::LiteralRef | PageClass::LiteralSimilar => self.literal += 1,
         }
     }
 
@@ -141,12 +145,13 @@ impl ClassCounts {
 /// `classes` has one byte per page ([`PageClass`] codes); `dups` one varint page index per
 /// duplicate page; `xor` one self-delimiting record per XOR page; `literals` the bytes of the
 /// literal pages in order. The natural reference of `literals` is the old content of its
-/// [`PageClass::LiteralRef`] pages, which both sides build with `reference`.
+/// [`PageClass::LiteralRef`] pages and the baseline pages its [`PageClass::LiteralSimilar`]
+/// pages name, which both sides build with `reference`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SegmentStreams {
     /// Page class codes, one byte per page.
     pub classes: Vec<u8>,
-    /// Duplicate references, varints.
+    /// Baseline page indices of duplicate and similar pages, varints.
     pub dups: Vec<u8>,
     /// XOR + zero-run records.
     pub xor: Vec<u8>,

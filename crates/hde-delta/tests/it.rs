@@ -19,12 +19,12 @@ fn config(page_size: usize, segment_size: usize, threads: usize) -> DeltaConfig 
 /// Sends `round` to `decoder` as the engine would (streams as they are, references checked
 /// to be identical on both sides) and returns the decoded image.
 fn deliver(decoder: &PageDeltaDecoder, round: &EncodedRound<'_>) -> Result<Vec<u8>, Error> {
-    let prepared = decoder.prepare(round.key(), round.header())?;
+    let prepared = decoder.prepare_from(round.key(), round.base_key().unwrap_or(round.key()), round.header())?;
     let segments = round.segments();
     for (s, streams) in segments.iter().enumerate() {
         let (mut sent, mut rebuilt) = (Vec::new(), Vec::new());
-        round.reference(s, &streams.classes, &mut sent);
-        prepared.reference(s, &streams.classes, &mut rebuilt)?;
+        round.reference(s, &streams.classes, &streams.dups, &mut sent);
+        prepared.reference(s, &streams.classes, &streams.dups, &mut rebuilt)?;
         assert!(sent == rebuilt, "segment {s}: references differ");
     }
     Ok(decoder.apply(round.key(), prepared, &segments)?.to_vec())
@@ -438,6 +438,63 @@ fn restored_baselines_continue_the_chain() {
     let mut wrong = images[0].clone();
     wrong[100] ^= 1;
     assert!(matches!(again.restore("x", info.id, wrong, 0, Duration::ZERO), Err(Error::ChecksumMismatch { .. })));
+}
+
+/// `base` with its pages moved (page i of the result is page `(i * 7919) % n` of `base`),
+/// a few words of every page changed, and every tenth page new.
+fn moved_and_changed(base: &[u8], seed: u64) -> Vec<u8> {
+    let n = base.len() / 4096;
+    let mut out = Vec::with_capacity(base.len());
+    let mut x = seed;
+    for i in 0..n {
+        let q = (i * 7919) % n;
+        let mut page = base[q * 4096..(q + 1) * 4096].to_vec();
+        for _ in 0..4 {
+            x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            page[(x >> 33) as usize % 4096] ^= 0x5a;
+        }
+        if i % 10 == 0 {
+            for b in page.iter_mut() {
+                x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                *b = (x >> 56) as u8;
+            }
+        }
+        out.extend_from_slice(&page);
+    }
+    out
+}
+
+#[test]
+fn a_key_encoded_against_another_keys_baseline_finds_its_moved_pages() {
+    let first = corpus(4 << 20, 1).remove(0);
+    let second = moved_and_changed(&first, 9);
+    let enc = PageDeltaEncoder::new(config(4096, 64 * 4096, 2)).unwrap();
+    let dec = PageDeltaDecoder::new(config(4096, 64 * 4096, 2)).unwrap();
+    step(&enc, &dec, "a", &first);
+    let id = enc.baseline("a").unwrap();
+    assert_eq!(enc.fork("a", "b"), Some(id));
+    assert_eq!(enc.fork("nothing", "b"), None);
+    let round = enc.encode("b", &second, EncodeOptions::default()).unwrap();
+    assert_eq!(round.base_key(), Some("a"));
+    assert_eq!(round.header().base, Some(id));
+    let similar: usize = round
+        .segments()
+        .iter()
+        .map(|s| s.classes.iter().filter(|&&c| c == PageClass::LiteralSimilar as u8).count())
+        .sum();
+    let live = first.chunks(4096).filter(|p| p.iter().any(|&b| b != 0)).count();
+    assert!(similar * 2 > live, "{similar} similar pages of {live} non-zero pages");
+    // A decoder without "a" refuses; one with it rebuilds "b" and keeps "a" as it was.
+    let other = PageDeltaDecoder::new(config(4096, 64 * 4096, 2)).unwrap();
+    assert!(matches!(deliver(&other, &round), Err(Error::MissingBaseline { key, .. }) if key == "a"));
+    assert!(deliver(&dec, &round).unwrap() == second);
+    assert_eq!(dec.baseline("a"), Some(id));
+    assert_eq!(dec.baseline("b"), Some(round.header().produces()));
+    enc.commit(round).unwrap();
+    // The next round of "b" is a delta of "b"'s own.
+    let again = enc.encode("b", &second, EncodeOptions::default()).unwrap();
+    assert_eq!(again.base_key(), None);
+    assert_eq!(again.counts().unchanged as usize, second.len() / 4096);
 }
 
 #[test]

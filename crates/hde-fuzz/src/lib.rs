@@ -27,6 +27,7 @@ use hde_core::delta::{
     BaselineId, DeltaConfig, DeltaDecoder, DeltaEncoder, EncodeOptions, PageDeltaDecoder, PageDeltaEncoder, Round,
     RoundHeader, SegmentStreams,
 };
+use hde_core::index::Holding;
 use hde_core::selector::NetworkMode;
 use hde_core::state::{Saved, Side, StateDir};
 use hde_core::{BaselineMeta, Hde, HdeConfig};
@@ -218,8 +219,8 @@ pub fn net_message(data: &[u8]) -> Outcome {
 pub fn crdt_decode(data: &[u8]) -> Outcome {
     let limits = Limits::default();
     let mut accepted = false;
-    if let Ok(remote) = ORMap::<String, BaselineMeta>::from_bytes(data, &limits) {
-        let again = ORMap::<String, BaselineMeta>::from_bytes(&remote.to_bytes(), &limits).expect("re-encoded state");
+    if let Ok(remote) = ORMap::<Holding, BaselineMeta>::from_bytes(data, &limits) {
+        let again = ORMap::<Holding, BaselineMeta>::from_bytes(&remote.to_bytes(), &limits).expect("re-encoded state");
         assert!(again == remote, "replica round trip");
         let mut local = replica();
         local.merge(&remote);
@@ -228,7 +229,7 @@ pub fn crdt_decode(data: &[u8]) -> Outcome {
         assert!(local == once, "merge is idempotent");
         accepted = true;
     }
-    if let Ok(delta) = Delta::<String, BaselineMeta>::from_bytes(data, &limits) {
+    if let Ok(delta) = Delta::<Holding, BaselineMeta>::from_bytes(data, &limits) {
         let mut local = replica();
         local.merge_delta(&delta);
         let once = local.clone();
@@ -236,7 +237,7 @@ pub fn crdt_decode(data: &[u8]) -> Outcome {
         assert!(local == once, "delta merge is idempotent");
         accepted = true;
     }
-    if let Ok(message) = SyncMessage::<String, BaselineMeta>::from_bytes(data, &limits) {
+    if let Ok(message) = SyncMessage::<Holding, BaselineMeta>::from_bytes(data, &limits) {
         let mut local = replica();
         let _ = local.sync_handle(&message);
         accepted = true;
@@ -249,14 +250,24 @@ pub fn crdt_decode(data: &[u8]) -> Outcome {
 }
 
 fn meta(seq: u64) -> BaselineMeta {
-    BaselineMeta { holder: 1, seq, checksum: seq * 7, size: 1 << 20, codec: "lz4".into(), keyframe: seq == 1 }
+    BaselineMeta {
+        holder: 1,
+        seq,
+        checksum: seq * 7,
+        size: 1 << 20,
+        codec: "lz4".into(),
+        keyframe: seq == 1,
+        time_ms: 100 + seq,
+        sketch: hde_core::index::Sketch::of_hashes(&[u128::from(seq), 3, 9]),
+    }
 }
 
 /// A small replica with a few keys, written by two nodes.
-fn replica() -> ORMap<String, BaselineMeta> {
+fn replica() -> ORMap<Holding, BaselineMeta> {
     let mut m = ORMap::new();
     for (i, node) in [1u64, 2, 1, 2].into_iter().enumerate() {
-        m.update(NodeId(node), format!("vm-{}", i % 3), meta(i as u64 + 1), 100 + i as u64);
+        let holding = Holding { key: format!("vm-{}", i % 3), node };
+        m.update(NodeId(node), holding, meta(i as u64 + 1), 100 + i as u64);
     }
     m
 }
@@ -397,10 +408,10 @@ pub fn seeds(target: &str) -> Vec<(String, Vec<u8>)> {
         "crdt_decode" => {
             let mut a = replica();
             out.push(("valid-replica".to_owned(), a.to_bytes()));
-            let delta = a.update(NodeId(3), "vm-9".to_owned(), meta(9), 999);
+            let delta = a.update(NodeId(3), Holding { key: "vm-9".into(), node: 3 }, meta(9), 999);
             out.push(("valid-delta".to_owned(), delta.to_bytes()));
             let mut b = ORMap::new();
-            b.update(NodeId(2), "vm-0".to_owned(), meta(5), 50);
+            b.update(NodeId(2), Holding { key: "vm-0".into(), node: 2 }, meta(5), 50);
             let start = b.sync_start();
             out.push(("valid-sync-groups".to_owned(), start.to_bytes()));
             if let Some(reply) = a.sync_handle(&start) {
