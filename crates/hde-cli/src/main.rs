@@ -78,6 +78,14 @@ impl EngineArgs {
     }
 }
 
+/// What `hde cluster` does.
+#[derive(Subcommand)]
+enum ClusterAction {
+    /// Print each node's view of the baseline index (who holds which baseline of which key)
+    /// and whether the replicas agree; exits 1 if they differ or a node does not answer.
+    Status(net::ClusterArgs),
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Encode IN (one or more rounds of one key, in order) into a frame stream OUT: the first a
@@ -115,6 +123,11 @@ enum Command {
     Serve(net::ServeArgs),
     /// Send the rounds of one key to an `hde serve`; exits 0 once the last is confirmed.
     Send(net::SendArgs),
+    /// The cluster's replicated baseline index.
+    Cluster {
+        #[command(subcommand)]
+        action: ClusterAction,
+    },
     /// A TCP relay on 127.0.0.1 that delays each direction by --delay-ms (for link tests and
     /// `cargo xtask bench-link`; this kernel has no netem). Prints its address, then relays
     /// until --lifetime seconds have passed.
@@ -299,6 +312,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Serve(args) => net::serve(args),
+        Command::Cluster { action: ClusterAction::Status(args) } => net::cluster_status(args),
         Command::Send(args) => {
             args.engine.check();
             net::send(args)

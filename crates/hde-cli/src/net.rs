@@ -47,6 +47,27 @@ pub(crate) struct ServeArgs {
     /// round is then a keyframe, never a wrong image.
     #[arg(long)]
     fsync: bool,
+    /// Seconds between rescans of --state for the baseline index and index exchanges with a
+    /// peer (peers whose --peers line ends with their serve address).
+    #[arg(long, default_value_t = 2.0)]
+    sync_every: f64,
+    /// Serve Prometheus metrics at http://ADDR/metrics and a health check at /health.
+    #[arg(long)]
+    metrics: Option<SocketAddr>,
+}
+
+/// The flags of `hde cluster status`.
+#[derive(Args)]
+pub(crate) struct ClusterArgs {
+    /// This node's key pair (a directory made by `hde keygen`), accepted by the nodes asked.
+    #[arg(long)]
+    identity: PathBuf,
+    /// The nodes: their key.pub lines, each followed by its serve address.
+    #[arg(long)]
+    peers: PathBuf,
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    json: bool,
 }
 
 /// The flags of `hde send`.
@@ -106,7 +127,7 @@ fn credentials(identity: &std::path::Path, peers: &std::path::Path) -> Result<(I
 
 pub(crate) fn serve(a: ServeArgs) -> Result<ExitCode> {
     let (identity, peers) = credentials(&a.identity, &a.peers)?;
-    let mut config = HdeConfig::new(2);
+    let mut config = HdeConfig::new(identity.node_id());
     if let Some(threads) = a.threads {
         config.threads = threads;
     }
@@ -120,12 +141,17 @@ pub(crate) fn serve(a: ServeArgs) -> Result<ExitCode> {
         max_idle: a.max_idle.map(Duration::from_secs),
         log: true,
         fsync: a.fsync,
+        sync_every: Duration::from_secs_f64(a.sync_every.clamp(0.05, 86_400.0)),
+        metrics: a.metrics,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
     runtime.block_on(async {
         let server = Server::bind(a.listen, options).await?;
         // The bound address on stdout, for scripts and tests that listen on port 0.
         println!("listening on {}", server.local_addr()?);
+        if let Some(addr) = server.metrics_addr()? {
+            println!("metrics on http://{addr}/metrics");
+        }
         server.run().await
     })?;
     Ok(ExitCode::SUCCESS)
@@ -162,7 +188,7 @@ fn progress_bars() -> ProgressHook {
 
 pub(crate) fn send(a: SendArgs) -> Result<ExitCode> {
     let (identity, peers) = credentials(&a.identity, &a.peers)?;
-    let config: HdeConfig = engine_config(&a.engine, 1);
+    let config: HdeConfig = engine_config(&a.engine, identity.node_id());
     let options = SendOptions {
         to: a.to.clone(),
         identity,
@@ -184,6 +210,7 @@ pub(crate) fn send(a: SendArgs) -> Result<ExitCode> {
                 serde_json::json!({
                     "round": r.round,
                     "kind": if r.keyframe { "full" } else { "delta" },
+                    "base_key": r.base,
                     "input_bytes": r.input_bytes,
                     "frame_bytes": r.frame_bytes,
                     "seconds_until_confirmed": r.seconds,
@@ -204,6 +231,10 @@ pub(crate) fn send(a: SendArgs) -> Result<ExitCode> {
             })
         );
     } else {
+        if let Some(base) = reports.iter().find_map(|r| r.base.as_ref()) {
+            // A key new to the receiver, sent against another VM's image it holds.
+            println!("{}: first round encoded against {base:?}, the most similar baseline {} holds", a.key, a.to);
+        }
         println!(
             "{:>5} {:>5} {:>12} {:>11} {:>7} {:>9} {:>12}",
             "round", "kind", "input", "sent", "ratio", "s", "link Mbit/s"
@@ -217,7 +248,11 @@ pub(crate) fn send(a: SendArgs) -> Result<ExitCode> {
             println!(
                 "{:>5} {:>5} {:>12} {:>11} {:>7.4} {:>9.3} {:>12}",
                 r.round,
-                if r.keyframe { "full" } else { "delta" },
+                match (r.keyframe, &r.base) {
+                    (true, _) => "full",
+                    (false, None) => "delta",
+                    (false, Some(_)) => "xdelta",
+                },
                 r.input_bytes,
                 r.frame_bytes,
                 r.frame_bytes as f64 / r.input_bytes.max(1) as f64,
@@ -254,6 +289,8 @@ pub(crate) fn demo_transport(
         max_idle: Some(Duration::from_secs(1)),
         log: false,
         fsync: false,
+        sync_every: Duration::from_secs(3600),
+        metrics: None,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
     let server = runtime.block_on(Server::bind("127.0.0.1:0".parse()?, serve))?;
@@ -312,4 +349,60 @@ pub(crate) fn demo_transport(
     )?;
     writeln!(out, "ratio = bytes sent / bytes of the rounds' images: lower is better (0.05 means 20x fewer bytes)")?;
     Ok(verified)
+}
+
+/// `hde cluster status`: each node's view of the baseline index, and whether they agree.
+pub(crate) fn cluster_status(a: ClusterArgs) -> Result<ExitCode> {
+    let (identity, peers) = credentials(&a.identity, &a.peers)?;
+    if peers.addresses().is_empty() {
+        anyhow::bail!("{} gives no node's address: end each node's line with its serve address", a.peers.display());
+    }
+    let views = hde_net::cluster::status(&identity, &peers)?;
+    let first = views.first().and_then(hde_net::cluster::NodeView::digest);
+    let agree = first.is_some() && views.iter().all(|v| v.digest() == first);
+    if a.json {
+        let nodes: Vec<serde_json::Value> = views
+            .iter()
+            .map(|v| match &v.index {
+                Ok(m) => serde_json::json!({
+                    "node": format!("{:016x}", v.node),
+                    "address": v.addr,
+                    "digest": v.digest().map(|d| format!("{d:016x}")),
+                    "entries": m.iter().map(|(h, meta)| serde_json::json!({
+                        "key": h.key,
+                        "holder": format!("{:016x}", h.node),
+                        "seq": meta.seq,
+                        "checksum": format!("{:016x}", meta.checksum),
+                        "size": meta.size,
+                        "time_ms": meta.time_ms,
+                    })).collect::<Vec<_>>(),
+                }),
+                Err(e) => serde_json::json!({ "node": format!("{:016x}", v.node), "address": v.addr, "error": e }),
+            })
+            .collect();
+        println!("{}", serde_json::json!({ "agree": agree, "nodes": nodes }));
+    } else {
+        for v in &views {
+            match &v.index {
+                Ok(m) => {
+                    println!(
+                        "node {:016x} at {}: {} entries, digest {:016x}",
+                        v.node,
+                        v.addr,
+                        m.len(),
+                        v.digest().unwrap_or(0)
+                    );
+                    for (h, meta) in m.iter() {
+                        println!(
+                            "  {:<24} held by {:016x}: seq {} checksum {:016x} {} bytes",
+                            h.key, h.node, meta.seq, meta.checksum, meta.size
+                        );
+                    }
+                }
+                Err(e) => println!("node {:016x} at {}: {e}", v.node, v.addr),
+            }
+        }
+        println!("replicas {}", if agree { "agree" } else { "differ" });
+    }
+    Ok(if agree { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }

@@ -14,6 +14,17 @@
 use serde::{Deserialize, Serialize};
 use xxhash_rust::xxh3::xxh3_128;
 
+/// A replica of the index.
+pub type Index = hde_crdt::ORMap<Holding, BaselineMeta>;
+
+/// A hash of a replica's content (of its digest's group hashes): equal for replicas that
+/// agree.
+pub fn digest(index: &Index) -> u64 {
+    let digest = index.digest();
+    let bytes: Vec<u8> = digest.groups().iter().flat_map(|g| g.to_le_bytes()).collect();
+    xxhash_rust::xxh3::xxh3_64(&bytes)
+}
+
 /// An index entry's key: a node's holding of a key (VM).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct Holding {

@@ -114,9 +114,7 @@ impl Ledger {
 
     /// A hash of the replica's digest.
     pub(crate) fn digest(&self) -> u64 {
-        let digest = lock(&self.replica).digest();
-        let bytes: Vec<u8> = digest.groups().iter().flat_map(|g| g.to_le_bytes()).collect();
-        xxhash_rust::xxh3::xxh3_64(&bytes)
+        crate::index::digest(&lock(&self.replica))
     }
 
     /// A consistent copy of the counters, and the replica's merge statistics.

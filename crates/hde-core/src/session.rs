@@ -259,6 +259,55 @@ impl<'h, D: DeltaEncoder, S: Selector, B: CodecBank> Sender<'h, D, S, B> {
     }
 }
 
+/// Where a sender's first round of a key starts, given what the receiver holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Base {
+    /// The key's own baseline, which both sides hold.
+    Own(BaselineId),
+    /// Another key's baseline, which both sides hold: the first round is a delta against it.
+    Other {
+        /// That key.
+        key: String,
+        /// Its baseline.
+        id: BaselineId,
+    },
+    /// Nothing in common known: the sender starts from what it has (a keyframe if nothing).
+    None,
+}
+
+/// The fewest pages in common, by the index's estimate, for another key's baseline to be used.
+const MIN_SHARED_PAGES: u64 = 16;
+
+impl Sender<'_> {
+    /// Chooses what the first round of `key` is encoded against, from what the receiver holds
+    /// (`offers`, its index's [`candidates`](crate::Hde::candidates): the key's own baseline
+    /// first, then the most similar others) and what this sender holds, in memory or saved in
+    /// `state` on either side (a VM that returns to a node it left is sent against the round
+    /// that node sent or received last). Another key's baseline is taken
+    /// ([`fork`](hde_delta::PageDeltaEncoder::fork)) only where the index estimates shared
+    /// pages. Nothing here is trusted: the frame names the baseline, and a receiver that no
+    /// longer holds it refuses the round, after which the next one is a keyframe.
+    pub fn adopt(&self, key: &str, offers: &[crate::index::Candidate], state: Option<&StateDir>) -> Base {
+        let holds = |k: &str, id: BaselineId| {
+            self.hde.sender().baseline(k) == Some(id)
+                || state.is_some_and(|dir| dir.restore_sender_from(self.hde, k, id).unwrap_or(false))
+        };
+        if let Some(own) = offers.iter().find(|c| c.key == key) {
+            if holds(key, own.id) {
+                lock(&self.resync).remove(key);
+                return Base::Own(own.id);
+            }
+        }
+        for c in offers.iter().filter(|c| c.key != key && c.shared_pages >= MIN_SHARED_PAGES) {
+            if holds(&c.key, c.id) && self.hde.sender().fork(&c.key, key).is_some() {
+                lock(&self.resync).remove(key);
+                return Base::Other { key: c.key.clone(), id: c.id };
+            }
+        }
+        Base::None
+    }
+}
+
 /// A frame the receiver applied (not yet persisted: see [`Receiver::finish`]).
 #[derive(Debug)]
 pub struct Received {
@@ -343,6 +392,7 @@ impl<'h> Receiver<'h> {
     pub fn prepare(&self, frame: &[u8]) -> Result<(FrameHeader, Option<Error>)> {
         let header = frame::read_header(&mut &frame[..], &self.limits())?;
         let note = self.ensure_key(&header)?;
+        self.ensure_base(&header);
         Ok((header, note))
     }
 
@@ -380,7 +430,19 @@ impl<'h> Receiver<'h> {
     pub fn read_header(&self, r: &mut impl Read) -> Result<FrameHeader> {
         let header = frame::read_header(r, &self.limits())?;
         self.ensure_key(&header)?;
+        self.ensure_base(&header);
         Ok(header)
+    }
+
+    /// Loads the baseline a delta names if it is saved here but not held: another key's (a
+    /// frame with a base key), or this key's as the node last sent it (a VM that comes back).
+    /// What cannot be loaded stays missing, and decoding refuses the frame for it.
+    fn ensure_base(&self, header: &FrameHeader) {
+        let (Some(want), Some(dir)) = (header.round.base, &self.state) else { return };
+        let key = header.base_key.as_deref().unwrap_or(&header.key);
+        if self.hde.receiver().baseline(key) != Some(want) {
+            let _ = dir.restore_receiver_from(self.hde, key, want);
+        }
     }
 
     /// Whether the frame of `header` was applied already (its round is the baseline held):

@@ -251,6 +251,29 @@ impl StateDir {
         Ok(self.load_inner(side, key, max_image, true)?.map(|(saved, _)| saved))
     }
 
+    /// Opens a state file and reads its header, checking magic, version and checksum; returns
+    /// the file (positioned after the header), the header and its length.
+    fn open_head(path: &Path) -> Result<Option<(File, [u8; HEADER], usize)>> {
+        let mut file = match File::open(path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io_at(path)(e)),
+        };
+        let mut head = [0u8; HEADER];
+        file.read_exact(&mut head[..HEADER_V1]).map_err(io_at(path))?;
+        if head[..4] != MAGIC || !(1..=VERSION).contains(&head[4]) {
+            return Err(Error::CorruptFrame { reason: "state file has a wrong magic or version" });
+        }
+        let header = if head[4] == 1 { HEADER_V1 } else { HEADER };
+        file.read_exact(&mut head[HEADER_V1..header]).map_err(io_at(path))?;
+        let stored = u64::from_le_bytes(head[header - 8..header].try_into().unwrap_or_default());
+        let computed = xxh3_64(&head[..header - 8]);
+        if stored != computed {
+            return Err(Error::ChecksumMismatch { what: format!("state file {}", path.display()), stored, computed });
+        }
+        Ok(Some((file, head, header)))
+    }
+
     /// [`load`](Self::load); with `read_linked` false, a linked image is not read but its path
     /// and length returned (the length checked against the file's).
     fn load_inner(
@@ -261,16 +284,7 @@ impl StateDir {
         read_linked: bool,
     ) -> Result<Option<(Saved, Option<LinkedImage>)>> {
         let path = self.path(side, key);
-        let mut file = match File::open(&path) {
-            Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(io_at(&path)(e)),
-        };
-        let mut head = [0u8; HEADER];
-        file.read_exact(&mut head[..HEADER_V1]).map_err(io_at(&path))?;
-        if head[..4] != MAGIC || !(1..=VERSION).contains(&head[4]) {
-            return Err(Error::CorruptFrame { reason: "state file has a wrong magic or version" });
-        }
+        let Some((mut file, head, header)) = Self::open_head(&path)? else { return Ok(None) };
         if head[5] & !(FLAG_LINKED | FLAG_HASHED) != 0
             || head[5] == FLAG_LINKED | FLAG_HASHED
             || head[6] != 0
@@ -280,18 +294,7 @@ impl StateDir {
         }
         let linked = head[5] & FLAG_LINKED != 0;
         let hashed = head[5] & FLAG_HASHED != 0;
-        let header = if head[4] == 1 { HEADER_V1 } else { HEADER };
-        file.read_exact(&mut head[HEADER_V1..header]).map_err(io_at(&path))?;
-        let field = |at: usize| {
-            let mut b = [0u8; 8];
-            b.copy_from_slice(&head[at..at + 8]);
-            u64::from_le_bytes(b)
-        };
-        let stored = field(header - 8);
-        let computed = xxh3_64(&head[..header - 8]);
-        if stored != computed {
-            return Err(Error::ChecksumMismatch { what: format!("state file {}", path.display()), stored, computed });
-        }
+        let field = |at: usize| u64::from_le_bytes(head[at..at + 8].try_into().unwrap_or_default());
         let len = field(32);
         if len > max_image {
             return Err(Error::LimitExceeded { what: "saved image size", claimed: len, limit: max_image });
@@ -597,6 +600,107 @@ impl StateDir {
             return Ok(());
         }
         self.save(Side::Receive, key, &saved, image)
+    }
+}
+
+impl StateDir {
+    /// The identity and length of `key`'s saved baseline on `side`, from its header alone
+    /// (checked); `None` if nothing is saved.
+    pub fn peek(&self, side: Side, key: &str) -> Result<Option<(BaselineId, u64)>> {
+        let Some((_, head, _)) = Self::open_head(&self.path(side, key))? else { return Ok(None) };
+        let field = |at: usize| u64::from_le_bytes(head[at..at + 8].try_into().unwrap_or_default());
+        Ok(Some((BaselineId { seq: field(8), checksum: field(16) }, field(32))))
+    }
+
+    /// Every baseline saved here, on both sides: key, side, identity and length. Files that
+    /// do not read are left out (a later restore names what is wrong with them).
+    pub fn holdings(&self) -> Result<Vec<(String, Side, BaselineId, u64)>> {
+        let mut out = Vec::new();
+        for side in [Side::Send, Side::Receive] {
+            for key in self.keys(side)? {
+                if let Ok(Some((id, len))) = self.peek(side, &key) {
+                    out.push((key, side, id, len));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// The image of `key`'s saved baseline on `side`, mapped where it is a file (a receiver's
+    /// linked image, a sender's source), with its identity. A sender's baseline whose source
+    /// changed is returned as it is now: whoever uses it verifies it against the identity.
+    fn image_of(&self, side: Side, key: &str, max_image: u64) -> Result<Option<(BaselineId, hde_delta::Image)>> {
+        let Some((saved, linked)) = self.load_inner(side, key, max_image, false)? else { return Ok(None) };
+        let image = match (linked, saved.hashed) {
+            (Some((path, len)), _) => match map_file(&path, len) {
+                Some(image) => image,
+                None if len == 0 => hde_delta::Image::from(Vec::new()),
+                None => return Err(Error::CorruptFrame { reason: "linked state image cannot be mapped" }),
+            },
+            (None, Some(h)) => match map_file(&h.source, h.len) {
+                Some(image) => image,
+                None if h.len == 0 => hde_delta::Image::from(Vec::new()),
+                None => return Ok(None),
+            },
+            (None, None) => hde_delta::Image::from(saved.image),
+        };
+        Ok(Some((saved.id, image)))
+    }
+
+    /// The sketch of `key`'s saved baseline on `side` (for the replicated index): from the
+    /// saved page hashes where the sender kept them, else from the image.
+    pub fn sketch(&self, side: Side, key: &str, hde: &Hde) -> Result<Option<crate::index::Sketch>> {
+        let max = hde.config().delta.max_image_size;
+        if side == Side::Send {
+            if let Some(Saved { hashed: Some(h), .. }) = self.load(side, key, max)? {
+                return Ok(Some(crate::index::Sketch::of_hashes(&h.hashes)));
+            }
+        }
+        let ps = hde.config().delta.page_size;
+        Ok(self
+            .image_of(side, key, max)?
+            .map(|(_, image)| crate::index::Sketch::of_image(&image, ps, hde.config().threads)))
+    }
+
+    /// Makes `want` the sender's baseline of `key` if this directory holds it on either side:
+    /// the sender's own saved round, or a round this node received (a VM that comes back to
+    /// the node it left, sent on from where it arrived). Returns whether the sender holds
+    /// `want` now; a saved image that no longer matches `want` is an error.
+    pub fn restore_sender_from(&self, hde: &Hde, key: &str, want: BaselineId) -> Result<bool> {
+        if hde.sender().baseline(key) == Some(want) {
+            return Ok(true);
+        }
+        if self.peek(Side::Send, key)?.is_some_and(|(id, _)| id == want) {
+            self.restore_sender(hde, key)?;
+        } else if self.peek(Side::Receive, key)?.is_some_and(|(id, _)| id == want) {
+            if let Some((id, image)) = self.image_of(Side::Receive, key, hde.config().delta.max_image_size)? {
+                let path = self.path(Side::Receive, key);
+                hde.sender().restore(key, id, image, 0, Duration::ZERO).map_err(saved_mismatch(&path))?;
+            }
+        }
+        Ok(hde.sender().baseline(key) == Some(want))
+    }
+
+    /// Makes `want` the receiver's baseline of `key` if this directory holds it on either
+    /// side: a round received, or the round this node last sent of `key` (whose image is its
+    /// source file, verified page by page against the identity). Returns whether the receiver
+    /// holds `want` now.
+    pub fn restore_receiver_from(&self, hde: &Hde, key: &str, want: BaselineId) -> Result<bool> {
+        if hde.receiver().baseline(key) == Some(want) {
+            return Ok(true);
+        }
+        let ps = hde.config().delta.page_size;
+        for side in [Side::Receive, Side::Send] {
+            if !self.peek(side, key)?.is_some_and(|(id, _)| id == want) {
+                continue;
+            }
+            if let Some((id, image)) = self.image_of(side, key, hde.config().delta.max_image_size)? {
+                let path = self.path(side, key);
+                hde.receiver().restore(key, id, ps, image).map_err(saved_mismatch(&path))?;
+                return Ok(true);
+            }
+        }
+        Ok(false)
     }
 }
 

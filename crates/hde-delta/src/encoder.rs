@@ -441,11 +441,11 @@ impl<C: Clock> PageDeltaEncoder<C> {
         &self,
         key: &str,
         id: BaselineId,
-        image: Vec<u8>,
+        image: impl Into<Image>,
         chain: u32,
         since_keyframe: Duration,
     ) -> Result<()> {
-        self.install_baseline(key, Some(id), Image::from(image), chain, since_keyframe, Origin::Restored).map(|_| ())
+        self.install_baseline(key, Some(id), image.into(), chain, since_keyframe, Origin::Restored).map(|_| ())
     }
 
     /// Installs `key`'s baseline `id` from its page hashes (restoring state saved by another

@@ -441,6 +441,28 @@ pub fn seeds(target: &str) -> Vec<(String, Vec<u8>)> {
                 ),
                 ("bye", Message::Bye),
                 ("error", Message::Error("version".into())),
+                (
+                    "query",
+                    Message::Query {
+                        key: KEY.into(),
+                        sketch: hde_core::index::Sketch::of_image(&images[0], PAGE, 1),
+                    },
+                ),
+                (
+                    "offers",
+                    Message::Offers(vec![hde_net::proto::Offer {
+                        key: "vm-2".into(),
+                        seq: 5,
+                        checksum: 77,
+                        size: 1 << 20,
+                        shared_pages: 12,
+                        resemblance_ppm: 250_000,
+                    }]),
+                ),
+                ("sync", Message::Sync(replica().sync_start().to_bytes())),
+                ("sync-done", Message::SyncDone),
+                ("index-query", Message::IndexQuery),
+                ("index", Message::Index(replica().to_bytes())),
             ] {
                 out.push((format!("valid-{name}"), encode(&m)));
             }

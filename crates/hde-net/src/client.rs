@@ -15,7 +15,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hde_core::delta::EncodeOptions;
-use hde_core::session::{Confirmed, Reply, Sender};
+use hde_core::index::{Candidate, Sketch};
+use hde_core::session::{Base, Confirmed, Reply, Sender};
 use hde_core::state::{SenderImage, StateDir};
 use hde_core::{Hde, HdeConfig};
 use rustls::pki_types::ServerName;
@@ -124,6 +125,9 @@ pub struct RoundReport {
     pub round: u64,
     /// A keyframe (else a delta).
     pub keyframe: bool,
+    /// The other key whose baseline the round was a delta against (a key sent to this
+    /// receiver for the first time, against the most similar baseline it held).
+    pub base: Option<String>,
     /// The image's size.
     pub input_bytes: u64,
     /// Bytes of frames sent for it (a refused delta and its keyframe both count).
@@ -183,6 +187,7 @@ impl Write for ChunkWriter<'_> {
 fn encoder(
     options: &SendOptions,
     images: &[PathBuf],
+    offers: &[Candidate],
     up: &mpsc::Sender<Up>,
     down: &std::sync::mpsc::Receiver<Result<Down>>,
 ) -> Result<Vec<RoundReport>> {
@@ -200,6 +205,7 @@ fn encoder(
         None => 0,
     };
     let sender = Sender::new(&hde);
+    let base = if options.keyframe { Base::None } else { sender.adopt(&options.key, offers, state.as_ref()) };
     let mut reports = Vec::with_capacity(images.len());
     for (i, path) in images.iter().enumerate() {
         let image = hde_core::fsio::read_image(path).map_err(|source| Error::Io { path: path.clone(), source })?;
@@ -257,6 +263,10 @@ fn encoder(
                     reports.push(RoundReport {
                         round: rounds,
                         keyframe: is_keyframe,
+                        base: match (&base, i) {
+                            (Base::Other { key, .. }, 0) if !is_keyframe => Some(key.clone()),
+                            _ => None,
+                        },
                         input_bytes: image.len() as u64,
                         frame_bytes,
                         seconds: start.elapsed().as_secs_f64(),
@@ -287,7 +297,16 @@ fn gone() -> Error {
 }
 
 /// Connects, authenticates and exchanges hellos.
-async fn connect(connector: &TlsConnector, to: &str, node: u64) -> Result<TlsStream<TcpStream>> {
+pub(crate) async fn connect(connector: &TlsConnector, to: &str, node: u64) -> Result<TlsStream<TcpStream>> {
+    connect_hello(connector, to, node).await.map(|(tls, _)| tls)
+}
+
+/// [`connect`], returning the receiver's hello too.
+pub(crate) async fn connect_hello(
+    connector: &TlsConnector,
+    to: &str,
+    node: u64,
+) -> Result<(TlsStream<TcpStream>, Hello)> {
     let tcp = TcpStream::connect(to).await.map_err(Error::Connection)?;
     let _ = tcp.set_nodelay(true);
     let name =
@@ -296,7 +315,7 @@ async fn connect(connector: &TlsConnector, to: &str, node: u64) -> Result<TlsStr
     proto::write(&mut tls, &Message::Hello(Hello::new(node, u64::MAX))).await?;
     tls.flush().await.map_err(Error::Connection)?;
     match proto::read(&mut tls).await {
-        Ok(Some(Message::Hello(h))) if h.magic == proto::MAGIC && h.version == proto::VERSION => Ok(tls),
+        Ok(Some(Message::Hello(h))) if h.magic == proto::MAGIC && h.version == proto::VERSION => Ok((tls, h)),
         Ok(Some(Message::Hello(h))) => Err(Error::Protocol {
             what: format!("the receiver speaks protocol version {}, this sender {}", h.version, proto::VERSION),
         }),
@@ -308,6 +327,20 @@ async fn connect(connector: &TlsConnector, to: &str, node: u64) -> Result<TlsStr
         // alert on the first read.
         Err(Error::Connection(e)) => Err(crate::handshake_error(to, &e)),
         Err(e) => Err(e),
+    }
+}
+
+/// Asks the receiver what it holds that the first round of `key` (of sketch `sketch`) could
+/// be encoded against; nothing if it keeps no index.
+async fn query(tls: &mut TlsStream<TcpStream>, hello: &Hello, key: &str, sketch: Sketch) -> Result<Vec<Candidate>> {
+    if hello.caps & proto::CAP_INDEX == 0 {
+        return Ok(Vec::new());
+    }
+    proto::write(tls, &Message::Query { key: key.to_owned(), sketch }).await?;
+    tls.flush().await.map_err(Error::Connection)?;
+    match proto::read(tls).await? {
+        Some(Message::Offers(offers)) => Ok(offers.iter().map(Candidate::from).collect()),
+        other => Err(Error::Protocol { what: format!("expected offers, got {}", proto::describe(other.as_ref())) }),
     }
 }
 
@@ -342,13 +375,13 @@ fn retryable(e: &Error) -> bool {
 /// The network side: forwards chunks, returns replies, reconnects and resends on a drop.
 async fn network(
     options: &SendOptions,
+    connector: TlsConnector,
+    first: TlsStream<TcpStream>,
     mut up: mpsc::Receiver<Up>,
     down: std::sync::mpsc::Sender<Result<Down>>,
 ) -> Result<()> {
-    let tls = identity::client_config(&options.identity, options.peers.clone())?;
-    let connector = TlsConnector::from(Arc::new(tls));
     let node = options.config.node_id;
-    let mut conn = Some(connect(&connector, &options.to, node).await?);
+    let mut conn = Some(first);
     let mut frame: Vec<u8> = Vec::new();
     // Time spent inside socket writes for the current frame: what the link made us wait.
     let mut busy = Duration::ZERO;
@@ -430,21 +463,37 @@ async fn network(
 
 /// Sends `images` (the rounds of `options.key`, in order); returns once the receiver has
 /// confirmed the last one.
+///
+/// Before the first round the sender asks the receiver's index what it holds (see
+/// [`Sender::adopt`]): a key the receiver held before continues with a delta, and a key it
+/// never held may start as a delta against the most similar baseline both hold.
 pub fn send(options: &SendOptions, images: &[PathBuf]) -> Result<Vec<RoundReport>> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
         .build()
         .map_err(Error::Connection)?;
+    let tls = identity::client_config(&options.identity, options.peers.clone())?;
+    let connector = TlsConnector::from(Arc::new(tls));
+    let node = options.config.node_id;
+    let (mut first, hello) = runtime.block_on(connect_hello(&connector, &options.to, node))?;
+    let offers = match (images.first(), options.keyframe) {
+        (Some(path), false) if hello.caps & proto::CAP_INDEX != 0 => {
+            let image = hde_core::fsio::read_image(path).map_err(|source| Error::Io { path: path.clone(), source })?;
+            let sketch = Sketch::of_image(&image, options.config.delta.page_size, options.config.threads);
+            runtime.block_on(query(&mut first, &hello, &options.key, sketch))?
+        }
+        _ => Vec::new(),
+    };
     let (up_tx, up_rx) = mpsc::channel(CHUNKS_IN_FLIGHT);
     let (down_tx, down_rx) = std::sync::mpsc::channel();
     std::thread::scope(|scope| {
         let encoding = scope.spawn(move || {
-            let result = encoder(options, images, &up_tx, &down_rx);
+            let result = encoder(options, images, &offers, &up_tx, &down_rx);
             let _ = up_tx.blocking_send(Up::Done);
             result
         });
-        let net = runtime.block_on(network(options, up_rx, down_tx));
+        let net = runtime.block_on(network(options, connector, first, up_rx, down_tx));
         let reports = encoding.join().map_err(|_| Error::Protocol { what: "the encoder thread panicked".into() })?;
         // The network's own error (e.g. a refused handshake) explains the encoder's.
         net?;

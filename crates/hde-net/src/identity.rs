@@ -51,10 +51,27 @@ fn io_at(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
     move |source| Error::Io { path: path.to_owned(), source }
 }
 
-/// Parses one public identity line.
+/// Parses one public identity line (what follows the hex, if anything, is ignored).
 pub fn parse_public(line: &str) -> Option<CertificateDer<'static>> {
-    let der = unhex(line.trim().strip_prefix(PUBLIC_PREFIX)?.trim())?;
-    (!der.is_empty()).then(|| CertificateDer::from(der))
+    parse_peer_line(line).map(|(cert, _)| cert)
+}
+
+/// Parses a peers-file line: a public identity, then optionally the address its `hde serve`
+/// listens on (`hde-cert-v1 <hex> [host:port]`).
+fn parse_peer_line(line: &str) -> Option<(CertificateDer<'static>, Option<String>)> {
+    let mut words = line.trim().strip_prefix(PUBLIC_PREFIX)?.split_whitespace();
+    let der = unhex(words.next()?)?;
+    let addr = words.next().map(str::to_owned);
+    if der.is_empty() || words.next().is_some() {
+        return None;
+    }
+    Some((CertificateDer::from(der), addr))
+}
+
+/// The node id of a certificate: the same on every node that pins it, so the replicated
+/// index names a node alike everywhere (the low 64 bits of the xxh3-128 of its DER, never 0).
+pub fn node_id_of(cert: &CertificateDer<'_>) -> u64 {
+    (xxhash_rust::xxh3::xxh3_128(cert.as_ref()) as u64).max(1)
 }
 
 impl Clone for Identity {
@@ -80,6 +97,11 @@ impl Identity {
     /// The certificate.
     pub fn certificate(&self) -> &CertificateDer<'static> {
         &self.cert
+    }
+
+    /// This node's id in the replicated index ([`node_id_of`] its certificate).
+    pub fn node_id(&self) -> u64 {
+        node_id_of(&self.cert)
     }
 
     /// Writes `dir/key` (the private key and certificate, mode 0600) and `dir/key.pub` (the
@@ -123,11 +145,13 @@ impl Identity {
     }
 }
 
-/// The certificates a node accepts, from a peers file: one public line per line; blank lines
-/// and lines starting with `#` are skipped.
+/// The certificates a node accepts, from a peers file: one public line per line, optionally
+/// followed by the address of that peer's `hde serve` (the nodes `hde serve` exchanges the
+/// baseline index with); blank lines and lines starting with `#` are skipped.
 #[derive(Debug, Clone)]
 pub struct Peers {
     certs: Vec<CertificateDer<'static>>,
+    addrs: Vec<(u64, String)>,
 }
 
 impl Peers {
@@ -135,18 +159,23 @@ impl Peers {
     pub fn load(path: &Path) -> Result<Self> {
         let text = fs::read_to_string(path).map_err(io_at(path))?;
         let mut certs = Vec::new();
+        let mut addrs = Vec::new();
         for (n, line) in text.lines().enumerate() {
             let line = line.trim();
             if line.is_empty() || line.starts_with('#') {
                 continue;
             }
-            let cert = parse_public(line).ok_or_else(|| Error::Identity {
+            let (cert, addr) = parse_peer_line(line).ok_or_else(|| Error::Identity {
                 what: format!(
-                    "{}:{}: not a public key line (`hde-cert-v1 ...`, the content of a key.pub)",
+                    "{}:{}: not a public key line (`hde-cert-v1 <hex> [host:port]`, the content of a key.pub and \
+                     optionally the peer's serve address)",
                     path.display(),
                     n + 1
                 ),
             })?;
+            if let Some(addr) = addr {
+                addrs.push((node_id_of(&cert), addr));
+            }
             certs.push(cert);
         }
         if certs.is_empty() {
@@ -154,12 +183,26 @@ impl Peers {
                 what: format!("{} accepts no peer: add the key.pub line of each", path.display()),
             });
         }
-        Ok(Peers { certs })
+        Ok(Peers { certs, addrs })
     }
 
     /// Accepts exactly `certs` (for tests and embedders).
     pub fn from_certs(certs: Vec<CertificateDer<'static>>) -> Self {
-        Peers { certs }
+        Peers { certs, addrs: Vec::new() }
+    }
+
+    /// Adds `addr` as the serve address of the node with certificate `cert` (accepted too).
+    pub fn with_address(mut self, cert: CertificateDer<'static>, addr: String) -> Self {
+        self.addrs.push((node_id_of(&cert), addr));
+        if !self.contains(&cert) {
+            self.certs.push(cert);
+        }
+        self
+    }
+
+    /// The peers whose serve address is known: their node id and address.
+    pub fn addresses(&self) -> &[(u64, String)] {
+        &self.addrs
     }
 
     fn contains(&self, cert: &CertificateDer<'_>) -> bool {

@@ -18,7 +18,9 @@
 //! needs; see `docs/ARCHITECTURE.md` for what was measured and what was not.
 
 pub mod client;
+pub mod cluster;
 pub mod identity;
+pub mod metrics;
 pub mod proto;
 pub mod relay;
 pub mod server;

@@ -7,13 +7,16 @@
 //!
 //! A connection: each side sends [`Hello`] (the client first) and checks the other's
 //! protocol version; then the client sends frames as chunks closed by `FrameEnd`, and the
-//! server answers each frame with one `Reply`; `Bye` ends it. [`decode`] is a fuzz target:
-//! no input makes it panic.
+//! server answers each frame with one `Reply`; `Bye` ends it. Between frames the client may
+//! ask what baselines the server holds for a key (`Query`, answered by `Offers`), and a node
+//! may run an anti-entropy exchange of the baseline index (`Sync` messages, each answered by
+//! a `Sync` or by `SyncDone`). [`decode`] is a fuzz target: no input makes it panic.
 
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 
 use hde_core::delta::BaselineId;
+use hde_core::index::{Candidate, Sketch};
 use hde_core::session::{Refusal, Reply};
 
 use crate::{Error, Result};
@@ -26,6 +29,9 @@ pub const MAGIC: [u8; 4] = *b"HDEN";
 pub const MAX_CONTROL: u32 = 64 << 10;
 /// The largest chunk of frame bytes.
 pub const MAX_CHUNK: u32 = 4 << 20;
+/// The largest index anti-entropy message (the entries of the leaves that differ, and the
+/// writer's whole causal context: about 300 bytes an entry).
+pub const MAX_SYNC: u32 = 32 << 20;
 
 const HELLO: u8 = 1;
 const CHUNK: u8 = 2;
@@ -33,6 +39,12 @@ const FRAME_END: u8 = 3;
 const REPLY: u8 = 4;
 const BYE: u8 = 5;
 const ERROR: u8 = 6;
+const QUERY: u8 = 7;
+const OFFERS: u8 = 8;
+const SYNC: u8 = 9;
+const SYNC_DONE: u8 = 10;
+const INDEX_QUERY: u8 = 11;
+const INDEX: u8 = 12;
 
 /// The first message of each side.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -43,16 +55,20 @@ pub struct Hello {
     pub version: u16,
     /// The node's id (for metrics and the replicated index).
     pub node: u64,
-    /// Capability bits (none defined in version 1).
+    /// Capability bits: [`CAP_INDEX`].
     pub caps: u32,
     /// The largest frame the node accepts (a server) or may send (a client), in bytes.
     pub max_frame: u64,
 }
 
+/// Capability: the node answers `Query`, `Sync` and `IndexQuery` (it keeps the replicated
+/// baseline index). A client asks only a server whose hello has it.
+pub const CAP_INDEX: u32 = 1;
+
 impl Hello {
     /// This build's hello.
     pub fn new(node: u64, max_frame: u64) -> Self {
-        Hello { magic: MAGIC, version: VERSION, node, caps: 0, max_frame }
+        Hello { magic: MAGIC, version: VERSION, node, caps: CAP_INDEX, max_frame }
     }
 }
 
@@ -103,6 +119,54 @@ impl From<WireReply> for Reply {
     }
 }
 
+/// A baseline a node offers to a sender of a key (an index [`Candidate`] on the wire).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Offer {
+    /// The key it belongs to.
+    pub key: String,
+    /// Its sequence.
+    pub seq: u64,
+    /// Its image checksum.
+    pub checksum: u64,
+    /// Its size in bytes.
+    pub size: u64,
+    /// Estimated pages in common with the sender's image.
+    pub shared_pages: u64,
+    /// Estimated resemblance, in millionths.
+    pub resemblance_ppm: u32,
+}
+
+impl From<&Candidate> for Offer {
+    fn from(c: &Candidate) -> Self {
+        Offer {
+            key: c.key.clone(),
+            seq: c.id.seq,
+            checksum: c.id.checksum,
+            size: c.size,
+            shared_pages: c.shared_pages,
+            resemblance_ppm: (c.resemblance.clamp(0.0, 1.0) * 1e6) as u32,
+        }
+    }
+}
+
+impl From<&Offer> for Candidate {
+    fn from(o: &Offer) -> Self {
+        Candidate {
+            key: o.key.clone(),
+            id: BaselineId { seq: o.seq, checksum: o.checksum },
+            size: o.size,
+            resemblance: f64::from(o.resemblance_ppm.min(1_000_000)) / 1e6,
+            shared_pages: o.shared_pages,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct WireQuery {
+    key: String,
+    sketch: Sketch,
+}
+
 /// One message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Message {
@@ -118,6 +182,24 @@ pub enum Message {
     Bye,
     /// The peer gives up on the connection, and says why.
     Error(String),
+    /// What baselines do you hold that a sender of `key`, with an image of `sketch`, could
+    /// encode against?
+    Query {
+        /// The key to be sent.
+        key: String,
+        /// The sketch of its first image.
+        sketch: Sketch,
+    },
+    /// The answer to a `Query`: the key's own baseline first, then the most similar others.
+    Offers(Vec<Offer>),
+    /// A message of the index anti-entropy exchange (`hde_crdt`'s sync, encoded).
+    Sync(Vec<u8>),
+    /// The anti-entropy exchange is over.
+    SyncDone,
+    /// Send me your whole replica of the index (`hde cluster status`).
+    IndexQuery,
+    /// A node's whole replica of the index (`ORMap` bytes).
+    Index(Vec<u8>),
 }
 
 fn control<T: Serialize>(value: &T) -> Vec<u8> {
@@ -135,6 +217,12 @@ pub fn describe(m: Option<&Message>) -> &'static str {
         Some(Message::Reply(_)) => "reply",
         Some(Message::Bye) => "bye",
         Some(Message::Error(_)) => "error",
+        Some(Message::Query { .. }) => "query",
+        Some(Message::Offers(_)) => "offers",
+        Some(Message::Sync(_)) => "index sync",
+        Some(Message::SyncDone) => "index sync end",
+        Some(Message::IndexQuery) => "index query",
+        Some(Message::Index(_)) => "index",
     }
 }
 
@@ -147,6 +235,12 @@ pub fn encode(message: &Message) -> Vec<u8> {
         Message::Reply(r) => (REPLY, control(&WireReply::from(r))),
         Message::Bye => (BYE, Vec::new()),
         Message::Error(text) => (ERROR, control(text)),
+        Message::Query { key, sketch } => (QUERY, control(&WireQuery { key: key.clone(), sketch: sketch.clone() })),
+        Message::Offers(offers) => (OFFERS, control(offers)),
+        Message::Sync(bytes) => (SYNC, bytes.clone()),
+        Message::SyncDone => (SYNC_DONE, Vec::new()),
+        Message::IndexQuery => (INDEX_QUERY, Vec::new()),
+        Message::Index(bytes) => (INDEX, bytes.clone()),
     };
     let mut out = Vec::with_capacity(5 + payload.len());
     out.push(kind);
@@ -158,9 +252,10 @@ pub fn encode(message: &Message) -> Vec<u8> {
 /// The largest payload a message of `kind` may have, or an error for an unknown kind.
 fn limit(kind: u8) -> Result<u32> {
     match kind {
-        HELLO | REPLY | ERROR => Ok(MAX_CONTROL),
+        HELLO | REPLY | ERROR | QUERY | OFFERS => Ok(MAX_CONTROL),
         CHUNK => Ok(MAX_CHUNK),
-        FRAME_END | BYE => Ok(0),
+        SYNC | INDEX => Ok(MAX_SYNC),
+        FRAME_END | BYE | SYNC_DONE | INDEX_QUERY => Ok(0),
         _ => Err(Error::Protocol { what: format!("unknown message type {kind}") }),
     }
 }
@@ -178,6 +273,24 @@ pub fn decode(kind: u8, payload: &[u8]) -> Result<Message> {
         FRAME_END => Message::FrameEnd,
         REPLY => Message::Reply(rmp_serde::from_slice::<WireReply>(payload).map_err(bad)?.into()),
         BYE => Message::Bye,
+        QUERY => {
+            let q: WireQuery = rmp_serde::from_slice(payload).map_err(bad)?;
+            if !q.sketch.is_valid() {
+                return Err(Error::Protocol { what: "malformed sketch in a query".into() });
+            }
+            Message::Query { key: q.key, sketch: q.sketch }
+        }
+        OFFERS => {
+            let offers: Vec<Offer> = rmp_serde::from_slice(payload).map_err(bad)?;
+            if offers.len() > hde_core::index::MAX_CANDIDATES {
+                return Err(Error::Protocol { what: format!("{} offers, more than asked for", offers.len()) });
+            }
+            Message::Offers(offers)
+        }
+        SYNC => Message::Sync(payload.to_vec()),
+        SYNC_DONE => Message::SyncDone,
+        INDEX_QUERY => Message::IndexQuery,
+        INDEX => Message::Index(payload.to_vec()),
         _ => Message::Error(rmp_serde::from_slice(payload).map_err(bad)?),
     })
 }
@@ -250,6 +363,19 @@ mod tests {
             }),
             Message::Bye,
             Message::Error("bad".into()),
+            Message::Query { key: "vm".into(), sketch: Sketch::of_hashes(&[5, 9, 1]) },
+            Message::Offers(vec![Offer {
+                key: "other".into(),
+                seq: 4,
+                checksum: 5,
+                size: 6,
+                shared_pages: 7,
+                resemblance_ppm: 8,
+            }]),
+            Message::Sync(vec![1, 2]),
+            Message::SyncDone,
+            Message::IndexQuery,
+            Message::Index(vec![3]),
         ]
     }
 
@@ -275,7 +401,7 @@ mod tests {
         fn no_bytes_make_decode_panic(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
             let _ = decode_bytes(&bytes);
             if let Some((&kind, rest)) = bytes.split_first() {
-                let _ = decode(kind % 8, rest);
+                let _ = decode(kind % 14, rest);
             }
         }
     }

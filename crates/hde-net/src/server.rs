@@ -19,11 +19,13 @@ use hde_core::fsio::{AtomicFile, Existing};
 use hde_core::session::{Receiver, Refusal, Reply};
 use hde_core::state::StateDir;
 use hde_core::{Hde, HdeConfig};
+
 use tokio::io::AsyncWriteExt as _;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot};
-use tokio_rustls::TlsAcceptor;
+use tokio_rustls::{TlsAcceptor, TlsConnector};
 
+use crate::cluster::{self, PeerChoice, ServeStats, SketchCache};
 use crate::identity::{self, Identity, Peers};
 use crate::proto::{self, Hello, Message};
 use crate::{Error, Result};
@@ -51,11 +53,17 @@ pub struct ServeOptions {
     /// Without it a power cut can lose the latest image; its baseline then fails its checksum
     /// and the sender's next round is a keyframe, never a wrong image.
     pub fsync: bool,
+    /// How often the node rescans its state for the index and runs an anti-entropy exchange
+    /// with one peer (those with an address in `peers`).
+    pub sync_every: Duration,
+    /// Where to serve Prometheus metrics (`/metrics`) and a health check (`/health`).
+    pub metrics: Option<SocketAddr>,
 }
 
 /// A bound server, ready to [`run`](Server::run).
 pub struct Server {
     listener: TcpListener,
+    metrics: Option<TcpListener>,
     acceptor: TlsAcceptor,
     options: ServeOptions,
 }
@@ -125,6 +133,17 @@ pub fn image_name(key: &str) -> String {
 /// Applies one frame as it arrives: decode and verify (into `out/<key>.raw` if asked), save
 /// the state, confirm. One key's frames are applied one at a time (`locks`).
 fn apply(receiver: &Receiver<'_>, how: &Applying, locks: &KeyLocks, chunks: mpsc::Receiver<Vec<u8>>) -> Reply {
+    let reply = apply_frame(receiver, how, locks, chunks);
+    match &reply {
+        Reply::Applied { .. } => {
+            how.stats.rounds.fetch_add(1, Ordering::Relaxed);
+        }
+        Reply::Refused { reason, .. } => how.stats.refused(reason.name()),
+    }
+    reply
+}
+
+fn apply_frame(receiver: &Receiver<'_>, how: &Applying, locks: &KeyLocks, chunks: mpsc::Receiver<Vec<u8>>) -> Reply {
     let mut r = ChunkReader { chunks, chunk: Vec::new(), at: 0, read: 0 };
     let header = match receiver.read_header(&mut r) {
         Ok(header) => header,
@@ -194,12 +213,12 @@ struct Applying {
     out: Option<PathBuf>,
     log: bool,
     fsync: bool,
+    stats: Arc<ServeStats>,
 }
 
 /// The worker: owns the node and the session; each frame is applied on a thread of its own
 /// as its chunks arrive.
-fn worker(config: HdeConfig, state: PathBuf, how: Applying, mut jobs: mpsc::Receiver<Job>) -> Result<()> {
-    let hde = Hde::new(config)?;
+fn worker(hde: Arc<Hde>, state: PathBuf, how: Applying, mut jobs: mpsc::Receiver<Job>) -> Result<()> {
     let receiver = Receiver::with_state(&hde, StateDir::open(&state)?);
     let locks = KeyLocks::default();
     std::thread::scope(|scope| {
@@ -219,7 +238,11 @@ impl Server {
     pub async fn bind(listen: SocketAddr, options: ServeOptions) -> Result<Self> {
         let tls = identity::server_config(&options.identity, options.peers.clone())?;
         let listener = TcpListener::bind(listen).await.map_err(Error::Connection)?;
-        Ok(Server { listener, acceptor: TlsAcceptor::from(Arc::new(tls)), options })
+        let metrics = match options.metrics {
+            Some(addr) => Some(TcpListener::bind(addr).await.map_err(Error::Connection)?),
+            None => None,
+        };
+        Ok(Server { listener, metrics, acceptor: TlsAcceptor::from(Arc::new(tls)), options })
     }
 
     /// The address actually bound (port 0 picks one).
@@ -227,15 +250,42 @@ impl Server {
         self.listener.local_addr().map_err(Error::Connection)
     }
 
+    /// The address the metrics endpoint is bound to, if any.
+    pub fn metrics_addr(&self) -> Result<Option<SocketAddr>> {
+        self.metrics.as_ref().map(|l| l.local_addr().map_err(Error::Connection)).transpose()
+    }
+
     /// Serves until `max_idle` passes with no connection open (forever without it).
     pub async fn run(self) -> Result<()> {
-        let Server { listener, acceptor, options } = self;
+        let Server { listener, metrics, acceptor, options } = self;
         let (jobs, queue) = mpsc::channel::<Job>(4);
-        let (config, state, out) = (options.config.clone(), options.state.clone(), options.out.clone());
-        let node = config.node_id;
+        let hde = Arc::new(Hde::new(options.config.clone())?);
+        let stats = Arc::new(ServeStats::default());
+        let node = hde.config().node_id;
         let log = options.log;
-        let how = Applying { out, log, fsync: options.fsync };
-        let worker = std::thread::spawn(move || worker(config, state, how, queue));
+        let how = Applying { out: options.out.clone(), log, fsync: options.fsync, stats: stats.clone() };
+        let (h, state) = (hde.clone(), options.state.clone());
+        let worker = std::thread::spawn(move || worker(h, state, how, queue));
+        // The index: this node's holdings first, then a rescan and an exchange every period.
+        let cache = Arc::new(std::sync::Mutex::new(SketchCache::new()));
+        let connector =
+            TlsConnector::from(Arc::new(identity::client_config(&options.identity, options.peers.clone())?));
+        let mut background = Vec::new();
+        {
+            let (hde, state, cache, stats) = (hde.clone(), options.state.clone(), cache.clone(), stats.clone());
+            let peers = options.peers.addresses().to_vec();
+            let every = options.sync_every.max(Duration::from_millis(50));
+            background.push(tokio::spawn(async move {
+                let mut choice = PeerChoice::new(hde.config().node_id);
+                loop {
+                    cluster::period(&hde, &state, &cache, &peers, &connector, &mut choice, &stats).await;
+                    tokio::time::sleep(every).await;
+                }
+            }));
+        }
+        if let Some(listener) = metrics {
+            background.push(tokio::spawn(crate::metrics::serve(listener, hde.clone(), stats.clone())));
+        }
         let open = Arc::new(AtomicUsize::new(0));
         let mut idle_since = std::time::Instant::now();
         loop {
@@ -243,7 +293,8 @@ impl Server {
                 Some(idle) => match tokio::time::timeout(Duration::from_millis(100), listener.accept()).await {
                     Ok(a) => a,
                     Err(_) => {
-                        // Idle means no connection open for `idle`, not just no new one.
+                        // Idle means no sender connected for `idle` (index exchanges between
+                        // nodes do not count), not just no new connection.
                         if open.load(Ordering::SeqCst) > 0 {
                             idle_since = std::time::Instant::now();
                         } else if idle_since.elapsed() >= idle {
@@ -254,7 +305,6 @@ impl Server {
                 },
                 None => listener.accept().await,
             };
-            idle_since = std::time::Instant::now();
             let (stream, peer) = match accepted {
                 Ok(a) => a,
                 Err(e) => {
@@ -262,19 +312,21 @@ impl Server {
                     continue;
                 }
             };
-            let (acceptor, jobs, open) = (acceptor.clone(), jobs.clone(), open.clone());
-            let max_frame = options.max_frame;
-            open.fetch_add(1, Ordering::SeqCst);
+            let (acceptor, jobs) = (acceptor.clone(), jobs.clone());
+            let side =
+                Side { hde: hde.clone(), stats: stats.clone(), open: open.clone(), node, max_frame: options.max_frame };
             tokio::spawn(async move {
-                let result = connection(stream, peer, acceptor, jobs, node, max_frame).await;
+                let result = connection(stream, peer, acceptor, jobs, side).await;
                 if let (Err(e), true) = (result, log) {
                     match e {
                         Error::Handshake { .. } => eprintln!("hde serve: refused: {e}"),
                         e => eprintln!("hde serve: {peer}: {e}"),
                     }
                 }
-                open.fetch_sub(1, Ordering::SeqCst);
             });
+        }
+        for task in background {
+            task.abort();
         }
         drop(jobs);
         // The worker ends when the last connection's sender half is gone.
@@ -285,15 +337,46 @@ impl Server {
     }
 }
 
-/// One connection: handshake, hello, then frames until `Bye`.
+/// What a connection shares with the server.
+struct Side {
+    hde: Arc<Hde>,
+    stats: Arc<ServeStats>,
+    /// Connections that carry rounds (counted for `max_idle`).
+    open: Arc<AtomicUsize>,
+    node: u64,
+    max_frame: u64,
+}
+
+/// Counts a connection as a sender's from its first round-related message until it ends.
+struct Busy(Option<Arc<AtomicUsize>>);
+
+impl Busy {
+    fn mark(&mut self, open: &Arc<AtomicUsize>) {
+        if self.0.is_none() {
+            open.fetch_add(1, Ordering::SeqCst);
+            self.0 = Some(open.clone());
+        }
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        if let Some(open) = &self.0 {
+            open.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+}
+
+/// One connection: handshake, hello, then frames, queries and index exchanges until `Bye`.
 async fn connection(
     stream: TcpStream,
     peer: SocketAddr,
     acceptor: TlsAcceptor,
     jobs: mpsc::Sender<Job>,
-    node: u64,
-    max_frame: u64,
+    side: Side,
 ) -> Result<()> {
+    let Side { hde, stats, open, node, max_frame } = side;
+    let mut busy = Busy(None);
     let _ = stream.set_nodelay(true);
     let mut tls = acceptor.accept(stream).await.map_err(|e| crate::handshake_error(peer, &e))?;
     match proto::read(&mut tls).await? {
@@ -315,12 +398,35 @@ async fn connection(
     // the limit: the decoder then sees it end early), its answer, and the bytes so far.
     let mut inflight: Option<(Option<ChunkSender>, oneshot::Receiver<Reply>)> = None;
     let mut received: u64 = 0;
+    let mut first_chunk = None;
     let mut over = false;
     let stopped = || Error::Protocol { what: "the receiver's worker stopped".into() };
     loop {
         match proto::read(&mut tls).await? {
             None | Some(Message::Bye) => return Ok(()),
+            Some(Message::Query { key, sketch }) => {
+                busy.mark(&open);
+                stats.queries.fetch_add(1, Ordering::Relaxed);
+                let offers = cluster::offers(&hde, &key, &sketch);
+                proto::write(&mut tls, &Message::Offers(offers)).await?;
+                tls.flush().await.map_err(Error::Connection)?;
+            }
+            Some(Message::Sync(bytes)) => {
+                let answer = cluster::answer_sync(&hde, &bytes, &stats);
+                let bad = matches!(answer, Message::Error(_));
+                proto::write(&mut tls, &answer).await?;
+                tls.flush().await.map_err(Error::Connection)?;
+                if bad {
+                    return Err(Error::Protocol { what: "a malformed index message".into() });
+                }
+            }
+            Some(Message::IndexQuery) => {
+                proto::write(&mut tls, &Message::Index(hde.export_crdt_state())).await?;
+                tls.flush().await.map_err(Error::Connection)?;
+            }
             Some(Message::Chunk(bytes)) => {
+                busy.mark(&open);
+                first_chunk.get_or_insert_with(std::time::Instant::now);
                 received += bytes.len() as u64;
                 if over || received > max_frame {
                     // Refused at FrameEnd; the decoder sees the frame end early, the rest is
@@ -367,6 +473,13 @@ async fn connection(
                         answer.await.map_err(|_| stopped())?
                     }
                 };
+                if let Some(t) = first_chunk.take() {
+                    stats.frame_bytes.fetch_add(received, Ordering::Relaxed);
+                    if received >= 8 << 20 {
+                        let rate = received as f64 / t.elapsed().as_secs_f64().max(1e-6);
+                        stats.link_rate_bits.store(rate.to_bits(), Ordering::Relaxed);
+                    }
+                }
                 received = 0;
                 over = false;
                 proto::write(&mut tls, &Message::Reply(reply)).await?;

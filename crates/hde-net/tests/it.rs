@@ -62,6 +62,8 @@ fn start_server(
         max_idle: Some(Duration::from_secs(3)),
         log: true,
         fsync: true,
+        sync_every: Duration::from_secs(3600),
+        metrics: None,
     };
     let (tx, rx) = std::sync::mpsc::channel();
     let handle = std::thread::spawn(move || {
