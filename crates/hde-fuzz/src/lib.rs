@@ -443,10 +443,7 @@ pub fn seeds(target: &str) -> Vec<(String, Vec<u8>)> {
                 ("error", Message::Error("version".into())),
                 (
                     "query",
-                    Message::Query {
-                        key: KEY.into(),
-                        sketch: hde_core::index::Sketch::of_image(&images[0], PAGE, 1),
-                    },
+                    Message::Query { key: KEY.into(), sketch: hde_core::index::Sketch::of_image(&images[0], PAGE, 1) },
                 ),
                 (
                     "offers",

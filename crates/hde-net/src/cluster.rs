@@ -110,6 +110,22 @@ pub fn rescan(hde: &Hde, dir: &StateDir, cache: &mut SketchCache) -> Result<usiz
     Ok(best.len())
 }
 
+/// [`rescan`] on a blocking thread, with the cache shared between the periodic task and the
+/// connections (one rescan at a time).
+pub async fn rescan_shared(
+    hde: &std::sync::Arc<Hde>,
+    state: &std::path::Path,
+    cache: &std::sync::Arc<Mutex<SketchCache>>,
+) {
+    let (h, dir, c) = (hde.clone(), state.to_owned(), cache.clone());
+    let _ = tokio::task::spawn_blocking(move || {
+        let dir = StateDir::open(&dir)?;
+        let mut cache = c.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        rescan(&h, &dir, &mut cache)
+    })
+    .await;
+}
+
 /// The answer to a sender's query: what this node holds for `key` or like `sketch`.
 pub fn offers(hde: &Hde, key: &str, sketch: &Sketch) -> Vec<Offer> {
     hde.candidates(hde.config().node_id, key, sketch).iter().map(Offer::from).collect()
@@ -224,13 +240,7 @@ pub async fn period(
     choice: &mut PeerChoice,
     stats: &ServeStats,
 ) {
-    let (h, dir, c) = (hde.clone(), state.to_owned(), cache.clone());
-    let _ = tokio::task::spawn_blocking(move || {
-        let dir = StateDir::open(&dir)?;
-        let mut cache = c.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        rescan(&h, &dir, &mut cache)
-    })
-    .await;
+    rescan_shared(hde, state, cache).await;
     let others: Vec<&(u64, String)> = peers.iter().filter(|(id, _)| *id != hde.config().node_id).collect();
     if others.is_empty() {
         return;

@@ -268,6 +268,7 @@ impl Server {
         let worker = std::thread::spawn(move || worker(h, state, how, queue));
         // The index: this node's holdings first, then a rescan and an exchange every period.
         let cache = Arc::new(std::sync::Mutex::new(SketchCache::new()));
+        cluster::rescan_shared(&hde, &options.state, &cache).await;
         let connector =
             TlsConnector::from(Arc::new(identity::client_config(&options.identity, options.peers.clone())?));
         let mut background = Vec::new();
@@ -313,8 +314,15 @@ impl Server {
                 }
             };
             let (acceptor, jobs) = (acceptor.clone(), jobs.clone());
-            let side =
-                Side { hde: hde.clone(), stats: stats.clone(), open: open.clone(), node, max_frame: options.max_frame };
+            let side = Side {
+                hde: hde.clone(),
+                stats: stats.clone(),
+                state: options.state.clone(),
+                cache: cache.clone(),
+                open: open.clone(),
+                node,
+                max_frame: options.max_frame,
+            };
             tokio::spawn(async move {
                 let result = connection(stream, peer, acceptor, jobs, side).await;
                 if let (Err(e), true) = (result, log) {
@@ -341,6 +349,9 @@ impl Server {
 struct Side {
     hde: Arc<Hde>,
     stats: Arc<ServeStats>,
+    /// The state directory and the sketches computed of it (a query rescans it first).
+    state: PathBuf,
+    cache: Arc<std::sync::Mutex<SketchCache>>,
     /// Connections that carry rounds (counted for `max_idle`).
     open: Arc<AtomicUsize>,
     node: u64,
@@ -375,7 +386,7 @@ async fn connection(
     jobs: mpsc::Sender<Job>,
     side: Side,
 ) -> Result<()> {
-    let Side { hde, stats, open, node, max_frame } = side;
+    let Side { hde, stats, state, cache, open, node, max_frame } = side;
     let mut busy = Busy(None);
     let _ = stream.set_nodelay(true);
     let mut tls = acceptor.accept(stream).await.map_err(|e| crate::handshake_error(peer, &e))?;
@@ -407,6 +418,8 @@ async fn connection(
             Some(Message::Query { key, sketch }) => {
                 busy.mark(&open);
                 stats.queries.fetch_add(1, Ordering::Relaxed);
+                // What a send from this node saved a moment ago counts: rescan first.
+                cluster::rescan_shared(&hde, &state, &cache).await;
                 let offers = cluster::offers(&hde, &key, &sketch);
                 proto::write(&mut tls, &Message::Offers(offers)).await?;
                 tls.flush().await.map_err(Error::Connection)?;
