@@ -168,7 +168,7 @@ fn a_vm_that_comes_back_and_a_similar_new_vm_start_as_deltas() {
     // A VM A never held, like the one it holds: B sends it against A's "vm".
     let other = dir.join("other.raw");
     std::fs::write(&other, moved(&std::fs::read(&files[2]).unwrap())).unwrap();
-    let new = send(&b, addr_a, &peers, "vm2", &[other.clone()]);
+    let new = send(&b, addr_a, &peers, "vm2", std::slice::from_ref(&other));
     assert_eq!(new[0].base.as_deref(), Some("vm"), "{new:?}");
     assert!(new[0].frame_bytes * 3 < there[0].frame_bytes, "{new:?} against {there:?}");
     assert!(same(&a.dir.join("out/vm2.raw"), &other));
