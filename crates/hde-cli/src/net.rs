@@ -1,6 +1,7 @@
 //! `hde keygen`, `hde serve` and `hde send`: rounds between nodes, over `hde-net`.
 
 use std::io::IsTerminal as _;
+use std::io::Write as _;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -147,11 +148,14 @@ pub(crate) fn serve(a: ServeArgs) -> Result<ExitCode> {
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
     runtime.block_on(async {
         let server = Server::bind(a.listen, options).await?;
-        // The bound address on stdout, for scripts and tests that listen on port 0.
-        println!("listening on {}", server.local_addr()?);
+        // The bound address on stdout, for scripts and tests that listen on port 0. A daemon
+        // outlives whoever read it: a closed stdout is no reason to stop.
+        let mut hello = format!("listening on {}\n", server.local_addr()?);
         if let Some(addr) = server.metrics_addr()? {
-            println!("metrics on http://{addr}/metrics");
+            hello.push_str(&format!("metrics on http://{addr}/metrics\n"));
         }
+        let mut stdout = std::io::stdout().lock();
+        let _ = stdout.write_all(hello.as_bytes()).and_then(|()| stdout.flush());
         server.run().await
     })?;
     Ok(ExitCode::SUCCESS)

@@ -109,30 +109,21 @@ struct Link {
 impl Link {
     const ADDR: [&'static str; 2] = ["10.213.7.1", "10.213.7.2"];
 
-    fn ip(args: &[&str]) -> Result<(), String> {
-        let out = Command::new("ip").args(args).output().map_err(|e| format!("cannot run ip: {e}"))?;
-        if out.status.success() {
-            Ok(())
-        } else {
-            Err(format!("ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim()))
-        }
-    }
-
     fn new(rate: &str) -> Option<Link> {
         let pid = std::process::id();
         let link = Link { names: [format!("hde-a-{pid}"), format!("hde-b-{pid}")] };
         let (a, b) = (&link.names[0], &link.names[1]);
         let (va, vb) = (format!("hva{pid}"), format!("hvb{pid}"));
         let setup = || -> Result<(), String> {
-            Self::ip(&["netns", "add", a])?;
-            Self::ip(&["netns", "add", b])?;
-            Self::ip(&["link", "add", &va, "type", "veth", "peer", "name", &vb])?;
-            Self::ip(&["link", "set", &va, "netns", a])?;
-            Self::ip(&["link", "set", &vb, "netns", b])?;
+            common::ip(&["netns", "add", a])?;
+            common::ip(&["netns", "add", b])?;
+            common::ip(&["link", "add", &va, "type", "veth", "peer", "name", &vb])?;
+            common::ip(&["link", "set", &va, "netns", a])?;
+            common::ip(&["link", "set", &vb, "netns", b])?;
             for (ns, dev, addr) in [(a, &va, Self::ADDR[0]), (b, &vb, Self::ADDR[1])] {
-                Self::ip(&["-n", ns, "addr", "add", &format!("{addr}/24"), "dev", dev])?;
-                Self::ip(&["-n", ns, "link", "set", dev, "up"])?;
-                Self::ip(&["-n", ns, "link", "set", "lo", "up"])?;
+                common::ip(&["-n", ns, "addr", "add", &format!("{addr}/24"), "dev", dev])?;
+                common::ip(&["-n", ns, "link", "set", dev, "up"])?;
+                common::ip(&["-n", ns, "link", "set", "lo", "up"])?;
                 // The queue holds well over a bandwidth-delay product: tbf drops silently.
                 let tc = Command::new("tc")
                     .args(["-n", ns, "qdisc", "add", "dev", dev, "root", "tbf", "rate", rate])
@@ -165,7 +156,7 @@ impl Link {
 impl Drop for Link {
     fn drop(&mut self) {
         for ns in &self.names {
-            let _ = Self::ip(&["netns", "del", ns]);
+            let _ = common::ip(&["netns", "del", ns]);
         }
     }
 }

@@ -296,6 +296,9 @@ fn gone() -> Error {
     Error::Protocol { what: "the connection side stopped".into() }
 }
 
+/// An authenticated connection to a node.
+pub(crate) type Tls = TlsStream<TcpStream>;
+
 /// Connects, authenticates and exchanges hellos.
 pub(crate) async fn connect(connector: &TlsConnector, to: &str, node: u64) -> Result<TlsStream<TcpStream>> {
     connect_hello(connector, to, node).await.map(|(tls, _)| tls)

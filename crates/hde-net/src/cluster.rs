@@ -186,15 +186,29 @@ pub async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(hde: &Hde, tls: &mut S)
     Ok(report)
 }
 
+/// How long a node waits for a peer's connection and hello (a peer cut off must not stall
+/// the periods of the others).
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+
+async fn connect_in_time(connector: &TlsConnector, addr: &str, node: u64) -> Result<crate::client::Tls> {
+    match tokio::time::timeout(CONNECT_TIMEOUT, crate::client::connect(connector, addr, node)).await {
+        Ok(connected) => connected,
+        Err(_) => Err(Error::Connection(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!("{addr} did not answer within {} s", CONNECT_TIMEOUT.as_secs()),
+        ))),
+    }
+}
+
 /// Connects to `addr` and runs one exchange.
 pub async fn sync_with(connector: &TlsConnector, addr: &str, hde: &Hde) -> Result<SyncReport> {
-    let mut tls = crate::client::connect(connector, addr, hde.config().node_id).await?;
+    let mut tls = connect_in_time(connector, addr, hde.config().node_id).await?;
     exchange(hde, &mut tls).await
 }
 
 /// Asks the node at `addr` for its whole replica (its view of the index).
 pub async fn fetch_index(connector: &TlsConnector, addr: &str, node: u64) -> Result<Vec<u8>> {
-    let mut tls = crate::client::connect(connector, addr, node).await?;
+    let mut tls = connect_in_time(connector, addr, node).await?;
     proto::write(&mut tls, &Message::IndexQuery).await?;
     tls.flush().await.map_err(Error::Connection)?;
     let answer = match proto::read(&mut tls).await? {
@@ -229,31 +243,70 @@ impl PeerChoice {
     }
 }
 
-/// The period's work: rescan the state, then one exchange with a random peer. Errors are
-/// counted, not returned: the next period tries again.
-pub async fn period(
-    hde: &std::sync::Arc<Hde>,
-    state: &std::path::Path,
-    cache: &std::sync::Arc<Mutex<SketchCache>>,
-    peers: &[(u64, String)],
-    connector: &TlsConnector,
-    choice: &mut PeerChoice,
-    stats: &ServeStats,
-) {
-    rescan_shared(hde, state, cache).await;
-    let others: Vec<&(u64, String)> = peers.iter().filter(|(id, _)| *id != hde.config().node_id).collect();
-    if others.is_empty() {
-        return;
+/// The periodic side of a node's index: each period rescans the state and starts one
+/// exchange with a random peer, in a task of its own, so that a peer that is cut off (and
+/// holds its exchange until [`CONNECT_TIMEOUT`]) never delays the periods; a peer with an
+/// exchange still under way is not picked again until it ends.
+pub struct Periods {
+    hde: std::sync::Arc<Hde>,
+    state: std::path::PathBuf,
+    cache: std::sync::Arc<Mutex<SketchCache>>,
+    peers: Vec<(u64, String)>,
+    connector: TlsConnector,
+    stats: std::sync::Arc<ServeStats>,
+    choice: PeerChoice,
+    busy: std::sync::Arc<Mutex<std::collections::HashSet<u64>>>,
+}
+
+impl std::fmt::Debug for Periods {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Periods").field("state", &self.state).field("peers", &self.peers).finish_non_exhaustive()
     }
-    let (_, addr) = others[choice.pick(others.len())];
-    match tokio::time::timeout(Duration::from_secs(30), sync_with(connector, addr, hde)).await {
-        Ok(Ok(report)) => {
-            stats.syncs.fetch_add(1, Ordering::Relaxed);
-            stats.sync_bytes.fetch_add(report.bytes, Ordering::Relaxed);
+}
+
+impl Periods {
+    /// The periods of `hde`'s node, whose peers (with serve addresses) are `peers`.
+    pub fn new(
+        hde: std::sync::Arc<Hde>,
+        state: std::path::PathBuf,
+        cache: std::sync::Arc<Mutex<SketchCache>>,
+        peers: Vec<(u64, String)>,
+        connector: TlsConnector,
+        stats: std::sync::Arc<ServeStats>,
+    ) -> Self {
+        let node = hde.config().node_id;
+        let peers = peers.into_iter().filter(|(id, _)| *id != node).collect();
+        let busy = std::sync::Arc::default();
+        Periods { hde, state, cache, peers, connector, stats, choice: PeerChoice::new(node), busy }
+    }
+
+    /// One period: a rescan, then an exchange started with a random free peer. Errors are
+    /// counted, not returned: a later period tries again.
+    pub async fn tick(&mut self) {
+        rescan_shared(&self.hde, &self.state, &self.cache).await;
+        let free: Vec<(u64, String)> = {
+            let busy = self.busy.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            self.peers.iter().filter(|(id, _)| !busy.contains(id)).cloned().collect()
+        };
+        if free.is_empty() {
+            return;
         }
-        _ => {
-            stats.sync_failures.fetch_add(1, Ordering::Relaxed);
-        }
+        let (peer, addr) = free[self.choice.pick(free.len())].clone();
+        self.busy.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(peer);
+        let (hde, connector, stats, busy) =
+            (self.hde.clone(), self.connector.clone(), self.stats.clone(), self.busy.clone());
+        tokio::spawn(async move {
+            match tokio::time::timeout(Duration::from_secs(30), sync_with(&connector, &addr, &hde)).await {
+                Ok(Ok(report)) => {
+                    stats.syncs.fetch_add(1, Ordering::Relaxed);
+                    stats.sync_bytes.fetch_add(report.bytes, Ordering::Relaxed);
+                }
+                _ => {
+                    stats.sync_failures.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            busy.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&peer);
+        });
     }
 }
 
@@ -283,13 +336,13 @@ pub fn status(identity: &crate::identity::Identity, peers: &crate::identity::Pee
     let mut views = Vec::new();
     for (node, addr) in peers.addresses() {
         let fetched = runtime.block_on(async {
-            tokio::time::timeout(Duration::from_secs(10), fetch_index(&connector, addr, identity.node_id())).await
+            tokio::time::timeout(Duration::from_secs(30), fetch_index(&connector, addr, identity.node_id())).await
         });
         let index = match fetched {
             Ok(Ok(bytes)) => hde_core::index::Index::from_bytes(&bytes, &hde_core::crdt::Limits::default())
                 .map_err(|e| format!("a malformed index: {e}")),
             Ok(Err(e)) => Err(e.to_string()),
-            Err(_) => Err("no answer within 10 s".to_owned()),
+            Err(_) => Err("no answer within 30 s".to_owned()),
         };
         views.push(NodeView { node: *node, addr: addr.clone(), index });
     }

@@ -78,6 +78,7 @@ pub fn render(hde: &Hde, stats: &ServeStats) -> String {
     gauge(&mut r, "baseline_bytes_held", "Bytes of the baselines this node holds", bytes as f64);
     gauge(&mut r, "baseline_memory_bytes", "Memory of the encoder's baselines", m.baseline_memory as f64);
     gauge(&mut r, "index_entries", "Entries of the replicated baseline index", hde.index_entries().len() as f64);
+    gauge(&mut r, "index_state_bytes", "Bytes of this node's replica, encoded", hde.export_crdt_state().len() as f64);
     counter(
         &mut r,
         "index_syncs",

@@ -25,7 +25,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot};
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 
-use crate::cluster::{self, PeerChoice, ServeStats, SketchCache};
+use crate::cluster::{self, Periods, ServeStats, SketchCache};
 use crate::identity::{self, Identity, Peers};
 use crate::proto::{self, Hello, Message};
 use crate::{Error, Result};
@@ -273,13 +273,13 @@ impl Server {
             TlsConnector::from(Arc::new(identity::client_config(&options.identity, options.peers.clone())?));
         let mut background = Vec::new();
         {
-            let (hde, state, cache, stats) = (hde.clone(), options.state.clone(), cache.clone(), stats.clone());
             let peers = options.peers.addresses().to_vec();
+            let mut periods =
+                Periods::new(hde.clone(), options.state.clone(), cache.clone(), peers, connector, stats.clone());
             let every = options.sync_every.max(Duration::from_millis(50));
             background.push(tokio::spawn(async move {
-                let mut choice = PeerChoice::new(hde.config().node_id);
                 loop {
-                    cluster::period(&hde, &state, &cache, &peers, &connector, &mut choice, &stats).await;
+                    periods.tick().await;
                     tokio::time::sleep(every).await;
                 }
             }));

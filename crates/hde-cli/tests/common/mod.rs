@@ -33,3 +33,13 @@ pub(crate) fn s(p: &Path) -> &str {
 pub(crate) fn ok(out: &Output, what: &str) {
     assert!(out.status.success(), "{what}: {}", String::from_utf8_lossy(&out.stderr));
 }
+
+/// Runs `ip ARGS`; its stderr is the error.
+pub(crate) fn ip(args: &[&str]) -> Result<(), String> {
+    let out = Command::new("ip").args(args).output().map_err(|e| format!("cannot run ip: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!("ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim()))
+    }
+}
