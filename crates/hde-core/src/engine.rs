@@ -1,5 +1,6 @@
 //! The encoder and decoder: the layers composed through their traits.
 
+use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::sync::atomic::Ordering;
 use std::sync::Mutex;
@@ -97,7 +98,8 @@ fn stream_segments<W, T: Send>(
     r: &mut impl Read,
     init: impl Fn() -> W + Sync,
     f: impl Fn(&mut W, usize, SegmentRecord) -> Result<T> + Sync,
-) -> Result<Vec<T>> {
+) -> Result<(Vec<T>, Tally)> {
+    let mut tally = Tally::default();
     let n = usize::try_from(header.round.segment_count())
         .map_err(|_| Error::CorruptFrame { reason: "too many segments" })?;
     let workers = threads.clamp(1, n.max(1));
@@ -136,6 +138,7 @@ fn stream_segments<W, T: Send>(
                 .and_then(|i| frame::read_segment(r, header, i));
             match record {
                 Ok(record) => {
+                    tally.add(&record);
                     if tx.send((index, record)).is_err() {
                         break;
                     }
@@ -151,11 +154,49 @@ fn stream_segments<W, T: Send>(
     if let Some(e) = first_error.into_inner().unwrap_or_else(std::sync::PoisonError::into_inner) {
         return Err(e);
     }
-    slots
+    let results = slots
         .into_iter()
         .map(|m| m.into_inner().unwrap_or_else(std::sync::PoisonError::into_inner))
         .collect::<Option<Vec<T>>>()
-        .ok_or(Error::CorruptFrame { reason: "a segment was not decoded" })
+        .ok_or(Error::CorruptFrame { reason: "a segment was not decoded" })?;
+    Ok((results, tally))
+}
+
+/// What the segment records of one frame held: their bytes and their literal codecs.
+#[derive(Debug, Default)]
+struct Tally {
+    bytes: u64,
+    codecs: BTreeMap<String, u64>,
+}
+
+impl Tally {
+    fn add(&mut self, record: &SegmentRecord) {
+        // The record's index, four stream descriptors and the data (frame.rs's layout).
+        self.bytes += frame::SEGMENT_FIXED as u64 + record.data.len() as u64;
+        let literals = record.streams[3];
+        if literals.raw_len > 0 {
+            let name = literals.codec.name();
+            let name = if literals.with_reference { format!("{name}+ref") } else { name.to_owned() };
+            *self.codecs.entry(name).or_default() += 1;
+        }
+    }
+}
+
+/// What a [`Decoder`] has decoded since it was made.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct DecodeCounters {
+    /// Frames decoded and verified.
+    pub frames: u64,
+    /// Of which deltas.
+    pub deltas: u64,
+    /// Their bytes, headers included.
+    pub frame_bytes: u64,
+    /// The bytes of the images they produced.
+    pub image_bytes: u64,
+    /// Segments per literal codec (`zstd+ref`: against the baseline's pages; the level is
+    /// not in the frame).
+    pub codec_use: BTreeMap<String, u64>,
 }
 
 /// The sending side: encodes rounds of keys into frames.
@@ -416,6 +457,7 @@ where
     delta: D,
     limits: FrameLimits,
     threads: usize,
+    counters: Mutex<DecodeCounters>,
     codecs: std::marker::PhantomData<fn() -> B>,
 }
 
@@ -424,14 +466,38 @@ impl Decoder {
     pub fn new(config: DeltaConfig) -> Result<Self> {
         let limits = FrameLimits { max_image: config.max_image_size };
         let threads = config.threads;
-        Ok(Decoder { delta: PageDeltaDecoder::new(config)?, limits, threads, codecs: std::marker::PhantomData })
+        Ok(Decoder::with_layers(PageDeltaDecoder::new(config)?, limits, threads))
     }
 }
 
 impl<D: DeltaDecoder, B: CodecBank> Decoder<D, B> {
     /// A decoder from a delta layer of the caller's choice.
     pub fn with_layers(delta: D, limits: FrameLimits, threads: usize) -> Self {
-        Decoder { delta, limits, threads: threads.max(1), codecs: std::marker::PhantomData }
+        Decoder {
+            delta,
+            limits,
+            threads: threads.max(1),
+            counters: Mutex::new(DecodeCounters::default()),
+            codecs: std::marker::PhantomData,
+        }
+    }
+
+    /// What this decoder has decoded and verified so far.
+    pub fn counters(&self) -> DecodeCounters {
+        self.counters.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    }
+
+    /// Counts a frame decoded and verified.
+    fn count(&self, header: &FrameHeader, tally: Tally) {
+        let header_bytes = frame::encode_header(header).map_or(0, |h| h.len() as u64);
+        let mut c = self.counters.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        c.frames += 1;
+        c.deltas += u64::from(!header.round.is_keyframe());
+        c.frame_bytes += header_bytes + tally.bytes;
+        c.image_bytes += header.round.image_len;
+        for (codec, n) in tally.codecs {
+            *c.codec_use.entry(codec).or_default() += n;
+        }
     }
 
     /// The delta layer (its baselines).
@@ -476,7 +542,7 @@ impl<D: DeltaDecoder, B: CodecBank> Decoder<D, B> {
         if slots.len() as u64 != header.round.segment_count() {
             return Err(Error::CorruptFrame { reason: "segment count differs from the image's" });
         }
-        let applied = stream_segments(
+        let (applied, tally) = stream_segments(
             self.threads,
             header,
             r,
@@ -489,7 +555,9 @@ impl<D: DeltaDecoder, B: CodecBank> Decoder<D, B> {
             },
         )?;
         drop(slots);
-        Ok(self.delta.finish(&header.key, prepared, image, applied)?)
+        let image = self.delta.finish(&header.key, prepared, image, applied)?;
+        self.count(header, tally);
+        Ok(image)
     }
 
     /// Reads one frame from `r` and writes its image into `file` (from offset 0, zero blocks
@@ -517,7 +585,7 @@ impl<D: DeltaDecoder, B: CodecBank> Decoder<D, B> {
         let seg_size = u64::from(header.round.segment_size.max(1));
         let buffer = usize::try_from(seg_size.min(header.round.image_len))
             .map_err(|_| Error::CorruptFrame { reason: "segment larger than this machine's address space" })?;
-        let applied = stream_segments(
+        let (applied, tally) = stream_segments(
             self.threads,
             header,
             r,
@@ -543,6 +611,7 @@ impl<D: DeltaDecoder, B: CodecBank> Decoder<D, B> {
             file.write_all_at(&page, copy.to)?;
         }
         file.set_len(header.round.image_len)?;
+        self.count(header, tally);
         Ok(())
     }
 }

@@ -25,14 +25,20 @@ pub struct Metrics {
     pub bytes_in: u64,
     /// Frame bytes produced.
     pub bytes_out: u64,
-    /// `bytes_out / bytes_in`.
+    /// Bytes of the frames decoded and verified.
+    pub decoded_frame_bytes: u64,
+    /// Bytes of the images they produced.
+    pub decoded_image_bytes: u64,
+    /// Frame bytes over image bytes, frames encoded and decoded together.
     pub compression_ratio: f64,
     /// `100 * (1 - compression_ratio)`.
     pub bandwidth_saving_percent: f64,
-    /// Share of encoded rounds sent as deltas.
+    /// Share of rounds encoded or decoded that were deltas.
     pub delta_hit_rate: f64,
-    /// Segments per literal codec choice.
+    /// Segments encoded per literal codec choice (`zstd-3+ref`).
     pub codec_use: BTreeMap<String, u64>,
+    /// Segments decoded per literal codec (`zstd+ref`; frames do not carry levels).
+    pub decoded_codec_use: BTreeMap<String, u64>,
     /// Page classes over all encoded rounds.
     pub pages: ClassCounts,
     /// Baselines held by the encoder, and their memory.
@@ -358,16 +364,23 @@ where
     pub fn metrics(&self) -> Metrics {
         let delta = self.encoder.delta().stats();
         let (c, crdt) = self.ledger.snapshot();
-        let ratio = if c.bytes_in == 0 { 0.0 } else { c.bytes_out as f64 / c.bytes_in as f64 };
+        let decoded = self.decoder.counters();
+        // Both directions: a node that only receives reports what its senders achieved.
+        let (images, frames) = (c.bytes_in + decoded.image_bytes, c.bytes_out + decoded.frame_bytes);
+        let ratio = if images == 0 { 0.0 } else { frames as f64 / images as f64 };
+        let rounds = delta.rounds + decoded.frames;
         Metrics {
             frames_encoded: c.frames_encoded,
             frames_decoded: c.frames_decoded,
             bytes_in: c.bytes_in,
             bytes_out: c.bytes_out,
+            decoded_frame_bytes: decoded.frame_bytes,
+            decoded_image_bytes: decoded.image_bytes,
             compression_ratio: ratio,
-            bandwidth_saving_percent: if c.bytes_in == 0 { 0.0 } else { 100.0 * (1.0 - ratio) },
-            delta_hit_rate: delta.delta_hit_rate(),
+            bandwidth_saving_percent: if images == 0 { 0.0 } else { 100.0 * (1.0 - ratio) },
+            delta_hit_rate: if rounds == 0 { 0.0 } else { (delta.deltas + decoded.deltas) as f64 / rounds as f64 },
             codec_use: c.codec_use,
+            decoded_codec_use: decoded.codec_use,
             pages: c.pages,
             baselines: delta.baselines,
             baseline_memory: delta.memory,

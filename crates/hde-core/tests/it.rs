@@ -426,7 +426,14 @@ mod node {
         assert!((m.delta_hit_rate - 0.75).abs() < 1e-12);
         assert_eq!(m.pages.total(), 4 * (2 << 20) / 4096);
         assert!(m.codec_use.values().sum::<u64>() >= 4);
-        assert_eq!(b.metrics().frames_decoded, 4);
+        // The receiving node counts the same bytes from its side.
+        let r = b.metrics();
+        assert_eq!(r.frames_decoded, 4);
+        assert_eq!(r.decoded_frame_bytes, out_bytes);
+        assert_eq!(r.decoded_image_bytes, m.bytes_in);
+        assert!((r.compression_ratio - m.compression_ratio).abs() < 1e-12);
+        assert!((r.delta_hit_rate - 0.75).abs() < 1e-12);
+        assert_eq!(r.decoded_codec_use.values().sum::<u64>(), m.codec_use.values().sum::<u64>());
         assert!(a.health().healthy);
     }
 

@@ -34,12 +34,16 @@ fn gauge(registry: &mut Registry, name: &str, help: &str, value: f64) {
     registry.register(name, help, g);
 }
 
-fn counters(registry: &mut Registry, name: &str, help: &str, label: &str, values: &[(String, u64)]) {
+fn counters(registry: &mut Registry, name: &str, help: &str, values: &[(Label, u64)]) {
     let family = Family::<Label, Counter>::default();
-    for (v, n) in values {
-        family.get_or_create(&vec![(label.to_owned(), v.clone())]).inc_by(*n);
+    for (labels, n) in values {
+        family.get_or_create(labels).inc_by(*n);
     }
     registry.register(name, help, family);
+}
+
+fn label(pairs: &[(&str, &str)]) -> Label {
+    pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
 }
 
 /// The metrics of `hde` and `stats`, in the Prometheus text format.
@@ -50,24 +54,31 @@ pub fn render(hde: &Hde, stats: &ServeStats) -> String {
     counter(&mut r, "frames_decoded", "Frames decoded", m.frames_decoded);
     counter(&mut r, "input_bytes", "Image bytes encoded", m.bytes_in);
     counter(&mut r, "output_bytes", "Frame bytes produced", m.bytes_out);
-    gauge(&mut r, "compression_ratio", "Frame bytes over image bytes, encoded frames", m.compression_ratio);
+    counter(&mut r, "decoded_frame_bytes", "Bytes of the frames decoded and verified", m.decoded_frame_bytes);
+    counter(&mut r, "decoded_image_bytes", "Bytes of the images they produced", m.decoded_image_bytes);
+    gauge(&mut r, "compression_ratio", "Frame bytes over image bytes, frames encoded and decoded", m.compression_ratio);
     gauge(&mut r, "bandwidth_saving_percent", "Percent of image bytes not sent", m.bandwidth_saving_percent);
-    gauge(&mut r, "delta_hit_rate", "Share of encoded rounds sent as deltas", m.delta_hit_rate);
-    let codecs: Vec<(String, u64)> = m.codec_use.iter().map(|(c, n)| (c.clone(), *n)).collect();
-    counters(&mut r, "codec_segments", "Segments per literal codec choice", "codec", &codecs);
+    gauge(&mut r, "delta_hit_rate", "Share of rounds encoded or decoded as deltas", m.delta_hit_rate);
+    let codecs: Vec<(Label, u64)> = m
+        .codec_use
+        .iter()
+        .map(|(c, n)| (label(&[("codec", c), ("side", "encode")]), *n))
+        .chain(m.decoded_codec_use.iter().map(|(c, n)| (label(&[("codec", c), ("side", "decode")]), *n)))
+        .collect();
+    counters(&mut r, "codec_segments", "Segments per literal codec", &codecs);
     counter(&mut r, "crdt_merges", "Merges of a peer's index replica", m.crdt_merges);
     counter(&mut r, "crdt_conflict_free_merges", "Merges without concurrent writes to resolve", m.crdt_conflict_free);
     counter(&mut r, "rounds_applied", "Rounds received and applied", stats.rounds.load(Ordering::Relaxed));
     counter(&mut r, "frame_received_bytes", "Frame bytes received", stats.frame_bytes.load(Ordering::Relaxed));
     gauge(&mut r, "link_bytes_per_second", "Receive rate of the last frame of 8 MiB or more", stats.link_rate());
-    let refusals: Vec<(String, u64)> = stats
+    let refusals: Vec<(Label, u64)> = stats
         .refusals
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
         .iter()
-        .map(|(k, v)| ((*k).to_owned(), *v))
+        .map(|(k, v)| (label(&[("reason", k)]), *v))
         .collect();
-    counters(&mut r, "refusals", "Frames refused, by reason", "reason", &refusals);
+    counters(&mut r, "refusals", "Frames refused, by reason", &refusals);
     let held = hde.index_entries().into_iter().filter(|(h, _)| h.node == hde.config().node_id);
     let (mut baselines, mut bytes) = (0u64, 0u64);
     for (_, meta) in held {

@@ -441,6 +441,8 @@ async fn connection(
                 busy.mark(&open);
                 first_chunk.get_or_insert_with(std::time::Instant::now);
                 received += bytes.len() as u64;
+                // Counted as it arrives: a scrape during a long frame sees it move.
+                stats.frame_bytes.fetch_add(bytes.len() as u64, Ordering::Relaxed);
                 if over || received > max_frame {
                     // Refused at FrameEnd; the decoder sees the frame end early, the rest is
                     // dropped as it comes.
@@ -487,7 +489,6 @@ async fn connection(
                     }
                 };
                 if let Some(t) = first_chunk.take() {
-                    stats.frame_bytes.fetch_add(received, Ordering::Relaxed);
                     if received >= 8 << 20 {
                         let rate = received as f64 / t.elapsed().as_secs_f64().max(1e-6);
                         stats.link_rate_bits.store(rate.to_bits(), Ordering::Relaxed);

@@ -178,6 +178,15 @@ fn a_vm_that_comes_back_and_a_similar_new_vm_start_as_deltas() {
     for line in ["hde_rounds_applied_total 2", "hde_index_queries_total 2", "hde_baselines_held 2"] {
         assert!(text.contains(line), "{line} missing from:\n{text}");
     }
+    // What A received: two deltas (one against another key), counted on the receiving side.
+    let value = |name: &str| -> f64 {
+        text.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok()).unwrap_or(f64::NAN)
+    };
+    let received = (back[0].frame_bytes + new[0].frame_bytes) as f64;
+    assert!((value("hde_decoded_frame_bytes_total") - received).abs() < 1024.0, "{text}");
+    assert!(value("hde_compression_ratio") > 0.0 && value("hde_compression_ratio") < 0.2, "{text}");
+    assert_eq!(value("hde_delta_hit_rate"), 1.0, "{text}");
+    assert!(text.contains(r#"side="decode""#), "no decoded codec counted:\n{text}");
     assert!(http_get(metrics.unwrap(), "/health").ends_with("ok\n"));
     assert!(http_get(metrics.unwrap(), "/nothing").starts_with("HTTP/1.1 404"));
 
