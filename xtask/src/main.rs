@@ -4,6 +4,7 @@
 //! xtask, and print each command before running it, so a failure names what to rerun by hand.
 
 mod ci;
+mod cluster_sim;
 mod corpus;
 mod crdt_compare;
 mod fuzz;
@@ -41,6 +42,9 @@ enum Task {
     SelectorReplay(replay::Args),
     /// Compare hde-crdt with the crdts crate: merge time, state bytes, sync bytes.
     CrdtCompare,
+    /// The baseline index's anti-entropy on 10 to 1,000 simulated nodes in one process:
+    /// periods and bytes until every replica agrees.
+    ClusterSim(cluster_sim::Args),
     /// The release `hde` against lz4, zstd, zstd --patch-from and xdelta3 on snapshot files:
     /// bytes, wall and CPU seconds, peak memory, verified decodes, and the goals of issue 7.
     BenchPeers(peers::Args),
@@ -69,6 +73,7 @@ fn main() -> Result<()> {
         Task::Loom => loom::run_models(),
         Task::SelectorReplay(args) => replay::run(&args),
         Task::CrdtCompare => crdt_compare::run(),
+        Task::ClusterSim(args) => cluster_sim::run(&args),
         Task::Corpus(args) => corpus::run(&args),
         Task::BenchPeers(args) => peers::run_bench(&args),
         Task::Fuzz(args) => fuzz::run_fuzz(&args),

@@ -3,11 +3,12 @@
 //! A baseline that is not the key's own last round (another VM's image, a `--base` file) has
 //! its similar pages at other offsets: the same library mapped elsewhere, kernel text relocated
 //! by a few pointers, page-cache pages of one file in other frames. Exact copies are found by
-//! the page-hash index; near copies by these features. A page's features are the three
+//! the page-hash index; near copies by these features. A page's features are the eight
 //! smallest values of a mixing hash over its distinct non-zero aligned 8-byte words (a
 //! bottom-k min-hash sketch): two pages that share most of their words share each feature with
-//! probability about their Jaccard similarity, and a page found by two features or more is
-//! used as the new page's compression reference. Aligned words suit memory: pointers, counters
+//! probability about their Jaccard similarity. The baseline page that shares the most features
+//! with a new page (ties broken by the words they hold at the same offsets) is the new page's
+//! compression reference. Aligned words suit memory: pointers, counters
 //! and struct fields sit at 8-byte offsets, so content moved within a page by a multiple of 8
 //! keeps its features.
 //!
