@@ -157,7 +157,11 @@ pub(crate) fn run(args: &Args) -> Result<()> {
             let profile = Profile::of(&streams.literals, 4096);
             items.push(Item {
                 profile,
-                context: Context { reference_len: reference.len() as u64, threads: THREADS },
+                context: Context {
+                    reference_len: reference.len() as u64,
+                    threads: THREADS,
+                    reference_gain_permille: None,
+                },
                 outcomes,
             });
         }

@@ -95,11 +95,15 @@ pub struct Context {
     pub reference_len: u64,
     /// Threads encoding in parallel (encode time divides among them).
     pub threads: u32,
+    /// What the reference is worth for this block, measured on a sample of it: bytes
+    /// compressed against the reference per 1000 bytes compressed without (`None`: not
+    /// measured, and assumed to help as much as old versions of changed pages usually do).
+    pub reference_gain_permille: Option<u16>,
 }
 
 impl Default for Context {
     fn default() -> Self {
-        Context { reference_len: 0, threads: 1 }
+        Context { reference_len: 0, threads: 1, reference_gain_permille: None }
     }
 }
 

@@ -100,8 +100,13 @@ pub(crate) fn prior(codec: Codec, reference: bool, profile: &Profile, context: &
         (Codec::Zstd { .. }, true) => 5_000.0 + reference_len * 1.5,
     };
     Estimate {
-        // Unknown until tried: assume changed pages resemble their old versions.
-        ratio: if with_reference { ratio * 0.7 } else { ratio },
+        // As measured on a sample of the block; unknown: assume changed pages resemble their
+        // old versions.
+        ratio: if with_reference {
+            ratio * context.reference_gain_permille.map_or(0.7, |g| f64::from(g.clamp(10, 1500)) / 1000.0)
+        } else {
+            ratio
+        },
         encode_ns: encode_ns + fixed / len,
         decode_ns: decode_ns + if with_reference { 0.1 } else { 0.0 } + fixed / len / 4.0,
     }
