@@ -423,3 +423,26 @@ fn sync_of_few_differences_is_cheap() {
     assert_eq!(b, expected);
     assert!(exchanged * 100 <= full, "exchanged {exchanged} of {full} bytes");
 }
+
+/// Replicas that agree settle in one message; a difference only in the contexts (a remove
+/// of a key the other side never held) still takes the whole exchange.
+#[test]
+fn agreeing_replicas_sync_in_one_message() {
+    let mut a: ORMap<u64, u64> = ORMap::new();
+    for k in 0..1000u64 {
+        a.update(NodeId(1 + k % 50), k, k, 1_000 + k);
+    }
+    let mut b = a.clone();
+    let one_message = a.sync_start().to_bytes().len();
+    assert_eq!(sync(&mut a, &mut b), one_message);
+    assert!(one_message < 700, "{one_message} bytes");
+
+    // b saw a write of key 5000 by node 60 and its remove; a saw neither: same entries,
+    // different contexts.
+    b.update(NodeId(60), 5000, 1, 9_000);
+    b.remove(NodeId(60), &5000);
+    assert_eq!(a.digest(), b.digest());
+    assert!(sync(&mut a, &mut b) > one_message);
+    assert_eq!(a, b);
+    assert_eq!(sync(&mut a, &mut b), one_message);
+}
