@@ -18,29 +18,48 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-/// Named temporary files that exist right now. A plain std mutex: a process-wide list touched
-/// once per file created or committed, never while other work waits on it.
-static PENDING: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new());
+/// Named temporary files that exist right now, and whether the process is leaving. A plain
+/// std mutex: a process-wide list touched once per file created or committed, never while
+/// other work waits on it.
+static PENDING: std::sync::Mutex<Pending> = std::sync::Mutex::new(Pending { paths: Vec::new(), closed: false });
 static COUNTER: AtomicU64 = AtomicU64::new(0);
 
-fn pending() -> std::sync::MutexGuard<'static, Vec<PathBuf>> {
+struct Pending {
+    paths: Vec<PathBuf>,
+    /// Set by [`remove_temporaries`]: no named file may appear after it.
+    closed: bool,
+}
+
+fn pending() -> std::sync::MutexGuard<'static, Pending> {
     PENDING.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-fn register(path: &Path) {
-    pending().push(path.to_owned());
+/// Makes the file at `path` (`make`) and registers it, as one step under the lock, so that
+/// [`remove_temporaries`] sees either no file or a registered one. Refused once the process
+/// is leaving: other threads keep working while the signal handler's thread cleans up.
+fn create_registered<T>(path: &Path, make: impl FnOnce() -> io::Result<T>) -> io::Result<T> {
+    let mut pending = pending();
+    if pending.closed {
+        return Err(io::Error::new(io::ErrorKind::Interrupted, "the process is exiting"));
+    }
+    let made = make()?;
+    pending.paths.push(path.to_owned());
+    Ok(made)
 }
 
 fn unregister(path: &Path) {
-    pending().retain(|p| p != path);
+    pending().paths.retain(|p| p != path);
 }
 
-/// Removes every named temporary file this process has not yet renamed or removed.
+/// Removes every named temporary file this process has not yet renamed or removed, and
+/// refuses new ones from then on.
 ///
 /// For a signal handler's thread: after it, the process may exit without leaving litter.
 /// Unnamed (`O_TMPFILE`) files need nothing: the kernel frees them when the process ends.
 pub fn remove_temporaries() {
-    for path in pending().drain(..) {
+    let mut pending = pending();
+    pending.closed = true;
+    for path in pending.paths.drain(..) {
         let _ = fs::remove_file(path);
     }
 }
@@ -92,14 +111,9 @@ impl AtomicFile {
     /// [`create`](Self::create) with a named temporary file, whatever the filesystem offers.
     pub fn create_named(target: &Path) -> io::Result<Self> {
         let tmp = temp_name(target);
-        register(&tmp);
-        match fs::OpenOptions::new().read(true).write(true).create_new(true).open(&tmp) {
-            Ok(file) => Ok(AtomicFile { file, target: target.to_owned(), named: Some(tmp) }),
-            Err(e) => {
-                unregister(&tmp);
-                Err(e)
-            }
-        }
+        let file =
+            create_registered(&tmp, || fs::OpenOptions::new().read(true).write(true).create_new(true).open(&tmp))?;
+        Ok(AtomicFile { file, target: target.to_owned(), named: Some(tmp) })
     }
 
     /// The file being written.
@@ -142,8 +156,8 @@ impl AtomicFile {
             Existing::Keep => link_fd(&self.file, &self.target),
             Existing::Replace => {
                 let tmp = temp_name(&self.target);
-                register(&tmp);
-                let result = link_fd(&self.file, &tmp).and_then(|()| fs::rename(&tmp, &self.target));
+                let result =
+                    create_registered(&tmp, || link_fd(&self.file, &tmp)).and_then(|()| fs::rename(&tmp, &self.target));
                 if result.is_err() {
                     let _ = fs::remove_file(&tmp);
                 }
