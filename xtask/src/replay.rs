@@ -155,12 +155,13 @@ pub(crate) fn run(args: &Args) -> Result<()> {
             round.reference(s, &streams.classes, &streams.dups, &mut reference);
             let outcomes = measure_all(&mut set, &arms, &streams.literals, &reference)?;
             let profile = Profile::of(&streams.literals, 4096);
+            let gain = hde_core::reference_gain(&mut set, &streams.classes, &streams.literals, &reference, 4096)?;
             items.push(Item {
                 profile,
                 context: Context {
                     reference_len: reference.len() as u64,
                     threads: THREADS,
-                    reference_gain_permille: None,
+                    reference_gain_permille: gain.and_then(|g| u16::try_from(g).ok()),
                 },
                 outcomes,
             });

@@ -425,8 +425,13 @@ const PROBE_PAGES: usize = 32;
 /// How much a reference saves varies from segment to segment (the old content of pages that
 /// changed a little, or the similar pages of another image found for a few of them), more
 /// than anything the literals' own profile can tell; the probe costs about 1 % of the
-/// segment's compression.
-fn reference_gain(
+/// segment's compression. Public so that `cargo xtask selector-replay` gives the selector
+/// what the engine gives it.
+///
+/// # Errors
+///
+/// What the codec bank returns.
+pub fn reference_gain(
     codecs: &mut impl CodecBank,
     classes: &[u8],
     literals: &[u8],

@@ -38,7 +38,7 @@ mod pipeline;
 mod sync;
 
 pub use crate::config::HdeConfig;
-pub use crate::engine::{CodecBank, Decoder, Encoder, FrameSummary, Written};
+pub use crate::engine::{reference_gain, CodecBank, DecodeCounters, Decoder, Encoder, FrameSummary, Written};
 pub use crate::error::{Error, Result};
 pub use crate::index::BaselineMeta;
 pub use crate::node::{Hde, Health, Metrics};
