@@ -145,7 +145,11 @@ async fn respond(mut stream: TcpStream, hde: &Hde, stats: &ServeStats) -> std::i
 /// Serves `/metrics` and `/health` on `listener` until the task is dropped.
 pub async fn serve(listener: TcpListener, hde: Arc<Hde>, stats: Arc<ServeStats>) {
     loop {
-        let Ok((stream, _)) = listener.accept().await else { continue };
+        let Ok((stream, _)) = listener.accept().await else {
+            // Out of file descriptors, most likely: wait rather than spin.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        };
         let (hde, stats) = (hde.clone(), stats.clone());
         tokio::spawn(async move {
             let _ = tokio::time::timeout(Duration::from_secs(10), respond(stream, &hde, &stats)).await;

@@ -309,7 +309,10 @@ impl Server {
             let (stream, peer) = match accepted {
                 Ok(a) => a,
                 Err(e) => {
+                    // Out of file descriptors, most likely: say so once a tenth of a second
+                    // rather than spin.
                     eprintln!("hde serve: accept: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
                     continue;
                 }
             };
