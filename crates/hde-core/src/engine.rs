@@ -419,7 +419,7 @@ impl<D: DeltaEncoder, S: Selector, B: CodecBank> Encoder<D, S, B> {
 const PROBE_PAGES: usize = 32;
 
 /// What the reference is worth for a segment's literals: compressed size with it per 1000
-/// bytes without, measured with zstd-1 on [`PROBE_PAGES`] literal pages spread over the
+/// bytes without, measured with zstd-1 on 32 literal pages spread over the
 /// segment and the reference pages they have. `None` where no sampled page has a reference.
 ///
 /// How much a reference saves varies from segment to segment (the old content of pages that
