@@ -100,10 +100,12 @@ pub(crate) fn prior(codec: Codec, reference: bool, profile: &Profile, context: &
         (Codec::Zstd { .. }, true) => 5_000.0 + reference_len * 1.5,
     };
     Estimate {
-        // As measured on a sample of the block; unknown: assume changed pages resemble their
-        // old versions.
+        // Unknown until tried: assume changed pages resemble their old versions. A sample of
+        // the block that says the reference helps less lowers the hope; one that says it helps
+        // more does not raise it (the sample sees each page's own reference only, and the
+        // level ranking learnt from outcomes is what tells how much more).
         ratio: if with_reference {
-            ratio * context.reference_gain_permille.map_or(0.7, |g| f64::from(g.clamp(10, 1500)) / 1000.0)
+            ratio * context.reference_gain_permille.map_or(0.7, |g| (f64::from(g.min(1500)) / 1000.0).max(0.7))
         } else {
             ratio
         },
