@@ -284,15 +284,16 @@ impl Periods {
     /// counted, not returned: a later period tries again.
     pub async fn tick(&mut self) {
         rescan_shared(&self.hde, &self.state, &self.cache).await;
-        let free: Vec<(u64, String)> = {
-            let busy = self.busy.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            self.peers.iter().filter(|(id, _)| !busy.contains(id)).cloned().collect()
+        let (peer, addr) = {
+            let mut busy = self.busy.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let free: Vec<&(u64, String)> = self.peers.iter().filter(|(id, _)| !busy.contains(id)).collect();
+            if free.is_empty() {
+                return;
+            }
+            let (peer, addr) = free[self.choice.pick(free.len())].clone();
+            busy.insert(peer);
+            (peer, addr)
         };
-        if free.is_empty() {
-            return;
-        }
-        let (peer, addr) = free[self.choice.pick(free.len())].clone();
-        self.busy.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(peer);
         let (hde, connector, stats, busy) =
             (self.hde.clone(), self.connector.clone(), self.stats.clone(), self.busy.clone());
         tokio::spawn(async move {

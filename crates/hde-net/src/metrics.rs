@@ -79,7 +79,8 @@ pub fn render(hde: &Hde, stats: &ServeStats) -> String {
         .map(|(k, v)| (label(&[("reason", k)]), *v))
         .collect();
     counters(&mut r, "refusals", "Frames refused, by reason", &refusals);
-    let held = hde.index_entries().into_iter().filter(|(h, _)| h.node == hde.config().node_id);
+    let entries = hde.index_entries();
+    let held = entries.iter().filter(|(h, _)| h.node == hde.config().node_id);
     let (mut baselines, mut bytes) = (0u64, 0u64);
     for (_, meta) in held {
         baselines += 1;
@@ -88,7 +89,7 @@ pub fn render(hde: &Hde, stats: &ServeStats) -> String {
     gauge(&mut r, "baselines_held", "Baselines this node holds (its state)", baselines as f64);
     gauge(&mut r, "baseline_bytes_held", "Bytes of the baselines this node holds", bytes as f64);
     gauge(&mut r, "baseline_memory_bytes", "Memory of the encoder's baselines", m.baseline_memory as f64);
-    gauge(&mut r, "index_entries", "Entries of the replicated baseline index", hde.index_entries().len() as f64);
+    gauge(&mut r, "index_entries", "Entries of the replicated baseline index", entries.len() as f64);
     gauge(&mut r, "index_state_bytes", "Bytes of this node's replica, encoded", hde.export_crdt_state().len() as f64);
     counter(
         &mut r,
