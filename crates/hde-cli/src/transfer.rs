@@ -5,7 +5,6 @@
 //! order and writes the last image, `inspect` describes each.
 
 use std::collections::BTreeMap;
-use std::fs::File;
 use std::io::{self, IsTerminal as _, Read as _, Write as _};
 use std::path::{Path, PathBuf};
 
@@ -20,6 +19,7 @@ use hde_core::{Hde, HdeConfig};
 
 use crate::output::{ids, is_stdio, Output};
 use crate::{display, parse_key, parse_threads, usage_error, EngineArgs};
+use hde_core::fsio::ImageFile;
 
 /// The flags of `hde encode`.
 #[derive(Args)]
@@ -85,54 +85,15 @@ pub(crate) struct DecodeArgs {
     threads: Option<usize>,
 }
 
-/// An input's bytes: a regular file mapped into memory, or read (stdin, pipes, empty files).
-enum Input {
-    Mapped(memmap2::Mmap),
-    Read(Vec<u8>),
-}
-
-impl std::ops::Deref for Input {
-    type Target = [u8];
-    fn deref(&self) -> &[u8] {
-        match self {
-            Input::Mapped(m) => m,
-            Input::Read(v) => v,
-        }
-    }
-}
-
-impl Input {
-    /// The bytes as an [`Image`] the library can keep without a copy.
-    fn into_image(self) -> Image {
-        match self {
-            Input::Mapped(m) => Image::shared(std::sync::Arc::new(m)),
-            Input::Read(v) => Image::from(v),
-        }
-    }
-}
-
-fn read_input(path: &Path) -> Result<Input> {
+/// An input's bytes: a regular file mapped (its holes left unread), or read (stdin, pipes,
+/// empty files).
+fn read_input(path: &Path) -> Result<ImageFile> {
     if is_stdio(path) {
         let mut data = Vec::new();
         io::stdin().lock().read_to_end(&mut data).context("cannot read stdin")?;
-        return Ok(Input::Read(data));
+        return Ok(ImageFile { image: Image::from(data), holes: None, mapped: false });
     }
-    let file = File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let meta = file.metadata().with_context(|| format!("cannot read {}", path.display()))?;
-    if meta.is_file() && meta.len() > 0 {
-        // Mapped with all pages populated up front: no copy through a read buffer, no page
-        // fault per page later.
-        // SAFETY: the map is read-only and private to this process. Another process changing
-        // the file while we run could change the bytes under us; the frame checksums catch
-        // the result at the receiver (a typed error there), as with any input changed mid-read.
-        let map = unsafe { memmap2::MmapOptions::new().populate().map(&file) };
-        if let Ok(map) = map {
-            return Ok(Input::Mapped(map));
-        }
-    }
-    let mut data = Vec::new();
-    (&file).read_to_end(&mut data).with_context(|| format!("cannot read {}", path.display()))?;
-    Ok(Input::Read(data))
+    hde_core::fsio::open_image(path).with_context(|| format!("cannot read {}", path.display()))
 }
 
 /// `n` bytes in the largest unit that keeps them readable.
@@ -176,7 +137,7 @@ pub(crate) fn encode(a: EncodeArgs) -> Result<()> {
         }
     }
     if let Some(base) = &a.base {
-        let image = read_input(base)?.into_image();
+        let image = read_input(base)?.image;
         hde.sender().install(&key, image).with_context(|| format!("cannot use {} as base", base.display()))?;
     }
     let sender = Sender::new(&hde);
@@ -192,10 +153,11 @@ pub(crate) fn encode(a: EncodeArgs) -> Result<()> {
             let options = EncodeOptions {
                 force_keyframe: a.keyframe && i == 0,
                 hashes_only: is_last && state.is_some(),
+                known_zero: image.holes.clone(),
                 ..EncodeOptions::default()
             };
             let flight = sender
-                .encode_with(&key, &image, &mut w, options)
+                .encode_with(&key, &image.image, &mut w, options)
                 .with_context(|| format!("cannot encode {}", display(input)))?;
             summaries.push(flight.summary().clone());
             // A frame file is its own delivery: the next round (in this stream, or in the
@@ -213,8 +175,8 @@ pub(crate) fn encode(a: EncodeArgs) -> Result<()> {
     out.commit(a.fsync)?;
     let total = rounds + a.inputs.len() as u64;
     if let (Some(dir), Some(image)) = (&state, &last) {
-        let file = a.inputs.last().filter(|p| !is_stdio(p) && matches!(image, Input::Mapped(_)));
-        let image = SenderImage { bytes: image, file: file.map(PathBuf::as_path) };
+        let file = a.inputs.last().filter(|p| !is_stdio(p) && image.mapped);
+        let image = SenderImage { bytes: &image.image, file: file.map(PathBuf::as_path) };
         dir.save_sender(&hde, &key, image, total).context("cannot save the baseline")?;
     }
     if io::stderr().is_terminal() {
@@ -325,7 +287,7 @@ fn frame_name(input: &Path, index: usize, several: bool) -> String {
 }
 
 pub(crate) fn decode(a: DecodeArgs) -> Result<()> {
-    let bytes = read_input(&a.input)?;
+    let bytes = read_input(&a.input)?.image;
     let inputs = ids([a.input.as_path()].into_iter().chain(a.base.as_deref()));
     let hde = Hde::new(receiver_config(a.threads))?;
     let limits = FrameLimits { max_image: hde.config().delta.max_image_size };
@@ -353,7 +315,7 @@ pub(crate) fn decode(a: DecodeArgs) -> Result<()> {
         }
         if index == 0 {
             if let Some(base) = &a.base {
-                let image = read_input(base)?.into_image();
+                let image = read_input(base)?.image;
                 receiver
                     .install_base(&header.key, header.round.page_size as usize, image)
                     .with_context(|| format!("cannot use {} as base", base.display()))?;
@@ -418,7 +380,7 @@ pub(crate) fn decode(a: DecodeArgs) -> Result<()> {
 }
 
 pub(crate) fn inspect(path: &Path) -> Result<()> {
-    let bytes = read_input(path)?;
+    let bytes = read_input(path)?.image;
     let limits = FrameLimits::default();
     let mut out = io::stdout().lock();
     let mut offset = 0;

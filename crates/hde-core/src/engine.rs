@@ -267,8 +267,9 @@ impl<D: DeltaEncoder, S: Selector, B: CodecBank> Encoder<D, S, B> {
         out: &mut impl Write,
         options: EncodeOptions,
     ) -> Result<FrameSummary> {
+        let detached = options.detached;
         let (summary, round) = self.compress_pending(key, image, out, options)?;
-        if !options.detached {
+        if !detached {
             self.delta.commit(round)?;
         }
         Ok(summary)

@@ -232,24 +232,129 @@ fn link_fd(file: &File, target: &Path) -> io::Result<()> {
     }
 }
 
-/// An image's bytes from `path`: a non-empty regular file mapped (all pages populated up front,
-/// no copy through a read buffer), anything else (a pipe, a device) read.
+/// An image read from a file by [`open_image`].
+#[derive(Debug, Clone)]
+pub struct ImageFile {
+    /// The bytes.
+    pub image: hde_delta::Image,
+    /// The file's holes, where it has any: zero bytes that were not read, for
+    /// [`EncodeOptions::known_zero`](hde_delta::EncodeOptions::known_zero).
+    pub holes: Option<hde_delta::ZeroRanges>,
+    /// The bytes are the file mapped (else they were read into memory: a pipe, a device).
+    pub mapped: bool,
+}
+
+/// An image's bytes from `path`: a non-empty regular file mapped (no copy through a read
+/// buffer), anything else (a pipe, a device) read.
+///
+/// A file without holes is mapped with every page populated up front. A sparse file (a disk
+/// image, a memory file that was never written in full) is mapped lazily: only its data is
+/// read ahead, and its holes, found with `SEEK_DATA`/`SEEK_HOLE`, are returned so that the
+/// encoder never touches them: a 32 GiB file holding 512 MiB of data costs the time and
+/// page cache of 512 MiB.
 ///
 /// A file changed by another process while mapped changes the bytes under the caller; frames
 /// carry checksums, so the result is a typed error at the receiver, as with any input changed
-/// mid-read.
-pub fn read_image(path: &Path) -> io::Result<hde_delta::Image> {
+/// mid-read. A file whose holes are filled while it is encoded breaks the [`ZeroRanges`]
+/// contract in the same way the bytes would change under a reader.
+///
+/// [`ZeroRanges`]: hde_delta::ZeroRanges
+pub fn open_image(path: &Path) -> io::Result<ImageFile> {
     let file = File::open(path)?;
     let meta = file.metadata()?;
     if meta.is_file() && meta.len() > 0 {
-        // SAFETY: a read-only private map; see above for a file changed while mapped.
-        if let Ok(map) = unsafe { memmap2::MmapOptions::new().populate().map(&file) } {
-            return Ok(hde_delta::Image::shared(std::sync::Arc::new(map)));
+        let holes = holes(&file, meta.len()).ok().flatten();
+        let mut options = memmap2::MmapOptions::new();
+        if holes.is_none() {
+            options.populate();
         }
+        // SAFETY: a read-only private map; see above for a file changed while mapped.
+        if let Ok(map) = unsafe { options.map(&file) } {
+            if let Some(holes) = &holes {
+                read_ahead_data(&map, holes);
+            }
+            let image = hde_delta::Image::shared(std::sync::Arc::new(map));
+            return Ok(ImageFile { image, holes, mapped: true });
+        }
+    }
+    if meta.is_file() {
+        // `holes` moved the offset.
+        io::Seek::seek(&mut &file, io::SeekFrom::Start(0))?;
     }
     let mut data = Vec::new();
     io::Read::read_to_end(&mut &file, &mut data)?;
-    Ok(data.into())
+    Ok(ImageFile { image: data.into(), holes: None, mapped: false })
+}
+
+/// [`open_image`]'s bytes only.
+pub fn read_image(path: &Path) -> io::Result<hde_delta::Image> {
+    open_image(path).map(|f| f.image)
+}
+
+/// The holes of `file` (of length `len`), or `None` where it has none or the file system
+/// cannot tell (then every byte is read).
+#[cfg(target_os = "linux")]
+pub fn holes(file: &File, len: u64) -> io::Result<Option<hde_delta::ZeroRanges>> {
+    use std::os::unix::io::AsRawFd as _;
+    let fd = file.as_raw_fd();
+    let seek = |offset: u64, whence: libc::c_int| -> io::Result<Option<u64>> {
+        let Ok(offset) = libc::off_t::try_from(offset) else { return Ok(None) };
+        // SAFETY: lseek on a descriptor this function borrows; it moves the file offset,
+        // which nothing else here relies on (the map and later reads use explicit offsets).
+        let at = unsafe { libc::lseek(fd, offset, whence) };
+        if at >= 0 {
+            return Ok(u64::try_from(at).ok());
+        }
+        let err = io::Error::last_os_error();
+        // ENXIO: no data (or hole) at or after `offset`.
+        if err.raw_os_error() == Some(libc::ENXIO) {
+            Ok(None)
+        } else {
+            Err(err)
+        }
+    };
+    let mut holes = Vec::new();
+    let mut at = 0u64;
+    while at < len {
+        let data = seek(at, libc::SEEK_DATA)?.unwrap_or(len).min(len);
+        if data > at {
+            holes.push(at..data);
+        }
+        if data >= len {
+            break;
+        }
+        at = seek(data, libc::SEEK_HOLE)?.unwrap_or(len).max(data + 1);
+    }
+    let holes = hde_delta::ZeroRanges::new(holes);
+    Ok((holes.bytes() > 0).then_some(holes))
+}
+
+/// The holes of `file`: none known on this system.
+#[cfg(not(target_os = "linux"))]
+pub fn holes(_file: &File, _len: u64) -> io::Result<Option<hde_delta::ZeroRanges>> {
+    Ok(None)
+}
+
+/// Maps the data parts of a lazily mapped sparse file up front (or has them read ahead).
+fn read_ahead_data(map: &memmap2::Mmap, holes: &hde_delta::ZeroRanges) {
+    let mut at = 0u64;
+    let len = map.len() as u64;
+    for hole in holes.ranges().iter().cloned().chain(std::iter::once(len..len)) {
+        if hole.start > at {
+            // Mapped now in one call per range, as `populate` does for a whole file (Linux
+            // 5.14); read ahead at least on older kernels. Advice only: a failure costs page
+            // faults later, nothing else.
+            let (from, len) = (at as usize, (hole.start - at) as usize);
+            #[cfg(target_os = "linux")]
+            let populated = map.advise_range(memmap2::Advice::PopulateRead, from, len).is_ok();
+            #[cfg(not(target_os = "linux"))]
+            let populated = false;
+            if !populated {
+                let _ = map.advise_range(memmap2::Advice::WillNeed, from, len);
+            }
+        }
+        at = hole.end;
+    }
 }
 
 #[cfg(test)]
@@ -270,6 +375,39 @@ mod tests {
             fs::read_dir(d).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
         v.sort();
         v
+    }
+
+    #[test]
+    fn a_sparse_file_is_mapped_with_its_holes() {
+        use std::os::unix::fs::FileExt as _;
+        let d = dir("holes");
+        let path = d.join("sparse");
+        let f = File::create(&path).unwrap();
+        f.set_len(64 << 20).unwrap();
+        f.write_all_at(&[7u8; 8192], 16 << 20).unwrap();
+        f.write_all_at(&[9u8; 100], (64 << 20) - 100).unwrap();
+        drop(f);
+        let read = open_image(&path).unwrap();
+        assert!(read.mapped);
+        assert_eq!(read.image.len(), 64 << 20);
+        assert_eq!(read.image[16 << 20], 7);
+        match read.holes {
+            // A file system that keeps holes: they cover everything but the two writes' blocks.
+            Some(holes) => {
+                assert!(holes.covers(0..16 << 20) && !holes.covers((16 << 20)..(16 << 20) + 1));
+                assert!(holes.covers((32 << 20)..(60 << 20)) && !holes.covers((64 << 20) - 1..64 << 20));
+                for r in holes.ranges() {
+                    assert!(read.image[r.start as usize..r.end as usize].iter().all(|&b| b == 0));
+                }
+            }
+            None => eprintln!("{} keeps no holes: nothing more to check", d.display()),
+        }
+        // A file without holes has none, and a pipe-like read of it gives the same bytes.
+        let dense = d.join("dense");
+        fs::write(&dense, vec![1u8; 10_000]).unwrap();
+        let read = open_image(&dense).unwrap();
+        assert_eq!((read.holes, read.image.len()), (None, 10_000));
+        let _ = fs::remove_dir_all(&d);
     }
 
     #[test]

@@ -66,6 +66,17 @@ impl Sketch {
 
     /// The sketch of `image` cut in pages of `page_size`, hashing every page on `threads`.
     pub fn of_image(image: &[u8], page_size: usize, threads: usize) -> Self {
+        Self::of_sparse_image(image, None, page_size, threads)
+    }
+
+    /// [`of_image`](Self::of_image) for an image whose `known_zero` parts are not read (a
+    /// sparse file's holes).
+    pub fn of_sparse_image(
+        image: &[u8],
+        known_zero: Option<&hde_delta::ZeroRanges>,
+        page_size: usize,
+        threads: usize,
+    ) -> Self {
         let page_size = page_size.max(1);
         let pages = image.len().div_ceil(page_size);
         let threads = threads.clamp(1, 16);
@@ -78,7 +89,11 @@ impl Sketch {
                     scope.spawn(move || {
                         let hashes: Vec<u128> = (first..last)
                             .map(|p| {
-                                let page = &image[p * page_size..((p + 1) * page_size).min(image.len())];
+                                let end = ((p + 1) * page_size).min(image.len());
+                                if known_zero.is_some_and(|z| z.covers((p * page_size) as u64..end as u64)) {
+                                    return 0;
+                                }
+                                let page = &image[p * page_size..end];
                                 if hde_delta::is_zero(page) {
                                     0
                                 } else {

@@ -160,8 +160,9 @@ where
         out: &mut impl Write,
         options: EncodeOptions,
     ) -> Result<FrameSummary> {
+        let detached = options.detached;
         let (summary, round) = self.compress_pending(key, data, out, options)?;
-        if !options.detached {
+        if !detached {
             self.commit(&summary, round)?;
         }
         Ok(summary)

@@ -8,11 +8,11 @@ use crate::checksum::combine;
 use crate::page::{get_varint, hash, is_zero, put_varint, run_encode, RunBytes};
 use crate::similar::SimIndex;
 use crate::sync::{lock, Arc, AtomicU32, Mutex, Ordering};
-use crate::Image;
 use crate::{
     par, BaselineContent, BaselineId, ClassCounts, Clock, DeltaConfig, Error, PageClass, Result, RoundHeader,
     SegmentStreams, SystemClock,
 };
+use crate::{Image, ZeroRanges};
 
 /// Why a round is a keyframe.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -42,7 +42,7 @@ pub struct BaselineInfo {
 }
 
 /// Options of one `encode` call.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct EncodeOptions {
     /// Encode a keyframe whatever the policy says.
     pub force_keyframe: bool,
@@ -55,6 +55,9 @@ pub struct EncodeOptions {
     /// key (a copy of a large image saved). Later rounds in this process still find unchanged
     /// and duplicate pages, and send changed pages whole.
     pub hashes_only: bool,
+    /// Parts of the image known to be zero without reading them (a sparse file's holes):
+    /// their whole pages are zero pages, never read. See [`ZeroRanges`] for the contract.
+    pub known_zero: Option<ZeroRanges>,
 }
 
 /// Counters of an encoder since it was created.
@@ -662,7 +665,7 @@ impl<C: Clock> PageDeltaEncoder<C> {
         stale.len()
     }
 
-    fn keyframe_reason(&self, entry: Option<&Entry>, now: Duration, options: EncodeOptions) -> Option<KeyframeReason> {
+    fn keyframe_reason(&self, entry: Option<&Entry>, now: Duration, options: &EncodeOptions) -> Option<KeyframeReason> {
         let policy = &self.config.policy;
         let Some(entry) = entry.filter(|e| e.baseline.is_some()) else { return Some(KeyframeReason::NoBaseline) };
         if options.force_keyframe {
@@ -689,7 +692,7 @@ impl<C: Clock> PageDeltaEncoder<C> {
             let mut store = lock(&self.store);
             let entry = store.entries.get(key);
             let prev_seq = entry.map(|e| e.seq);
-            let reason = self.keyframe_reason(entry, now, options);
+            let reason = self.keyframe_reason(entry, now, &options);
             let base = if reason.is_none() { entry.and_then(|e| e.baseline.clone()) } else { None };
             let seq = store.next_seq;
             store.next_seq += 1;
@@ -702,21 +705,43 @@ impl<C: Clock> PageDeltaEncoder<C> {
         let segments = pages.div_ceil(per_seg);
         let bounded = matches!(cfg.content, BaselineContent::Bounded { .. });
 
-        // Phase 1 (parallel): unchanged / zero / changed, and every page's hash.
-        let scans = par::map(cfg.threads, segments, |s| {
+        let known_zero = options.known_zero.as_ref().filter(|z| !z.ranges().is_empty());
+        // Phase 1 (parallel): unchanged / zero / changed, and every page's hash, written in
+        // place (zeroed memory: the pages of a hole's hashes are never touched).
+        let mut hashes = vec![0u128; pages];
+        let mut classes = vec![0u8; pages];
+        let parts: Vec<(&mut [u8], &mut [u128])> =
+            classes.chunks_mut(per_seg).zip(hashes.chunks_mut(per_seg)).collect();
+        par::map_each(cfg.threads, parts, |s, (kinds, hashes)| {
             let first = s * per_seg;
-            let last = (first + per_seg).min(pages);
-            let mut kinds = Vec::with_capacity(last - first);
-            let mut hashes = Vec::with_capacity(last - first);
-            for p in first..last {
-                let page = &image[p * ps..(p * ps + ps).min(image.len())];
-                let old_hash = base_ref.filter(|b| p < b.pages() && b.page_len(p) == page.len()).map(|b| b.hashes[p]);
+            let seg_end = ((first + kinds.len()) * ps).min(image.len());
+            if known_zero.is_some_and(|z| z.covers((first * ps) as u64..seg_end as u64)) {
+                // A segment inside a hole: zero pages, unchanged where the old ones were zero.
+                for (i, kind) in kinds.iter_mut().enumerate() {
+                    let p = first + i;
+                    let old_zero = base_ref.is_some_and(|b| {
+                        p < b.pages() && b.page_len(p) == page_len(image.len(), ps, p) && b.hashes[p] == 0
+                    });
+                    *kind = if old_zero { SCAN_UNCHANGED } else { SCAN_ZERO };
+                }
+                return;
+            }
+            for (i, (kind, hash_out)) in kinds.iter_mut().zip(hashes.iter_mut()).enumerate() {
+                let p = first + i;
+                let end = (p * ps + ps).min(image.len());
+                let old_hash = base_ref.filter(|b| p < b.pages() && b.page_len(p) == end - p * ps).map(|b| b.hashes[p]);
+                if known_zero.is_some_and(|z| z.covers((p * ps) as u64..end as u64)) {
+                    // A hole: zero without reading it (reading would fill the page cache).
+                    *kind = if old_hash == Some(0) { SCAN_UNCHANGED } else { SCAN_ZERO };
+                    continue;
+                }
+                let page = &image[p * ps..end];
                 // Old content held: compare first (most pages are unchanged, and one pass
                 // decides); zero test and hash only for what differs. Without it (bounded
                 // content, a stale restored page) the hash decides.
                 let old = if bounded { None } else { base_ref.and_then(|b| b.old_page(p, page.len())) };
                 let same_as_old = old.is_some_and(|old| old == page);
-                let (kind, h) = if same_as_old {
+                let (k, h) = if same_as_old {
                     (SCAN_UNCHANGED, old_hash.unwrap_or(0))
                 } else if is_zero(page) {
                     if old_hash == Some(0) {
@@ -732,17 +757,12 @@ impl<C: Clock> PageDeltaEncoder<C> {
                         (SCAN_CHANGED, h)
                     }
                 };
-                kinds.push(kind);
-                hashes.push(h);
+                *kind = k;
+                if h != 0 {
+                    *hash_out = h;
+                }
             }
-            (kinds, hashes)
         });
-        let mut hashes = Vec::with_capacity(pages);
-        let mut classes: Vec<u8> = Vec::with_capacity(pages);
-        for (kinds, h) in scans {
-            classes.extend(kinds);
-            hashes.extend(h);
-        }
 
         // Phase 2 (sequential, changed pages only): duplicates of the baseline or of an earlier
         // page of this image.

@@ -1,7 +1,7 @@
 //! [`Image`]: an image's bytes, shared without copies.
 
 use std::fmt;
-use std::ops::Deref;
+use std::ops::{Deref, Range};
 use std::sync::Arc;
 
 /// Bytes that something else keeps alive, e.g. a memory-mapped file.
@@ -73,6 +73,54 @@ impl fmt::Debug for Image {
     }
 }
 
+/// Byte ranges of an image that are known to read as zero without being read: the holes of
+/// a sparse file (`SEEK_HOLE`), or memory a caller knows was never written. The encoder
+/// classes every page that lies wholly inside them as a zero page without touching it, so a
+/// 64 GiB disk image holding 1 GiB of data costs the time of its data, and its holes are
+/// never pulled into the page cache.
+///
+/// A contract, not a hint: a byte inside these ranges that is not zero makes the receiver
+/// rebuild a zero there, and the frame's checksum (computed over what the encoder saw)
+/// cannot tell. Take them from the file system, for the file that is being encoded.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ZeroRanges(Arc<[Range<u64>]>);
+
+impl ZeroRanges {
+    /// The ranges, in any order, overlapping or not; empty ones are dropped.
+    pub fn new(ranges: impl IntoIterator<Item = Range<u64>>) -> Self {
+        let mut v: Vec<Range<u64>> = ranges.into_iter().filter(|r| r.start < r.end).collect();
+        v.sort_unstable_by_key(|r| r.start);
+        let mut merged: Vec<Range<u64>> = Vec::with_capacity(v.len());
+        for r in v {
+            match merged.last_mut() {
+                Some(last) if r.start <= last.end => last.end = last.end.max(r.end),
+                _ => merged.push(r),
+            }
+        }
+        ZeroRanges(merged.into())
+    }
+
+    /// The ranges, sorted, disjoint and not touching.
+    pub fn ranges(&self) -> &[Range<u64>] {
+        &self.0
+    }
+
+    /// Bytes covered.
+    pub fn bytes(&self) -> u64 {
+        self.0.iter().map(|r| r.end - r.start).sum()
+    }
+
+    /// Whether every byte of `range` lies in one of the ranges (an empty range: yes).
+    pub fn covers(&self, range: Range<u64>) -> bool {
+        if range.start >= range.end {
+            return true;
+        }
+        // The last range that starts at or before `range.start`.
+        let i = self.0.partition_point(|r| r.start <= range.start);
+        i > 0 && self.0[i - 1].end >= range.end
+    }
+}
+
 /// A zeroed buffer of `len` bytes for an image being rebuilt, or [`Error::OutOfMemory`]
 /// (instead of the abort of `vec![0; len]`) when the system refuses it: a frame may claim any
 /// size up to the configured limit, and a receiver must answer a claim it cannot meet with an
@@ -110,6 +158,16 @@ mod tests {
         let v = owned.into_vec();
         assert_eq!(v.as_ptr(), ptr);
         assert_eq!(shared.into_vec(), vec![1, 2, 3]);
+    }
+
+    #[test]
+    fn zero_ranges_merge_and_cover() {
+        let z = ZeroRanges::new([10..20, 0..0, 18..30, 40..50, 30..35]);
+        assert_eq!(z.ranges(), &[10..35, 40..50]);
+        assert_eq!(z.bytes(), 35);
+        assert!(z.covers(10..35) && z.covers(12..13) && z.covers(40..50) && z.covers(7..7));
+        assert!(!z.covers(9..11) && !z.covers(34..36) && !z.covers(35..40) && !z.covers(45..51));
+        assert!(!ZeroRanges::default().covers(0..1));
     }
 
     #[test]

@@ -65,6 +65,6 @@ pub use crate::encoder::{
     BaselineInfo, DeltaEncoder, EncodeOptions, EncodedRound, EncoderStats, KeyframeReason, PageDeltaEncoder, Round,
 };
 pub use crate::error::{Error, Result};
-pub use crate::image::{try_zeroed, Image, SharedBytes};
+pub use crate::image::{try_zeroed, Image, SharedBytes, ZeroRanges};
 pub use crate::page::is_zero;
 pub use crate::payload::{BaselineId, ClassCounts, PageClass, RoundHeader, SegmentStreams};

@@ -126,6 +126,33 @@ fn moved_pages_become_duplicates_of_the_baseline() {
 }
 
 #[test]
+fn known_zero_pages_are_zero_pages_never_read() {
+    // Pages 4-19 and the short last page are declared holes, but hold bytes: a hole is never
+    // read, so they arrive as zeros, and the checksum is that of what the encoder saw.
+    let cfg = config(4096, 8 * 4096, 2);
+    let enc = PageDeltaEncoder::new(cfg.clone()).unwrap();
+    let dec = PageDeltaDecoder::new(cfg).unwrap();
+    let len = 32 * 4096 + 100;
+    let image: Vec<u8> = (0..len as u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8 | 1).collect();
+    // A hole that starts mid-page leaves that page (3) read; one that covers the short last
+    // page whole makes it zero.
+    let holes = hde_delta::ZeroRanges::new([3 * 4096 + 10..20 * 4096, (32 * 4096) as u64..len as u64]);
+    let options = EncodeOptions { known_zero: Some(holes), ..EncodeOptions::default() };
+    let round = enc.encode("k", &image, options.clone()).unwrap();
+    let counts = round.counts();
+    assert_eq!(counts.zero, 16 + 1);
+    let mut expected = image.clone();
+    expected[4 * 4096..20 * 4096].fill(0);
+    expected[32 * 4096..].fill(0);
+    assert_eq!(deliver(&dec, &round).unwrap(), expected);
+    enc.commit(round).unwrap();
+    // Against a baseline whose pages there are zero, the holes are unchanged pages.
+    let round = enc.encode("k", &expected, options).unwrap();
+    assert_eq!(round.counts().unchanged, 33);
+    assert_eq!(deliver(&dec, &round).unwrap(), expected);
+}
+
+#[test]
 fn growth_shrink_and_odd_lengths() {
     let enc = PageDeltaEncoder::new(config(512, 2048, 2)).unwrap();
     let dec = PageDeltaDecoder::new(config(512, 2048, 2)).unwrap();

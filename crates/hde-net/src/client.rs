@@ -208,7 +208,8 @@ fn encoder(
     let base = if options.keyframe { Base::None } else { sender.adopt(&options.key, offers, state.as_ref()) };
     let mut reports = Vec::with_capacity(images.len());
     for (i, path) in images.iter().enumerate() {
-        let image = hde_core::fsio::read_image(path).map_err(|source| Error::Io { path: path.clone(), source })?;
+        let file = hde_core::fsio::open_image(path).map_err(|source| Error::Io { path: path.clone(), source })?;
+        let image = file.image;
         // The last round's baseline is kept as page hashes only (saved with --state, or
         // dropped when this process ends): no copy of the image for it.
         let last = i + 1 == images.len();
@@ -218,7 +219,12 @@ fn encoder(
         let mut attempts = 0;
         loop {
             let mut w = ChunkWriter { up, buf: Vec::with_capacity(CHUNK) };
-            let encode = EncodeOptions { force_keyframe: keyframe, hashes_only: last, ..EncodeOptions::default() };
+            let encode = EncodeOptions {
+                force_keyframe: keyframe,
+                hashes_only: last,
+                known_zero: file.holes.clone(),
+                ..EncodeOptions::default()
+            };
             let sent_before = frame_bytes;
             let mut observe = |w: &hde_core::Written| {
                 if let Some(hook) = &options.progress {
@@ -482,8 +488,9 @@ pub fn send(options: &SendOptions, images: &[PathBuf]) -> Result<Vec<RoundReport
     let (mut first, hello) = runtime.block_on(connect_hello(&connector, &options.to, node))?;
     let offers = match (images.first(), options.keyframe) {
         (Some(path), false) if hello.caps & proto::CAP_INDEX != 0 => {
-            let image = hde_core::fsio::read_image(path).map_err(|source| Error::Io { path: path.clone(), source })?;
-            let sketch = Sketch::of_image(&image, options.config.delta.page_size, options.config.threads);
+            let file = hde_core::fsio::open_image(path).map_err(|source| Error::Io { path: path.clone(), source })?;
+            let (ps, threads) = (options.config.delta.page_size, options.config.threads);
+            let sketch = Sketch::of_sparse_image(&file.image, file.holes.as_ref(), ps, threads);
             runtime.block_on(query(&mut first, &hello, &options.key, sketch))?
         }
         _ => Vec::new(),
