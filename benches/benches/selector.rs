@@ -18,7 +18,12 @@ fn selector(c: &mut Criterion) {
     // Warm it up over a spread of profiles so every bucket it will see has statistics.
     for i in 0..2000u32 {
         let p = Profile::from_parts(u64::from(4096 + i * 997), 0.1, (i % 8) as f32, (i % 10) as f32 / 10.0);
-        let ctx = Context { reference_len: u64::from(i % 2) * 65536, threads: 2, reference_gain_permille: None };
+        let ctx = Context {
+            reference_len: u64::from(i % 2) * 65536,
+            threads: 2,
+            reference_gain_permille: None,
+            ..Context::default()
+        };
         let choice = s.choose(&p, &ctx);
         let outcome = Outcome {
             input_bytes: p.len,
@@ -29,7 +34,7 @@ fn selector(c: &mut Criterion) {
         s.observe(&choice, &outcome);
     }
     let profile = Profile::from_parts(1 << 20, 0.2, 5.0, 0.4);
-    let ctx = Context { reference_len: 1 << 20, threads: 2, reference_gain_permille: None };
+    let ctx = Context { reference_len: 1 << 20, threads: 2, reference_gain_permille: None, ..Context::default() };
     c.bench_function("selector/choose", |b| b.iter(|| black_box(s.choose(black_box(&profile), &ctx))));
 
     let corpus = Corpus::new(CorpusConfig::with_size(4 << 20)).unwrap();

@@ -63,6 +63,38 @@ pub(crate) struct Args {
     /// Measure hde only (no peer pipelines): for the fault runs.
     #[arg(long)]
     hde_only: bool,
+    /// Change the link's rate in the middle of a round, for every tool alike: round R starts
+    /// at `--rate`, turns to RATE SECS seconds into it, and later rounds stay at RATE
+    /// (`R:SECS:RATE`, e.g. `0:1.5:10mbit`).
+    #[arg(long, value_parser = parse_change)]
+    rate_change: Option<(usize, f64, String)>,
+    /// Pass `--bandwidth RATE` to `hde send` (what hde would do if it knew the link from the
+    /// start; without it hde measures the link).
+    #[arg(long)]
+    hde_bandwidth: Option<String>,
+}
+
+fn parse_change(s: &str) -> std::result::Result<(usize, f64, String), String> {
+    let mut parts = s.splitn(3, ':');
+    let (Some(round), Some(secs), Some(rate)) = (parts.next(), parts.next(), parts.next()) else {
+        return Err("expected ROUND:SECONDS:RATE, e.g. 0:1.5:10mbit".into());
+    };
+    Ok((round.parse().map_err(|e| format!("{e}"))?, secs.parse().map_err(|e| format!("{e}"))?, rate.to_owned()))
+}
+
+/// The rate schedule of one tool's round `r`: sets the rate it starts at, and changes it
+/// later on a thread of its own where `--rate-change` says so (joined by the caller).
+fn schedule(link: &Link, args: &Args, r: usize) -> Result<Option<std::thread::JoinHandle<Result<()>>>> {
+    let Some((round, secs, rate)) = &args.rate_change else { return Ok(None) };
+    link.set_rate(if r > *round { rate } else { &args.rate })?;
+    if r != *round {
+        return Ok(None);
+    }
+    let (rate, secs, devs) = (rate.clone(), *secs, link.devs());
+    Ok(Some(std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_secs_f64(secs));
+        Link::set_rate_of(&devs, &rate)
+    })))
 }
 
 fn parse_fault(s: &str) -> std::result::Result<(usize, f64), String> {
@@ -100,6 +132,7 @@ const PEER_PORT: u16 = 7071;
 pub(crate) struct Link {
     ns: [String; 2],
     dev: String,
+    peer: String,
 }
 
 fn ip(args: &[&str]) -> Result<()> {
@@ -111,8 +144,12 @@ fn ip(args: &[&str]) -> Result<()> {
 impl Link {
     pub(crate) fn new(rate: &str) -> Result<Link> {
         let pid = std::process::id();
-        let link = Link { ns: [format!("hdebl-a-{pid}"), format!("hdebl-b-{pid}")], dev: format!("hbla{pid}") };
-        let peer = format!("hblb{pid}");
+        let link = Link {
+            ns: [format!("hdebl-a-{pid}"), format!("hdebl-b-{pid}")],
+            dev: format!("hbla{pid}"),
+            peer: format!("hblb{pid}"),
+        };
+        let peer = link.peer.clone();
         let [a, b] = &link.ns;
         ip(&["netns", "add", a])?;
         ip(&["netns", "add", b])?;
@@ -130,6 +167,25 @@ impl Link {
                 .args(["burst", "256kb", "latency", "400ms"]))?;
         }
         Ok(link)
+    }
+
+    /// The (namespace, device) of each side.
+    fn devs(&self) -> [(String, String); 2] {
+        [(self.ns[0].clone(), self.dev.clone()), (self.ns[1].clone(), self.peer.clone())]
+    }
+
+    /// Changes the shaped rate of both directions.
+    fn set_rate(&self, rate: &str) -> Result<()> {
+        Link::set_rate_of(&self.devs(), rate)
+    }
+
+    fn set_rate_of(devs: &[(String, String); 2], rate: &str) -> Result<()> {
+        for (ns, dev) in devs {
+            run(Command::new("tc")
+                .args(["-n", ns, "qdisc", "change", "dev", dev, "root", "tbf", "rate", rate])
+                .args(["burst", "256kb", "latency", "400ms"]))?;
+        }
+        Ok(())
     }
 
     /// `program` in namespace `side` (0 sender, 1 receiver).
@@ -350,11 +406,16 @@ pub(crate) fn run_bench(args: &Args) -> Result<()> {
         // In a guard: a failed round must not leave the receiver running.
         let mut server = Children(vec![start_server(&link, &hde, &work, &state)?]);
         for (r, input) in files.iter().enumerate() {
+            let change = schedule(&link, args, r)?;
             let before = link.tx_bytes()?;
             let start = Instant::now();
-            let mut send = link
-                .exec(0, &hde)
-                .args(["send", "--to", &hde_target, "--key", "vm", "--identity"])
+            let mut send = link.exec(0, &hde);
+            send.args(["send", "--to", &hde_target, "--key", "vm"]);
+            if let Some(rate) = &args.hde_bandwidth {
+                send.args(["--bandwidth", rate]);
+            }
+            let mut send = send
+                .arg("--identity")
                 .arg(&a)
                 .arg("--peers")
                 .arg(work.join("peers-of-a"))
@@ -383,6 +444,9 @@ pub(crate) fn run_bench(args: &Args) -> Result<()> {
             }
             let status = send.wait()?;
             let seconds = start.elapsed().as_secs_f64();
+            if let Some(change) = change {
+                change.join().map_err(|_| anyhow::anyhow!("the rate change panicked"))??;
+            }
             ensure!(status.success(), "hde send of round {r} failed");
             let sent = link.tx_bytes()? - before;
             ensure!(same_file(&state.join("out/vm.raw"), input)?, "hde: round {r} differs at the receiver");
@@ -392,7 +456,11 @@ pub(crate) fn run_bench(args: &Args) -> Result<()> {
             let peers = PEERS.iter().filter(|p| !args.hde_only && p.delta == (r > 0) && !(p.slow && args.skip_slow));
             for p in peers {
                 let prev = if r > 0 { &files[r - 1] } else { input };
+                let change = schedule(&link, args, r)?;
                 let f = peer_round(&link, &peer_target, p, input, prev, &work.join("peer-out.raw"))?;
+                if let Some(change) = change {
+                    change.join().map_err(|_| anyhow::anyhow!("the rate change panicked"))??;
+                }
                 eprintln!("run {run_index} round {r}: {} {:.3} s, {} bytes", p.name, f.seconds, f.bytes);
                 times.entry(p.name.into()).or_default().entry(r).or_default().push(f.seconds);
                 bytes.entry(p.name.into()).or_default().insert(r, f.bytes);

@@ -162,6 +162,7 @@ pub(crate) fn run(args: &Args) -> Result<()> {
                     reference_len: reference.len() as u64,
                     threads: THREADS,
                     reference_gain_permille: gain.and_then(|g| u16::try_from(g).ok()),
+                    ..Context::default()
                 },
                 outcomes,
             });

@@ -205,6 +205,7 @@ pub(crate) fn send(a: SendArgs) -> Result<ExitCode> {
         limit_bytes_per_second: a.limit_rate.map(hde_core::units::Rate::bytes_per_second),
         // A bar per round on a terminal; scripts (--json, a pipe) get none.
         progress: (!a.json && std::io::stderr().is_terminal()).then(progress_bars),
+        bandwidth_given: a.engine.bandwidth.is_some(),
     };
     let reports = client::send(&options, &a.images).with_context(|| format!("cannot send {} to {}", a.key, a.to))?;
     if a.json {
@@ -313,6 +314,7 @@ pub(crate) fn demo_transport(
         attempts: 3,
         limit_bytes_per_second: None,
         progress: None,
+        bandwidth_given: false,
     };
     let start = std::time::Instant::now();
     let reports = client::send(&options, files)?;

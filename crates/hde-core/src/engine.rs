@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Instant;
 
@@ -305,6 +305,7 @@ impl<D: DeltaEncoder, S: Selector, B: CodecBank> Encoder<D, S, B> {
         let head = frame::encode_header(&header)?;
         out.write_all(&head)?;
         let mut written = head.len() as u64;
+        let progress = FrameProgress { written: AtomicU64::new(written), start: Instant::now() };
         let mut done = 0;
         let mut codecs: Vec<(String, u64)> = Vec::new();
         pipeline::ordered(
@@ -312,12 +313,13 @@ impl<D: DeltaEncoder, S: Selector, B: CodecBank> Encoder<D, S, B> {
             round.segment_count(),
             Worker::<B>::default,
             |worker, s| {
-                let (record, choice) = self.compress_segment(worker, &round, s)?;
+                let (record, choice) = self.compress_segment(worker, &round, s, &progress)?;
                 Ok((frame::segment_head(&record), record, choice))
             },
             |sealed: Result<_>| {
                 let (head, record, choice) = sealed?;
                 written += frame::write_sealed(out, &head, &record)?;
+                progress.written.store(written, Ordering::Relaxed);
                 done += 1;
                 let input = (done as u64 * u64::from(round.header().segment_size)).min(image.len() as u64);
                 observe(&Written { segments: done, of: segments, input_bytes: input, frame_bytes: written });
@@ -347,6 +349,7 @@ impl<D: DeltaEncoder, S: Selector, B: CodecBank> Encoder<D, S, B> {
         worker: &mut Worker<B>,
         round: &D::Round<'_>,
         s: usize,
+        progress: &FrameProgress,
     ) -> Result<(SegmentRecord, Option<String>)> {
         let Worker { codecs, streams, reference } = worker;
         round.build(s, streams);
@@ -358,14 +361,22 @@ impl<D: DeltaEncoder, S: Selector, B: CodecBank> Encoder<D, S, B> {
             descs[i] = store(codecs, CodecSpec::Zstd(ZstdParams::FASTEST), stream, &[], &mut data)?;
         }
         // Patch records (new bytes of small changes) with the selector's choice, alone.
-        descs[2] = self.store_chosen(codecs, &streams.xor, &[], None, round.header().page_size, &mut data)?.0;
+        let page_size = round.header().page_size;
+        let context = |reference: &[u8], gain: Option<u64>| Context {
+            reference_len: reference.len() as u64,
+            threads: self.threads as u32,
+            reference_gain_permille: gain.and_then(|g| u16::try_from(g).ok()),
+            frame_written: progress.written.load(Ordering::Relaxed),
+            frame_elapsed: progress.start.elapsed(),
+        };
+        descs[2] = self.store_chosen(codecs, &streams.xor, &[], context(&[], None), page_size, &mut data)?.0;
         let mut chosen = None;
         if !streams.literals.is_empty() {
             reference.clear();
             round.reference(s, &streams.classes, &streams.dups, reference);
-            let page_size = round.header().page_size;
             let gain = reference_gain(codecs, &streams.classes, &streams.literals, reference, page_size as usize)?;
-            let (desc, choice) = self.store_chosen(codecs, &streams.literals, reference, gain, page_size, &mut data)?;
+            let cx = context(reference, gain);
+            let (desc, choice) = self.store_chosen(codecs, &streams.literals, reference, cx, page_size, &mut data)?;
             descs[3] = desc;
             chosen = Some(if desc.codec == CodecId::Raw && choice.codec != Codec::Raw {
                 "raw".to_owned()
@@ -386,16 +397,11 @@ impl<D: DeltaEncoder, S: Selector, B: CodecBank> Encoder<D, S, B> {
         codecs: &mut B,
         input: &[u8],
         reference: &[u8],
-        gain: Option<u64>,
+        context: Context,
         page_size: u32,
         data: &mut Vec<u8>,
     ) -> Result<(StreamDesc, hde_selector::Choice)> {
         let profile = Profile::of(input, page_size as usize);
-        let context = Context {
-            reference_len: reference.len() as u64,
-            threads: self.threads as u32,
-            reference_gain_permille: gain.and_then(|g| u16::try_from(g).ok()),
-        };
         let choice = self.selector.choose(&profile, &context);
         let start = data.len();
         let t = Instant::now();
@@ -474,6 +480,13 @@ pub fn reference_gain(
     out.clear();
     codecs.compress(spec, &sample, &sample_ref, &mut out)?;
     Ok(Some(out.len() as u64 * 1000 / alone))
+}
+
+/// How far the frame being written has come: what the selector needs to know the link's
+/// backlog (see [`Context::frame_written`]).
+struct FrameProgress {
+    written: AtomicU64,
+    start: Instant,
 }
 
 /// What an encoding worker thread keeps between segments: its codecs and buffers.

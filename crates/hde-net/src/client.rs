@@ -27,6 +27,7 @@ use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 
 use crate::identity::{self, Identity, Peers};
+use crate::link::{self, LiveRate, Meter};
 use crate::proto::{self, Hello, Message};
 use crate::{Error, Result};
 
@@ -61,6 +62,10 @@ pub struct SendOptions {
     pub limit_bytes_per_second: Option<f64>,
     /// Called as each round's segments go out and once more when the round is confirmed.
     pub progress: Option<ProgressHook>,
+    /// The configured bandwidth is the user's: the first round starts from it, not from the
+    /// rate a previous send to this receiver measured and left in `state`. (Measurements
+    /// during the send replace it either way.)
+    pub bandwidth_given: bool,
 }
 
 /// How far a round has come, for a progress display.
@@ -190,8 +195,15 @@ fn encoder(
     offers: &[Candidate],
     up: &mpsc::Sender<Up>,
     down: &std::sync::mpsc::Receiver<Result<Down>>,
+    live: &LiveRate,
 ) -> Result<Vec<RoundReport>> {
     let hde = Hde::new(options.config.clone())?;
+    if let Some(rate) =
+        options.state.as_deref().filter(|_| !options.bandwidth_given).and_then(|dir| link::remembered(dir, &options.to))
+    {
+        // Where the last send to this receiver left the link.
+        hde.set_bandwidth(capped(rate, options.limit_bytes_per_second));
+    }
     let state = options.state.as_ref().map(StateDir::open).transpose()?;
     let mut rounds = match &state {
         Some(dir) => match dir.restore_sender(&hde, &options.key) {
@@ -227,6 +239,10 @@ fn encoder(
             };
             let sent_before = frame_bytes;
             let mut observe = |w: &hde_core::Written| {
+                // The link as measured so far steers the next segments' codecs.
+                if let Some(rate) = live.get() {
+                    hde.set_bandwidth(capped(rate, options.limit_bytes_per_second));
+                }
                 if let Some(hook) = &options.progress {
                     (hook.0)(&Progress {
                         round: rounds,
@@ -253,8 +269,14 @@ fn encoder(
                         dir.save_sender(&hde, &options.key, SenderImage { bytes: &image, file }, rounds + 1)?;
                     }
                     if answer.link_bytes_per_second > 0.0 {
-                        // The link as measured feeds hybrid mode's cost model.
+                        // The link as measured over the whole frame feeds hybrid mode's cost
+                        // model, and the next send to this receiver starts from it.
                         hde.set_bandwidth(answer.link_bytes_per_second);
+                        if let Some(dir) = &options.state {
+                            if let Err(e) = link::remember(dir, &options.to, answer.link_bytes_per_second) {
+                                eprintln!("hde send: cannot remember the link rate in {}: {e}", dir.display());
+                            }
+                        }
                     }
                     if let Some(hook) = &options.progress {
                         (hook.0)(&Progress {
@@ -376,6 +398,11 @@ async fn await_reply(tls: &mut TlsStream<TcpStream>) -> Result<Reply> {
     }
 }
 
+/// `rate` under the sender's own cap, if it has one.
+fn capped(rate: f64, cap: Option<f64>) -> f64 {
+    cap.map_or(rate, |cap| rate.min(cap))
+}
+
 /// Whether `e` is worth a new connection (not a refusal of our key, not a protocol break).
 fn retryable(e: &Error) -> bool {
     matches!(e, Error::Connection(_))
@@ -388,12 +415,13 @@ async fn network(
     first: TlsStream<TcpStream>,
     mut up: mpsc::Receiver<Up>,
     down: std::sync::mpsc::Sender<Result<Down>>,
+    live: &LiveRate,
 ) -> Result<()> {
     let node = options.config.node_id;
     let mut conn = Some(first);
     let mut frame: Vec<u8> = Vec::new();
-    // Time spent inside socket writes for the current frame: what the link made us wait.
-    let mut busy = Duration::ZERO;
+    // Socket writes of the current frame and how long the link made them wait.
+    let mut meter = Meter::default();
     let mut pacer = Pacer::new(options.limit_bytes_per_second);
     while let Some(message) = up.recv().await {
         match message {
@@ -404,7 +432,7 @@ async fn network(
                     if proto::write_chunk(tls, &bytes).await.is_err() {
                         conn = None; // resent whole once the frame is complete
                     }
-                    busy += t.elapsed();
+                    meter.chunk(bytes.len(), t.elapsed(), live);
                 }
                 frame.extend_from_slice(&bytes);
             }
@@ -442,13 +470,11 @@ async fn network(
                 // that fits the socket buffers says nothing about the link (0: unknown).
                 // Under --limit-rate the link is the cap where the cap is lower (the pacer's
                 // waits are not counted as busy): what a round can count on.
-                let rate = if frame.len() >= MEASURABLE && !busy.is_zero() && attempts == 1 {
-                    let measured = frame.len() as f64 / busy.as_secs_f64();
-                    options.limit_bytes_per_second.map_or(measured, |cap| measured.min(cap))
-                } else {
-                    0.0
+                let measured = meter.end_frame(MEASURABLE as u64);
+                let rate = match measured {
+                    Some(rate) if attempts == 1 => capped(rate, options.limit_bytes_per_second),
+                    _ => 0.0,
                 };
-                busy = Duration::ZERO;
                 pacer.next_frame();
                 frame.clear();
                 let failed = reply.is_err();
@@ -497,13 +523,15 @@ pub fn send(options: &SendOptions, images: &[PathBuf]) -> Result<Vec<RoundReport
     };
     let (up_tx, up_rx) = mpsc::channel(CHUNKS_IN_FLIGHT);
     let (down_tx, down_rx) = std::sync::mpsc::channel();
+    let live = LiveRate::default();
+    let encoder_live = live.clone();
     std::thread::scope(|scope| {
         let encoding = scope.spawn(move || {
-            let result = encoder(options, images, &offers, &up_tx, &down_rx);
+            let result = encoder(options, images, &offers, &up_tx, &down_rx, &encoder_live);
             let _ = up_tx.blocking_send(Up::Done);
             result
         });
-        let net = runtime.block_on(network(options, connector, first, up_rx, down_tx));
+        let net = runtime.block_on(network(options, connector, first, up_rx, down_tx, &live));
         let reports = encoding.join().map_err(|_| Error::Protocol { what: "the encoder thread panicked".into() })?;
         // The network's own error (e.g. a refused handshake) explains the encoder's.
         net?;

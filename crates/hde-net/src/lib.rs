@@ -11,6 +11,8 @@
 //! * [`server`]: a receiver for many senders and keys at once.
 //! * [`client`]: the rounds of one key to one receiver, resent over a new connection when one
 //!   drops in the middle of a round.
+//! * [`link`]: the link rate, measured from the sender's socket writes while a frame goes
+//!   out (it steers hybrid mode per segment) and remembered in the state directory.
 //! * [`relay`]: a TCP relay that adds latency, for tests and benchmarks (no `netem` here).
 //!
 //! Why TLS over TCP and not QUIC: kernel TCP with large buffers is the mature baseline on the
@@ -20,6 +22,7 @@
 pub mod client;
 pub mod cluster;
 pub mod identity;
+pub mod link;
 pub mod metrics;
 pub mod proto;
 pub mod relay;

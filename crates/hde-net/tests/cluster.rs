@@ -91,6 +91,7 @@ fn send(from: &Node, to: SocketAddr, peers: &Peers, key: &str, images: &[PathBuf
         attempts: 4,
         limit_bytes_per_second: None,
         progress: None,
+        bandwidth_given: false,
     };
     client::send(&options, images).unwrap()
 }

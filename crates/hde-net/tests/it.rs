@@ -89,6 +89,7 @@ fn options(to: SocketAddr, client: &Identity, server: &Identity, dir: &Path) -> 
         attempts: 6,
         limit_bytes_per_second: None,
         progress: None,
+        bandwidth_given: false,
     }
 }
 

@@ -18,16 +18,19 @@ pub enum Codec {
 }
 
 impl Codec {
-    /// The codecs the selectors consider by default: raw bytes to zstd 9. Higher levels encode
-    /// changed pages at a few MB/s per core, below every default budget (internet mode's is
-    /// 20 MB/s on all cores), so trying them only costs; configure them for slower links.
-    pub const DEFAULT: [Codec; 6] = [
+    /// The codecs the selectors consider by default: raw bytes to zstd 9, and zstd 17 and 19
+    /// for a slow link that leaves the encoder time (hybrid mode weighs them against the
+    /// link's rate and backlog; the other modes' budgets rule them out). Levels 10-15 are
+    /// left out: on guest RAM they store 0.98-0.99x level 9's bytes at 1.4-5x its time.
+    pub const DEFAULT: [Codec; 8] = [
         Codec::Raw,
         Codec::Lz4,
         Codec::Zstd { level: 1 },
         Codec::Zstd { level: 3 },
         Codec::Zstd { level: 6 },
         Codec::Zstd { level: 9 },
+        Codec::Zstd { level: 17 },
+        Codec::Zstd { level: 19 },
     ];
 
     /// Whether the codec is worth running against a reference.
@@ -99,11 +102,25 @@ pub struct Context {
     /// compressed against the reference per 1000 bytes compressed without (`None`: not
     /// measured, and assumed to help as much as old versions of changed pages usually do).
     pub reference_gain_permille: Option<u16>,
+    /// Bytes of the frame this block belongs to that were written (handed to the link) before
+    /// the choice.
+    pub frame_written: u64,
+    /// Time since the frame's first byte was written. With `frame_written` and the link's
+    /// rate, hybrid mode knows the link's backlog: the time it still needs for what was
+    /// written. Encoding that takes less than the backlog delays nothing, so a link that is
+    /// behind lets a block spend that time on fewer bytes (a higher level).
+    pub frame_elapsed: Duration,
 }
 
 impl Default for Context {
     fn default() -> Self {
-        Context { reference_len: 0, threads: 1, reference_gain_permille: None }
+        Context {
+            reference_len: 0,
+            threads: 1,
+            reference_gain_permille: None,
+            frame_written: 0,
+            frame_elapsed: Duration::ZERO,
+        }
     }
 }
 

@@ -158,6 +158,7 @@ impl Core {
         let input = profile.len.max(1) as f64;
         let threads = f64::from(context.threads.max(1));
         let (mode, bandwidth) = (st.mode, st.bandwidth);
+        let backlog = context.frame_written as f64 / bandwidth - context.frame_elapsed.as_secs_f64();
         let n_arms = self.arms.len();
         let row = b.0 as usize * n_arms;
         let band = size_band(b.0 as usize) * n_arms;
@@ -174,6 +175,27 @@ impl Core {
                 let tried = (0..n_arms).filter(|&i| self.arms[i].1 == flag && st.stats[row + i].count > 0);
                 if let Some(i) = tried.max_by(|&x, &y| st.stats[row + x].weight.total_cmp(&st.stats[row + y].weight)) {
                     anchor[usize::from(flag)] = Some(st.stats[row + i].correction());
+                }
+            }
+        }
+        // Hybrid mode weighs levels against each other by the bytes they save on this link;
+        // one level's learnt ratio, from the blocks it happened to get, is a noisy guide to
+        // another's (a level tried on easy blocks looked better than every level above it).
+        // What the data does to zstd's ratio is learnt over all levels tried here, and the
+        // levels' relative gains are the prior's, which hold across guest memory.
+        let mut zstd_ratio = [None::<f64>; 2];
+        if self.learn && mode == NetworkMode::Hybrid {
+            for flag in [false, true] {
+                let (mut weight, mut sum) = (0.0, 0.0);
+                for (i, &(codec, r)) in self.arms.iter().enumerate() {
+                    let s = st.stats[row + i];
+                    if matches!(codec, Codec::Zstd { .. }) && r == flag && s.count > 0 {
+                        weight += s.weight;
+                        sum += s.weight * s.ratio;
+                    }
+                }
+                if weight > 0.0 {
+                    zstd_ratio[usize::from(flag)] = Some(sum / weight);
                 }
             }
         }
@@ -224,12 +246,15 @@ impl Core {
                     optimism = self.config.exploration * transfer_optimism;
                 }
             }
+            if let (Codec::Zstd { .. }, Some(shared)) = (codec, zstd_ratio[usize::from(reference)]) {
+                correction[0] = shared;
+            }
             let e = Estimate {
                 ratio: (p.ratio * correction[0].exp()).min(1.01),
                 encode_ns: p.encode_ns * correction[1].exp(),
                 decode_ns: p.decode_ns * correction[2].exp(),
             };
-            let c = cost(mode, &self.config, bandwidth, input, &e, threads);
+            let c = cost(mode, &self.config, bandwidth, input, &e, threads, backlog);
             let bound = c * (1.0 - optimism);
             costs[i] = c;
             bounds[i] = bound;

@@ -105,7 +105,7 @@ fn mode_switch_takes_effect_on_the_next_choice() {
 fn run(s: &LearningSelector, mode: NetworkMode, steps: usize, tail: usize, drift_at: Option<usize>) -> f64 {
     let cfg = config(mode);
     let profile = compressible(1 << 20);
-    let ctx = Context { reference_len: 1 << 20, threads: 1, reference_gain_permille: None };
+    let ctx = Context { reference_len: 1 << 20, threads: 1, reference_gain_permille: None, ..Context::default() };
     let (mut mine, mut best) = (0.0, 0.0);
     for step in 0..steps {
         let drifted = drift_at.is_some_and(|d| step >= d);
@@ -144,7 +144,7 @@ fn same_seed_same_choices() {
     let trace = |seed| {
         let s = LearningSelector::new(SelectorConfig { seed, epsilon: 0.2, ..config(NetworkMode::Hybrid) }).unwrap();
         let profile = compressible(1 << 20);
-        let ctx = Context { reference_len: 1 << 20, threads: 2, reference_gain_permille: None };
+        let ctx = Context { reference_len: 1 << 20, threads: 2, reference_gain_permille: None, ..Context::default() };
         (0..200)
             .map(|_| {
                 let c = s.choose(&profile, &ctx);
@@ -163,7 +163,7 @@ fn adaptive_off_means_static() {
     let learning = LearningSelector::new(cfg.clone()).unwrap();
     let fixed = StaticSelector::new(cfg).unwrap();
     let profile = compressible(1 << 20);
-    let ctx = Context { reference_len: 1 << 20, threads: 1, reference_gain_permille: None };
+    let ctx = Context { reference_len: 1 << 20, threads: 1, reference_gain_permille: None, ..Context::default() };
     for _ in 0..50 {
         let c = learning.choose(&profile, &ctx);
         learning.observe(&c, &world(&c, profile.len, false));
@@ -226,7 +226,7 @@ fn internet_mode_compresses_against_a_reference_whenever_there_is_one() {
     let profile = compressible(1 << 20);
     // However little a sample said the reference saves, and whatever was learnt.
     for gain in [None, Some(1000), Some(990), Some(500)] {
-        let ctx = Context { reference_len: 1 << 20, threads: 1, reference_gain_permille: gain };
+        let ctx = Context { reference_len: 1 << 20, threads: 1, reference_gain_permille: gain, ..Context::default() };
         for _ in 0..20 {
             let choice = s.choose(&profile, &ctx);
             assert!(choice.reference || !choice.codec.uses_reference(), "{choice} with gain {gain:?}");
