@@ -34,7 +34,8 @@ pub(crate) struct Args {
     /// Directory of `snap_NN.raw` files (make-vm-snapshots.sh or `cargo xtask corpus`).
     #[arg(long)]
     snapshots: PathBuf,
-    /// The link's rate, as tc writes it (e.g. 10mbit, 100mbit, 1gbit).
+    /// The link's rate, as tc writes it (e.g. 10mbit, 100mbit, 1gbit), or `none` for the
+    /// veth pair unshaped.
     #[arg(long, default_value = "100mbit")]
     rate: String,
     /// Round-trip time added by a delay relay, in milliseconds.
@@ -160,6 +161,9 @@ impl Link {
             ip(&["-n", ns, "addr", "add", &format!("{addr}/24"), "dev", dev])?;
             ip(&["-n", ns, "link", "set", dev, "up"])?;
             ip(&["-n", ns, "link", "set", "lo", "up"])?;
+            if rate == "none" {
+                continue; // unshaped: the veth pair as it is
+            }
             // A queue of 400 ms holds the bandwidth-delay product of every link measured here;
             // a shorter one makes tbf drop silently.
             run(Command::new("tc")
