@@ -3,10 +3,11 @@
 //!
 //! The sender measures the link from its own socket writes: a write that waits is the link
 //! draining what was written before, so bytes over the time spent waiting, over the last few
-//! chunks, is the rate the link takes data at. A write that does not wait says the link is
-//! faster than the encoder produces: the estimate grows, and hybrid mode picks faster codecs
-//! until the link, not the encoder, is what the sender waits for. The first bytes of a frame
-//! fill the socket buffers without waiting and are not counted.
+//! chunks, is the rate the link takes data at. Writes that do not wait say the link is faster
+//! than the encoder produces: the estimate grows past what was produced, and hybrid mode picks
+//! faster codecs until the link, not the encoder, is what the sender waits for. The first bytes
+//! of a frame fill the socket buffers without waiting and are not counted. (This needs a path
+//! that pushes back: a proxy that buffers without bound in front of a slow link hides it.)
 //!
 //! The estimate goes to the encoder after every segment (hybrid mode picks codec and level per
 //! segment), so a link that slows down in the middle of a round is followed from the next
@@ -19,12 +20,15 @@ use std::collections::VecDeque;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// Chunk writes the live estimate spans.
 const WINDOW: usize = 4;
 /// Bytes at the start of each frame that are not measured (they fill the socket buffers).
 const UNMEASURED: u64 = 4 << 20;
+/// Bytes a sender's queue, socket buffers and the path may hold before writes wait (the
+/// selector's `max_backlog_bytes` is the same notion).
+const BUFFERED: u64 = 16 << 20;
 /// Estimates above this are "faster than anything we produce" (bytes/s).
 const CEILING: f64 = 1e11;
 /// How long a remembered rate is trusted.
@@ -52,29 +56,63 @@ impl LiveRate {
 /// Measures one frame's chunk writes at a time.
 #[derive(Debug, Default)]
 pub(crate) struct Meter {
-    window: VecDeque<(u64, Duration)>,
+    /// The last chunks: bytes, time their write waited, time since the chunk before ended.
+    window: VecDeque<(u64, Duration, Duration)>,
     frame_bytes: u64,
-    /// Time spent in writes over the whole frame, and the bytes they carried.
+    /// When the frame's first write began.
+    start: Option<Instant>,
+    last_end: Option<Instant>,
+    /// Time spent in writes over the whole frame.
     busy: Duration,
 }
 
 impl Meter {
-    /// Counts a chunk of `bytes` whose write took `waited`; updates `live` once the window is
-    /// full.
+    /// Counts a chunk of `bytes` whose write took `waited` and ended now; updates `live`
+    /// once the window is full.
+    ///
+    /// Where the writes waited for most of the window's time, the link set the pace: its rate
+    /// is bytes over the waits. Where they did not, the encoder set it, and the link carried
+    /// at least all the frame's bytes but what buffers hold: the estimate rises to that
+    /// (hybrid mode then picks faster codecs, produces more, and the estimate rises again until
+    /// the link is what the sender waits for, as `zstd --adapt` speeds up while its output is
+    /// not blocked).
     pub(crate) fn chunk(&mut self, bytes: usize, waited: Duration, live: &LiveRate) {
+        self.chunk_at(bytes, waited, Instant::now(), live);
+    }
+
+    /// [`chunk`](Self::chunk) for a write that ended at `now`.
+    fn chunk_at(&mut self, bytes: usize, waited: Duration, now: Instant, live: &LiveRate) {
+        let span = self.last_end.map_or(waited, |t| now.duration_since(t));
+        self.start.get_or_insert(now - waited);
+        self.last_end = Some(now);
         self.frame_bytes += bytes as u64;
         self.busy += waited;
         if self.frame_bytes <= UNMEASURED {
             return;
         }
-        self.window.push_back((bytes as u64, waited));
+        self.window.push_back((bytes as u64, waited, span.max(waited)));
         if self.window.len() > WINDOW {
             self.window.pop_front();
         }
         if self.window.len() == WINDOW {
-            let bytes: u64 = self.window.iter().map(|w| w.0).sum();
+            let bytes = self.window.iter().map(|w| w.0).sum::<u64>() as f64;
             let busy: f64 = self.window.iter().map(|w| w.1.as_secs_f64()).sum();
-            live.set(if busy > 0.0 { (bytes as f64 / busy).min(CEILING) } else { CEILING });
+            let wall: f64 = self.window.iter().map(|w| w.2.as_secs_f64()).sum();
+            let rate = if busy > 0.0 && busy >= wall / 2.0 {
+                bytes / busy
+            } else {
+                // What went through the link at least: all but what the buffers in front of
+                // it can hold (a slow link's buffers take a frame's first megabytes without a
+                // wait, from a pipeline that had segments ready: a burst, not a rate).
+                let start = self.start.unwrap_or(now);
+                let elapsed = now.duration_since(start).as_secs_f64();
+                let through = self.frame_bytes.saturating_sub(BUFFERED) as f64;
+                if through == 0.0 || elapsed == 0.0 {
+                    return;
+                }
+                live.get().unwrap_or(0.0).max(through / elapsed)
+            };
+            live.set(rate.min(CEILING));
         }
     }
 
@@ -127,34 +165,45 @@ pub fn remember(state: &Path, to: &str, rate: f64) -> std::io::Result<()> {
 mod tests {
     use super::*;
 
+    /// Writes `n` chunks of 1 MiB, each `gap_ms` after the last ended and waiting `wait_ms`.
+    fn writes(m: &mut Meter, now: &mut Instant, live: &LiveRate, n: usize, gap_ms: u64, wait_ms: u64) {
+        for _ in 0..n {
+            *now += Duration::from_millis(gap_ms + wait_ms);
+            m.chunk_at(1 << 20, Duration::from_millis(wait_ms), *now, live);
+        }
+    }
+
+    const MIB: f64 = (1 << 20) as f64;
+
     #[test]
-    fn the_live_rate_is_bytes_over_the_waits_of_the_last_chunks() {
-        let live = LiveRate::default();
-        let mut m = Meter::default();
+    fn a_link_that_makes_writes_wait_is_measured_by_the_waits() {
+        let (live, mut m, mut now) = (LiveRate::default(), Meter::default(), Instant::now());
         // The first 4 MiB fill the buffers: nothing measured.
-        for _ in 0..4 {
-            m.chunk(1 << 20, Duration::ZERO, &live);
-        }
+        writes(&mut m, &mut now, &live, 4, 1, 0);
         assert_eq!(live.get(), None);
-        // A link of 1 MiB per 100 ms.
-        for _ in 0..4 {
-            m.chunk(1 << 20, Duration::from_millis(100), &live);
-        }
-        let r = live.get().unwrap();
-        assert!((r - 10.0 * f64::from(1 << 20)).abs() < 1.0, "{r}");
+        // 1 MiB per 100 ms, the encoder faster: every write waits.
+        writes(&mut m, &mut now, &live, 4, 5, 100);
+        assert!((live.get().unwrap() - 10.0 * MIB).abs() < 1.0);
         // It slows to 1 MiB per second: followed within the window.
-        for _ in 0..4 {
-            m.chunk(1 << 20, Duration::from_secs(1), &live);
-        }
-        assert!((live.get().unwrap() - f64::from(1 << 20)).abs() < 1.0);
-        // Writes that never wait: the link is faster than the encoder.
-        for _ in 0..4 {
-            m.chunk(1 << 20, Duration::ZERO, &live);
-        }
-        assert_eq!(live.get(), Some(CEILING));
+        writes(&mut m, &mut now, &live, 4, 5, 1000);
+        assert!((live.get().unwrap() - MIB).abs() < 1.0);
         let whole = m.end_frame(8 << 20).unwrap();
-        assert!((whole - 16.0 * f64::from(1 << 20) / 4.4).abs() < 1.0);
+        assert!((whole - 12.0 * MIB / 4.4).abs() < 1.0);
         assert_eq!(m.end_frame(0), None);
+    }
+
+    #[test]
+    fn writes_that_never_wait_raise_the_estimate_past_the_buffers() {
+        let (live, mut m, mut now) = (LiveRate::default(), Meter::default(), Instant::now());
+        // One chunk every 50 ms, no waits: what buffers can hold says nothing.
+        writes(&mut m, &mut now, &live, 16, 50, 0);
+        assert_eq!(live.get(), None);
+        // Past them, the link carried the rest: 4 MiB in the 0.95 s since the first write.
+        writes(&mut m, &mut now, &live, 4, 50, 0);
+        assert!((live.get().unwrap() - 4.0 * MIB / 0.95).abs() < 1.0, "{:?}", live.get());
+        // A slower stretch without waits does not lower it.
+        writes(&mut m, &mut now, &live, 4, 500, 0);
+        assert!(live.get().unwrap() >= 4.0 * MIB);
     }
 
     #[test]

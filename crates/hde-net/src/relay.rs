@@ -60,11 +60,19 @@ fn spawn_pair(client: TcpStream, server: TcpStream, one_way: Duration) {
     }
 }
 
-/// Forwards `from` to `to`, each read held until `one_way` after it arrived.
+/// Reads a direction holds at most (and bytes a read takes at most): at most 4 MiB in
+/// flight, more than a 1 Gbit/s link carries in 25 ms.
+const IN_FLIGHT: usize = 64;
+const READ: usize = 64 << 10;
+
+/// Forwards `from` to `to`, each read held until `one_way` after it arrived. What it holds
+/// is bounded, so a slow receiver pushes back on the sender as a real path does (a relay
+/// that buffered without bound would let a sender write a whole image at once and see a
+/// fast link where there is a slow one).
 fn delayed_pipe(mut from: TcpStream, mut to: TcpStream, one_way: Duration) {
-    let (tx, rx) = mpsc::channel::<(Instant, Vec<u8>)>();
+    let (tx, rx) = mpsc::sync_channel::<(Instant, Vec<u8>)>(IN_FLIGHT);
     std::thread::spawn(move || {
-        let mut buf = vec![0u8; 256 << 10];
+        let mut buf = vec![0u8; READ];
         loop {
             match from.read(&mut buf) {
                 Ok(0) | Err(_) => break,

@@ -67,6 +67,13 @@ pub struct SelectorConfig {
     /// Hybrid mode: link bandwidth, bytes/s, until a measurement replaces it. Default 1.25e7
     /// (100 Mbit/s).
     pub bandwidth: f64,
+    /// Hybrid mode: the most bytes a sender holds in front of the link (its queue and socket
+    /// buffers; `hde send` holds 8 MiB of chunks and the kernel a few MiB more). The link's
+    /// backlog, as the frame's bytes written over the bandwidth, is never taken to be more
+    /// than this over the bandwidth: a writer faster than the link is held back once its
+    /// buffers are full, so more backlog than that means the bandwidth is underestimated,
+    /// and spending it on slow levels would hold up a fast link. Default 16 MiB.
+    pub max_backlog_bytes: u64,
     /// Blocks below this size form their own statistics bucket (default 64 KiB).
     pub small_data_size: u64,
     /// Blocks from this size form their own statistics bucket (default 2 MiB).
@@ -96,6 +103,7 @@ impl Default for SelectorConfig {
             internet_target_ratio: 0.0,
             internet_min_speed: 2e7,
             bandwidth: 1.25e7,
+            max_backlog_bytes: 16 << 20,
             small_data_size: 64 << 10,
             large_data_size: 2 << 20,
             learning_rate: 0.2,

@@ -158,7 +158,8 @@ impl Core {
         let input = profile.len.max(1) as f64;
         let threads = f64::from(context.threads.max(1));
         let (mode, bandwidth) = (st.mode, st.bandwidth);
-        let backlog = context.frame_written as f64 / bandwidth - context.frame_elapsed.as_secs_f64();
+        let backlog = (context.frame_written as f64 / bandwidth - context.frame_elapsed.as_secs_f64())
+            .min(self.config.max_backlog_bytes as f64 / bandwidth);
         let n_arms = self.arms.len();
         let row = b.0 as usize * n_arms;
         let band = size_band(b.0 as usize) * n_arms;
