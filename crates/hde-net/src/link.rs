@@ -59,8 +59,6 @@ pub(crate) struct Meter {
     /// The last chunks: bytes, time their write waited, time since the chunk before ended.
     window: VecDeque<(u64, Duration, Duration)>,
     frame_bytes: u64,
-    /// When the frame's first write began.
-    start: Option<Instant>,
     last_end: Option<Instant>,
     /// Time spent in writes over the whole frame.
     busy: Duration,
@@ -71,11 +69,11 @@ impl Meter {
     /// once the window is full.
     ///
     /// Where the writes waited for most of the window's time, the link set the pace: its rate
-    /// is bytes over the waits. Where they did not, the encoder set it, and the link carried
-    /// at least all the frame's bytes but what buffers hold: the estimate rises to that
-    /// (hybrid mode then picks faster codecs, produces more, and the estimate rises again until
-    /// the link is what the sender waits for, as `zstd --adapt` speeds up while its output is
-    /// not blocked).
+    /// is bytes over the waits. Where they did not, once the frame is past what buffers hold,
+    /// the encoder set it, and the link takes at least what was produced: the estimate rises
+    /// to twice that (hybrid mode then picks faster codecs, produces more, and the estimate
+    /// doubles again until the link is what the sender waits for, as `zstd --adapt` speeds up
+    /// while its output is not blocked).
     pub(crate) fn chunk(&mut self, bytes: usize, waited: Duration, live: &LiveRate) {
         self.chunk_at(bytes, waited, Instant::now(), live);
     }
@@ -83,7 +81,6 @@ impl Meter {
     /// [`chunk`](Self::chunk) for a write that ended at `now`.
     fn chunk_at(&mut self, bytes: usize, waited: Duration, now: Instant, live: &LiveRate) {
         let span = self.last_end.map_or(waited, |t| now.duration_since(t));
-        self.start.get_or_insert(now - waited);
         self.last_end = Some(now);
         self.frame_bytes += bytes as u64;
         self.busy += waited;
@@ -101,16 +98,14 @@ impl Meter {
             let rate = if busy > 0.0 && busy >= wall / 2.0 {
                 bytes / busy
             } else {
-                // What went through the link at least: all but what the buffers in front of
-                // it can hold (a slow link's buffers take a frame's first megabytes without a
-                // wait, from a pipeline that had segments ready: a burst, not a rate).
-                let start = self.start.unwrap_or(now);
-                let elapsed = now.duration_since(start).as_secs_f64();
-                let through = self.frame_bytes.saturating_sub(BUFFERED) as f64;
-                if through == 0.0 || elapsed == 0.0 {
+                // The link took what the encoder produced: at least that rate, twice it as the
+                // estimate. Only past what the buffers in front of the link can hold: before,
+                // a slow link's buffers take a frame's first megabytes without a wait, from a
+                // pipeline that had segments ready (a burst, not a rate).
+                if self.frame_bytes <= BUFFERED || wall == 0.0 {
                     return;
                 }
-                live.get().unwrap_or(0.0).max(through / elapsed)
+                live.get().unwrap_or(0.0).max(2.0 * bytes / wall)
             };
             live.set(rate.min(CEILING));
         }
@@ -198,12 +193,12 @@ mod tests {
         // One chunk every 50 ms, no waits: what buffers can hold says nothing.
         writes(&mut m, &mut now, &live, 16, 50, 0);
         assert_eq!(live.get(), None);
-        // Past them, the link carried the rest: 4 MiB in the 0.95 s since the first write.
+        // Past them, the link took 20 MiB/s at least: twice that is the estimate.
         writes(&mut m, &mut now, &live, 4, 50, 0);
-        assert!((live.get().unwrap() - 4.0 * MIB / 0.95).abs() < 1.0, "{:?}", live.get());
+        assert!((live.get().unwrap() - 40.0 * MIB).abs() < 1.0, "{:?}", live.get());
         // A slower stretch without waits does not lower it.
         writes(&mut m, &mut now, &live, 4, 500, 0);
-        assert!(live.get().unwrap() >= 4.0 * MIB);
+        assert!((live.get().unwrap() - 40.0 * MIB).abs() < 1.0);
     }
 
     #[test]

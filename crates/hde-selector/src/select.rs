@@ -157,7 +157,8 @@ impl Core {
     fn evaluate(&self, st: &State, b: Bucket, profile: &Profile, context: &Context) -> Evaluation {
         let input = profile.len.max(1) as f64;
         let threads = f64::from(context.threads.max(1));
-        let (mode, bandwidth) = (st.mode, st.bandwidth);
+        // Beyond `max_link_rate` the CPUs at both ends, not the link, bound delivery.
+        let (mode, bandwidth) = (st.mode, st.bandwidth.min(self.config.max_link_rate));
         let backlog = (context.frame_written as f64 / bandwidth - context.frame_elapsed.as_secs_f64())
             .min(self.config.max_backlog_bytes as f64 / bandwidth);
         let n_arms = self.arms.len();
