@@ -126,7 +126,7 @@ fn decoder_never_installs_a_stale_round_over_a_newer_one() {
         let dec = Arc::new(PageDeltaDecoder::new(config(16)).unwrap());
         let keyframe = EncodeOptions { force_keyframe: true, ..EncodeOptions::default() };
         let (one, two) = ([1u8; 1024], [2u8; 1024]);
-        let r1 = enc.encode("k", &one, keyframe).unwrap();
+        let r1 = enc.encode("k", &one, keyframe.clone()).unwrap();
         let r2 = enc.encode("k", &two, keyframe).unwrap();
         let newest = r2.header().produces();
         let frames = [(*r1.header(), r1.segments()), (*r2.header(), r2.segments())];
