@@ -715,22 +715,13 @@ impl<C: Clock> PageDeltaEncoder<C> {
         par::map_each(cfg.threads, parts, |s, (kinds, hashes)| {
             let first = s * per_seg;
             let seg_end = ((first + kinds.len()) * ps).min(image.len());
-            if known_zero.is_some_and(|z| z.covers((first * ps) as u64..seg_end as u64)) {
-                // A segment inside a hole: zero pages, unchanged where the old ones were zero.
-                for (i, kind) in kinds.iter_mut().enumerate() {
-                    let p = first + i;
-                    let old_zero = base_ref.is_some_and(|b| {
-                        p < b.pages() && b.page_len(p) == page_len(image.len(), ps, p) && b.hashes[p] == 0
-                    });
-                    *kind = if old_zero { SCAN_UNCHANGED } else { SCAN_ZERO };
-                }
-                return;
-            }
+            // A segment inside one hole needs no lookup per page.
+            let all_hole = known_zero.is_some_and(|z| z.covers((first * ps) as u64..seg_end as u64));
             for (i, (kind, hash_out)) in kinds.iter_mut().zip(hashes.iter_mut()).enumerate() {
                 let p = first + i;
                 let end = (p * ps + ps).min(image.len());
                 let old_hash = base_ref.filter(|b| p < b.pages() && b.page_len(p) == end - p * ps).map(|b| b.hashes[p]);
-                if known_zero.is_some_and(|z| z.covers((p * ps) as u64..end as u64)) {
+                if all_hole || known_zero.is_some_and(|z| z.covers((p * ps) as u64..end as u64)) {
                     // A hole: zero without reading it (reading would fill the page cache).
                     *kind = if old_hash == Some(0) { SCAN_UNCHANGED } else { SCAN_ZERO };
                     continue;
