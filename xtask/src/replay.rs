@@ -19,6 +19,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context as _, Result};
 use hde_codec::{CodecSet, CodecSpec, ZstdParams};
+use hde_delta::page_stream::LITERALS;
 use hde_delta::{DeltaConfig, DeltaEncoder, EncodeOptions, PageDeltaEncoder, Round};
 use hde_selector::{
     outcome_cost, Choice, Codec, Context, LearningSelector, NetworkMode, Outcome, Profile, Selector, SelectorConfig,
@@ -157,14 +158,20 @@ pub(crate) fn run(args: &Args) -> Result<()> {
     for image in &images {
         let round = encoder.encode("replay", image, EncodeOptions::default())?;
         for (s, streams) in round.segments().iter().enumerate() {
-            if streams.literals.len() < 4096 {
+            let literals = streams.get(LITERALS);
+            if literals.len() < 4096 {
                 continue;
             }
             let mut reference = Vec::new();
-            round.reference(s, &streams.classes, &streams.dups, &mut reference);
-            let outcomes = measure_all(&mut set, &arms, &streams.literals, &reference)?;
-            let profile = Profile::of(&streams.literals, 4096);
-            let gain = hde_core::reference_gain(&mut set, &streams.classes, &streams.literals, &reference, 4096)?;
+            round.reference(s, LITERALS, streams, &mut reference);
+            let outcomes = measure_all(&mut set, &arms, literals, &reference)?;
+            let profile = Profile::of(literals, 4096);
+            let (mut sample, mut sample_ref) = (Vec::new(), Vec::new());
+            let gain = if round.reference_sample(s, LITERALS, streams, &reference, &mut sample, &mut sample_ref) {
+                hde_core::reference_gain(&mut set, &sample, &sample_ref)?
+            } else {
+                None
+            };
             items.push(Item {
                 profile,
                 context: Context {

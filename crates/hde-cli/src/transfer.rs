@@ -11,7 +11,9 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context as _, Result};
 use clap::Args;
 use hde_core::codec::CodecSet;
-use hde_core::delta::{ClassCounts, EncodeOptions, Image, PageClass};
+use hde_core::delta::{
+    ClassCounts, DeltaConfig, DeltaDecoder as _, EncodeOptions, Image, PageDeltaDecoder, SegmentStreams, PAGE_LAYOUT,
+};
 use hde_core::frame::{self, FrameLimits};
 use hde_core::session::{Received, Receiver, Refusal, Sender};
 use hde_core::state::{SenderImage, StateDir};
@@ -215,7 +217,7 @@ fn frames<'a>(bytes: &'a [u8], limits: &FrameLimits) -> impl Iterator<Item = Res
     let mut rest = Some(bytes);
     std::iter::from_fn(move || {
         let r = rest?;
-        match frame::frame_len(r, &limits) {
+        match frame::frame_len(r, &limits, &PAGE_LAYOUT) {
             Ok(len) => {
                 let (frame, after) = r.split_at(len);
                 rest = (!after.is_empty()).then_some(after);
@@ -402,10 +404,10 @@ fn inspect_frame(out: &mut impl io::Write, path: &Path, index: usize, offset: us
     let round = header.round;
     writeln!(
         out,
-        "frame      {} #{index} at byte {offset} ({} bytes, format version {})",
+        "frame      {} #{index} at byte {offset} ({} bytes, {} streams per segment)",
         display(path),
         bytes.len(),
-        frame::VERSION
+        header.streams
     )?;
     writeln!(out, "key        {}", header.key)?;
     writeln!(out, "kind       {}", if round.is_keyframe() { "keyframe" } else { "delta" })?;
@@ -422,30 +424,38 @@ fn inspect_frame(out: &mut impl io::Write, path: &Path, index: usize, offset: us
         round.segment_size,
         round.segment_count()
     )?;
+    // The page layer says what the streams are and counts their pages.
+    let delta = PageDeltaDecoder::new(DeltaConfig::default())?;
+    let layout = delta.layout();
+    frame::check_layout(&header, layout)?;
     let mut set = CodecSet::new();
-    let mut raw = [0u64; 4];
-    let mut stored = [0u64; 4];
-    let mut codecs: Vec<BTreeMap<String, u64>> = vec![BTreeMap::new(); 4];
+    let mut raw = vec![0u64; layout.len()];
+    let mut stored = vec![0u64; layout.len()];
+    let mut codecs: Vec<BTreeMap<String, u64>> = vec![BTreeMap::new(); layout.len()];
     let mut pages = ClassCounts::default();
+    let mut streams = SegmentStreams::with_count(layout.len());
     for index in 0..round.segment_count() {
         let index = u32::try_from(index).context("too many segments")?;
-        let record = frame::read_segment(&mut r, &header, index)?;
+        let record = frame::read_segment(&mut r, &header, layout, index)?;
+        streams.reset(layout.len());
         for (i, s) in record.streams.iter().enumerate() {
             raw[i] += u64::from(s.raw_len);
             stored[i] += u64::from(s.stored_len);
             let name = format!("{}{}", s.codec, if s.with_reference { "+ref" } else { "" });
             *codecs[i].entry(name).or_default() += 1;
+            // Streams stored against a reference (which needs the baseline) stay empty.
+            if !s.with_reference {
+                let buf = streams.get_mut(i);
+                buf.resize(s.raw_len as usize, 0);
+                set.decompress(s.codec, record.stream(i), &[], buf)?;
+            }
         }
-        let mut buf = vec![0u8; record.streams[0].raw_len as usize];
-        set.decompress(record.streams[0].codec, record.stream(0), &[], &mut buf)?;
-        for class in buf.into_iter().filter_map(PageClass::from_u8) {
-            pages.count(class);
-        }
+        pages.merge(&delta.counts(&streams));
     }
     writeln!(out, "{:<10} {:>12} {:>12}  codecs (segments)", "stream", "raw bytes", "stored")?;
-    for (i, name) in frame::STREAMS.iter().enumerate() {
+    for (i, spec) in layout.iter().enumerate() {
         let used: Vec<String> = codecs[i].iter().map(|(c, n)| format!("{c}x{n}")).collect();
-        writeln!(out, "{:<10} {:>12} {:>12}  {}", name, raw[i], stored[i], used.join(", "))?;
+        writeln!(out, "{:<10} {:>12} {:>12}  {}", spec.name, raw[i], stored[i], used.join(", "))?;
     }
     writeln!(
         out,

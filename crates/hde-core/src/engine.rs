@@ -9,7 +9,7 @@ use std::time::Instant;
 use hde_codec::{CodecId, CodecSet, CodecSpec, ZstdParams};
 use hde_delta::{
     BaselineId, ClassCounts, DeltaConfig, DeltaDecoder, DeltaEncoder, EncodeOptions, Image, PageDeltaDecoder,
-    PageDeltaEncoder, Prepared, Round, SegmentStreams,
+    PageDeltaEncoder, Prepared, Round, SegmentStreams, StreamRole, StreamSpec,
 };
 use hde_selector::{Codec, Context, LearningSelector, Outcome, Profile, Selector, SelectorConfig};
 
@@ -95,6 +95,7 @@ pub struct Written {
 fn stream_segments<W, T: Send>(
     threads: usize,
     header: &FrameHeader,
+    layout: &[StreamSpec],
     r: &mut impl Read,
     init: impl Fn() -> W + Sync,
     f: impl Fn(&mut W, usize, SegmentRecord) -> Result<T> + Sync,
@@ -135,10 +136,10 @@ fn stream_segments<W, T: Send>(
             }
             let record = u32::try_from(index)
                 .map_err(|_| Error::CorruptFrame { reason: "too many segments" })
-                .and_then(|i| frame::read_segment(r, header, i));
+                .and_then(|i| frame::read_segment(r, header, layout, i));
             match record {
                 Ok(record) => {
-                    tally.add(&record);
+                    tally.add(&record, layout);
                     if tx.send((index, record)).is_err() {
                         break;
                     }
@@ -170,13 +171,12 @@ struct Tally {
 }
 
 impl Tally {
-    fn add(&mut self, record: &SegmentRecord) {
-        // The record's index, four stream descriptors and the data (frame.rs's layout).
-        self.bytes += frame::SEGMENT_FIXED as u64 + record.data.len() as u64;
-        let literals = record.streams[3];
-        if literals.raw_len > 0 {
-            let name = literals.codec.name();
-            let name = if literals.with_reference { format!("{name}+ref") } else { name.to_owned() };
+    fn add(&mut self, record: &SegmentRecord, layout: &[StreamSpec]) {
+        self.bytes += frame::segment_fixed(record.streams.len()) as u64 + record.data.len() as u64;
+        let referenced = layout.iter().zip(&record.streams).filter(|(spec, _)| spec.role == StreamRole::Referenced);
+        for (_, desc) in referenced.filter(|(_, d)| d.raw_len > 0) {
+            let name = desc.codec.name();
+            let name = if desc.with_reference { format!("{name}+ref") } else { name.to_owned() };
             *self.codecs.entry(name).or_default() += 1;
         }
     }
@@ -300,8 +300,16 @@ impl<D: DeltaEncoder, S: Selector, B: CodecBank> Encoder<D, S, B> {
     ) -> Result<(FrameSummary, D::Round<'a>)> {
         let round = self.delta.encode(key, image, options)?;
         let segments = round.segment_count();
-        let header =
-            FrameHeader { key: key.to_owned(), round: *round.header(), base_key: round.base_key().map(str::to_owned) };
+        let streams = u8::try_from(round.layout().len())
+            .ok()
+            .filter(|_| hde_delta::check_layout(round.layout()).is_ok())
+            .ok_or(Error::InvalidConfig { what: "the delta layer's stream layout".into() })?;
+        let header = FrameHeader {
+            key: key.to_owned(),
+            round: *round.header(),
+            base_key: round.base_key().map(str::to_owned),
+            streams,
+        };
         let head = frame::encode_header(&header)?;
         out.write_all(&head)?;
         let mut written = head.len() as u64;
@@ -342,8 +350,9 @@ impl<D: DeltaEncoder, S: Selector, B: CodecBank> Encoder<D, S, B> {
         Ok(self.delta.commit(round)?)
     }
 
-    /// Builds and compresses segment `s`'s four streams; returns the record and the literal
-    /// choice.
+    /// Builds and compresses segment `s`'s streams as the delta layer's layout says; returns
+    /// the record and the choice for its referenced stream (the literals of the page
+    /// hierarchy).
     fn compress_segment(
         &self,
         worker: &mut Worker<B>,
@@ -351,16 +360,11 @@ impl<D: DeltaEncoder, S: Selector, B: CodecBank> Encoder<D, S, B> {
         s: usize,
         progress: &FrameProgress,
     ) -> Result<(SegmentRecord, Option<String>)> {
-        let Worker { codecs, streams, reference } = worker;
+        let Worker { codecs, streams, reference, sample, sample_ref } = worker;
+        let layout = round.layout();
         round.build(s, streams);
         let mut data = Vec::new();
-        let mut descs = [StreamDesc { codec: CodecId::Raw, with_reference: false, raw_len: 0, stored_len: 0 }; 4];
-        // Page classes and duplicate indices: small, regular; zstd-1, or raw when that is not
-        // smaller.
-        for (i, stream) in [&streams.classes, &streams.dups].into_iter().enumerate() {
-            descs[i] = store(codecs, CodecSpec::Zstd(ZstdParams::FASTEST), stream, &[], &mut data)?;
-        }
-        // Patch records (new bytes of small changes) with the selector's choice, alone.
+        let mut descs = Vec::with_capacity(layout.len());
         let page_size = round.header().page_size;
         let context = |reference: &[u8], gain: Option<u64>| Context {
             reference_len: reference.len() as u64,
@@ -369,20 +373,35 @@ impl<D: DeltaEncoder, S: Selector, B: CodecBank> Encoder<D, S, B> {
             frame_written: progress.written.load(Ordering::Relaxed),
             frame_elapsed: progress.start.elapsed(),
         };
-        descs[2] = self.store_chosen(codecs, &streams.xor, &[], context(&[], None), page_size, &mut data)?.0;
         let mut chosen = None;
-        if !streams.literals.is_empty() {
-            reference.clear();
-            round.reference(s, &streams.classes, &streams.dups, reference);
-            let gain = reference_gain(codecs, &streams.classes, &streams.literals, reference, page_size as usize)?;
-            let cx = context(reference, gain);
-            let (desc, choice) = self.store_chosen(codecs, &streams.literals, reference, cx, page_size, &mut data)?;
-            descs[3] = desc;
-            chosen = Some(if desc.codec == CodecId::Raw && choice.codec != Codec::Raw {
-                "raw".to_owned()
-            } else {
-                choice.to_string()
-            });
+        for (i, spec) in layout.iter().enumerate() {
+            let input = streams.get(i);
+            let desc = match spec.role {
+                // Small, regular: zstd-1, or raw when that is not smaller.
+                StreamRole::Index => store(codecs, CodecSpec::Zstd(ZstdParams::FASTEST), input, &[], &mut data)?,
+                StreamRole::Referenced if !input.is_empty() => {
+                    reference.clear();
+                    round.reference(s, i, streams, reference);
+                    sample.clear();
+                    sample_ref.clear();
+                    let gain = if round.reference_sample(s, i, streams, reference, sample, sample_ref) {
+                        reference_gain(codecs, sample, sample_ref)?
+                    } else {
+                        None
+                    };
+                    let cx = context(reference, gain);
+                    let (desc, choice) = self.store_chosen(codecs, input, reference, cx, page_size, &mut data)?;
+                    chosen = Some(if desc.codec == CodecId::Raw && choice.codec != Codec::Raw {
+                        "raw".to_owned()
+                    } else {
+                        choice.to_string()
+                    });
+                    desc
+                }
+                // Content alone (and an empty referenced stream).
+                _ => self.store_chosen(codecs, input, &[], context(&[], None), page_size, &mut data)?.0,
+            };
+            descs.push(desc);
         }
         let index = u32::try_from(s).map_err(|_| Error::CorruptFrame { reason: "too many segments" })?;
         Ok((SegmentRecord { index, streams: descs, data }, chosen))
@@ -422,63 +441,29 @@ impl<D: DeltaEncoder, S: Selector, B: CodecBank> Encoder<D, S, B> {
     }
 }
 
-/// Literal pages a reference probe samples: 32 pages, 128 KiB at 4 KiB pages.
-const PROBE_PAGES: usize = 32;
-
-/// What the reference is worth for a segment's literals: compressed size with it per 1000
-/// bytes without, measured with zstd-1 on 32 literal pages spread over the
-/// segment and the reference pages they have. `None` where no sampled page has a reference.
+/// What a reference is worth for a stream: the size of `sample` compressed with zstd-1
+/// against `sample_ref` per 1000 bytes of it compressed alone (the delta layer picks the
+/// sample: [`Round::reference_sample`]).
 ///
 /// How much a reference saves varies from segment to segment (the old content of pages that
 /// changed a little, or the similar pages of another image found for a few of them), more
-/// than anything the literals' own profile can tell; the probe costs about 1 % of the
+/// than anything the stream's own profile can tell; the probe costs about 1 % of the
 /// segment's compression. Public so that `cargo xtask selector-replay` gives the selector
 /// what the engine gives it.
 ///
 /// # Errors
 ///
 /// What the codec bank returns.
-pub fn reference_gain(
-    codecs: &mut impl CodecBank,
-    classes: &[u8],
-    literals: &[u8],
-    reference: &[u8],
-    page_size: usize,
-) -> Result<Option<u64>> {
-    use hde_delta::PageClass;
-    if reference.is_empty() || page_size == 0 {
-        return Ok(None);
-    }
-    let pages = literals.len().div_ceil(page_size);
-    let stride = pages.div_ceil(PROBE_PAGES).max(1);
-    let (mut sample, mut sample_ref) = (Vec::new(), Vec::new());
-    let (mut lit, mut refs) = (0usize, 0usize);
-    for &code in classes {
-        let with_ref = match PageClass::from_u8(code) {
-            Some(PageClass::Literal) => false,
-            Some(PageClass::LiteralRef | PageClass::LiteralSimilar) => true,
-            _ => continue,
-        };
-        if lit % stride == 0 {
-            let page = literals.get(lit * page_size..((lit + 1) * page_size).min(literals.len())).unwrap_or(&[]);
-            sample.extend_from_slice(page);
-            if with_ref {
-                let old = reference.get(refs * page_size..((refs + 1) * page_size).min(reference.len()));
-                sample_ref.extend_from_slice(old.unwrap_or(&[]));
-            }
-        }
-        lit += 1;
-        refs += usize::from(with_ref);
-    }
-    if sample_ref.is_empty() {
+pub fn reference_gain(codecs: &mut impl CodecBank, sample: &[u8], sample_ref: &[u8]) -> Result<Option<u64>> {
+    if sample.is_empty() || sample_ref.is_empty() {
         return Ok(None);
     }
     let spec = CodecSpec::Zstd(ZstdParams::FASTEST);
     let mut out = Vec::new();
-    codecs.compress(spec, &sample, &[], &mut out)?;
+    codecs.compress(spec, sample, &[], &mut out)?;
     let alone = out.len().max(1) as u64;
     out.clear();
-    codecs.compress(spec, &sample, &sample_ref, &mut out)?;
+    codecs.compress(spec, sample, sample_ref, &mut out)?;
     Ok(Some(out.len() as u64 * 1000 / alone))
 }
 
@@ -495,6 +480,8 @@ struct Worker<B> {
     codecs: B,
     streams: SegmentStreams,
     reference: Vec<u8>,
+    sample: Vec<u8>,
+    sample_ref: Vec<u8>,
 }
 
 /// Compresses `input` with `spec` (against `reference`), or stores it raw when that is not
@@ -610,6 +597,8 @@ impl<D: DeltaDecoder, B: CodecBank> Decoder<D, B> {
     /// at most `2 x threads` records and the decompressed streams of `threads` segments exist
     /// at a time.
     pub fn decompress_body(&self, header: &FrameHeader, r: &mut impl Read) -> Result<Image> {
+        let layout = self.delta.layout();
+        frame::check_layout(header, layout)?;
         let prepared =
             self.delta.prepare_from(&header.key, header.base_key.as_deref().unwrap_or(&header.key), &header.round)?;
         let len = usize::try_from(header.round.image_len)
@@ -625,10 +614,11 @@ impl<D: DeltaDecoder, B: CodecBank> Decoder<D, B> {
         let (applied, tally) = stream_segments(
             self.threads,
             header,
+            layout,
             r,
             || (B::default(), SegmentStreams::default(), Vec::new()),
             |(codecs, streams, reference), s, record| {
-                decompress_segment(codecs, &prepared, &record, streams, reference)?;
+                decompress_segment(codecs, &prepared, layout, &record, streams, reference)?;
                 let out = slots[s].lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
                 let out = out.ok_or(Error::CorruptFrame { reason: "segment applied twice" })?;
                 Ok(self.delta.apply_segment(&prepared, s, streams, out)?)
@@ -660,6 +650,8 @@ impl<D: DeltaDecoder, B: CodecBank> Decoder<D, B> {
     #[cfg(unix)]
     pub fn decompress_body_to_file(&self, header: &FrameHeader, r: &mut impl Read, file: &std::fs::File) -> Result<()> {
         use std::os::unix::fs::FileExt;
+        let layout = self.delta.layout();
+        frame::check_layout(header, layout)?;
         let prepared =
             self.delta.prepare_from(&header.key, header.base_key.as_deref().unwrap_or(&header.key), &header.round)?;
         let seg_size = u64::from(header.round.segment_size.max(1));
@@ -668,10 +660,11 @@ impl<D: DeltaDecoder, B: CodecBank> Decoder<D, B> {
         let (applied, tally) = stream_segments(
             self.threads,
             header,
+            layout,
             r,
             || (B::default(), SegmentStreams::default(), Vec::new(), Vec::new()),
             |(codecs, streams, reference, out), s, record| {
-                decompress_segment(codecs, &prepared, &record, streams, reference)?;
+                decompress_segment(codecs, &prepared, layout, &record, streams, reference)?;
                 let start = s as u64 * seg_size;
                 let len = header.round.image_len.saturating_sub(start).min(seg_size) as usize;
                 if out.is_empty() {
@@ -696,31 +689,34 @@ impl<D: DeltaDecoder, B: CodecBank> Decoder<D, B> {
     }
 }
 
-/// Decompresses the four streams of `record` into `streams` (buffers reused between
-/// segments), the literals against the reference `prepared` rebuilds from its baseline.
+/// Decompresses the streams of `record` into `streams` (buffers reused between segments) as
+/// the delta layer's `layout` says, each referenced one against the reference `prepared`
+/// rebuilds from its baseline and the streams before it.
 fn decompress_segment(
     codecs: &mut impl CodecBank,
     prepared: &impl Prepared,
+    layout: &[StreamSpec],
     record: &SegmentRecord,
     streams: &mut SegmentStreams,
     reference: &mut Vec<u8>,
 ) -> Result<()> {
-    for i in 0..4 {
-        let desc = record.streams[i];
-        if desc.with_reference && i == 3 {
+    streams.reset(layout.len());
+    for (i, spec) in layout.iter().enumerate() {
+        let desc = record
+            .streams
+            .get(i)
+            .copied()
+            .ok_or(Error::LayoutMismatch { frame: record.streams.len(), layer: layout.len() })?;
+        if desc.with_reference {
+            if spec.role != StreamRole::Referenced {
+                return Err(Error::CorruptFrame { reason: "reference flag on a stream that has none" });
+            }
             reference.clear();
-            prepared.reference(record.index as usize, &streams.classes, &streams.dups, reference)?;
-        } else if desc.with_reference {
-            return Err(Error::CorruptFrame { reason: "reference flag on a stream that has none" });
+            prepared.reference(record.index as usize, i, streams, reference)?;
         }
         let used: &[u8] = if desc.with_reference { reference } else { &[] };
-        let buf = match i {
-            0 => &mut streams.classes,
-            1 => &mut streams.dups,
-            2 => &mut streams.xor,
-            _ => &mut streams.literals,
-        };
-        // `raw_len` was checked against the segment's geometry by `read_segment`.
+        let buf = streams.get_mut(i);
+        // `raw_len` was checked against the layout's limit by `read_segment`.
         buf.resize(desc.raw_len as usize, 0);
         let n = codecs.decompress(desc.codec, record.stream(i), used, buf)?;
         if n != buf.len() {

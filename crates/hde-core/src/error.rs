@@ -22,6 +22,15 @@ pub enum Error {
         /// What is wrong.
         reason: &'static str,
     },
+    /// A frame's segments have another number of streams than the delta layer decoding it
+    /// describes (a frame of another delta layer).
+    #[error("frame has {frame} streams per segment, the delta layer {layer}")]
+    LayoutMismatch {
+        /// Streams per segment in the frame.
+        frame: usize,
+        /// Streams in the delta layer's layout.
+        layer: usize,
+    },
     /// A checksum over frame bytes does not match.
     #[error("{what} checksum mismatch: stored {stored:#018x}, computed {computed:#018x}")]
     ChecksumMismatch {

@@ -7,19 +7,29 @@
 use std::io::{Read, Write};
 
 use hde_codec::CodecId;
-use hde_delta::{BaselineId, RoundHeader};
+use hde_delta::{BaselineId, RoundHeader, SegmentShape, StreamSpec, MAX_STREAMS};
 use xxhash_rust::xxh3::{xxh3_64, Xxh3};
 
 use crate::{Error, Result};
 
 /// The first four bytes of every frame.
 pub const MAGIC: [u8; 4] = *b"HDEF";
-/// The format version this build writes (and the newest it reads).
-pub const VERSION: u8 = 1;
-/// Bytes of the fixed part of the round header (the key and the header checksum follow).
-pub const HEADER_FIXED: usize = 56;
-/// Bytes of a segment record before its stream data.
-pub const SEGMENT_FIXED: usize = 60;
+/// The format version this build writes (and the newest it reads). Version 1 frames (four
+/// streams per segment, no stream count) are still read.
+pub const VERSION: u8 = 2;
+/// Bytes of the fixed part of a version 1 round header (the key and the header checksum
+/// follow).
+pub const HEADER_FIXED_V1: usize = 56;
+/// Bytes of the fixed part of a version 2 round header: version 1's and the stream count.
+pub const HEADER_FIXED: usize = 57;
+/// Streams per segment in a version 1 frame (classes, dups, xor, literals).
+pub const STREAMS_V1: usize = 4;
+
+/// Bytes of a segment record of `streams` streams before its stream data: the index, 12
+/// bytes per stream and the checksum.
+pub const fn segment_fixed(streams: usize) -> usize {
+    4 + 12 * streams + 8
+}
 /// The longest key a frame carries.
 pub const MAX_KEY: usize = 255;
 
@@ -27,9 +37,6 @@ const FLAG_KEYFRAME: u8 = 1;
 /// Header flag: the base key follows the key (a delta against another key's baseline).
 const FLAG_BASE_KEY: u8 = 2;
 const STREAM_FLAG_REFERENCE: u8 = 1;
-
-/// The streams of a segment, in wire order.
-pub const STREAMS: [&str; 4] = ["classes", "dups", "xor", "literals"];
 
 /// The round header of a frame: which key, which round, which baseline it applies to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -41,6 +48,9 @@ pub struct FrameHeader {
     /// The key whose baseline a delta applies to, where it is not `key`'s own (a VM encoded
     /// against another VM's image the receiver holds). `None`: `key`'s.
     pub base_key: Option<String>,
+    /// Streams per segment record: the length of the delta layer's layout (4 for the page
+    /// hierarchy, and in every version 1 frame).
+    pub streams: u8,
 }
 
 /// How one stream of a segment is stored.
@@ -56,19 +66,19 @@ pub struct StreamDesc {
     pub stored_len: u32,
 }
 
-/// One segment: how its four streams are stored, and their bytes.
+/// One segment: how its streams are stored, and their bytes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SegmentRecord {
     /// The segment's index in the image.
     pub index: u32,
-    /// Classes, dups, xor and literals, in that order.
-    pub streams: [StreamDesc; 4],
-    /// The four stored streams, concatenated.
+    /// One per stream of the delta layer's layout, in its order.
+    pub streams: Vec<StreamDesc>,
+    /// The stored streams, concatenated.
     pub data: Vec<u8>,
 }
 
 impl SegmentRecord {
-    /// The stored bytes of stream `i` (0..4).
+    /// The stored bytes of stream `i` (empty past the last).
     pub fn stream(&self, i: usize) -> &[u8] {
         let start: usize = self.streams[..i].iter().map(|s| s.stored_len as usize).sum();
         let len = self.streams.get(i).map_or(0, |s| s.stored_len as usize);
@@ -121,6 +131,13 @@ pub fn encode_header(header: &FrameHeader) -> Result<Vec<u8>> {
             });
         }
     }
+    if header.streams == 0 || usize::from(header.streams) > MAX_STREAMS {
+        return Err(Error::LimitExceeded {
+            what: "streams per segment",
+            claimed: u64::from(header.streams),
+            limit: MAX_STREAMS as u64,
+        });
+    }
     let mut out = Vec::with_capacity(HEADER_FIXED + key.len() + 9 + base_key.map_or(0, <[u8]>::len));
     out.extend_from_slice(&MAGIC);
     out.push(VERSION);
@@ -137,6 +154,7 @@ pub fn encode_header(header: &FrameHeader) -> Result<Vec<u8>> {
     out.extend_from_slice(&base.seq.to_le_bytes());
     out.extend_from_slice(&base.checksum.to_le_bytes());
     out.extend_from_slice(&r.checksum.to_le_bytes());
+    out.push(header.streams);
     out.extend_from_slice(key);
     if let Some(b) = base_key {
         out.push(b.len() as u8);
@@ -149,7 +167,7 @@ pub fn encode_header(header: &FrameHeader) -> Result<Vec<u8>> {
 
 /// Reads and validates a round header.
 pub fn read_header(r: &mut impl Read, limits: &FrameLimits) -> Result<FrameHeader> {
-    let mut fixed = [0u8; HEADER_FIXED];
+    let mut fixed = [0u8; HEADER_FIXED_V1];
     // The first read tells an empty input (a user's mistake, said plainly) from a cut one.
     let first = loop {
         match r.read(&mut fixed) {
@@ -167,12 +185,20 @@ pub fn read_header(r: &mut impl Read, limits: &FrameLimits) -> Result<FrameHeade
     if fixed[4] == 0 || fixed[4] > VERSION {
         return Err(Error::NotAFrame { reason: "unsupported format version" });
     }
+    let mut all = fixed.to_vec();
+    let streams = if fixed[4] == 1 {
+        STREAMS_V1 as u8
+    } else {
+        let mut count = [0u8; 1];
+        read_exact(r, &mut count, "frame header")?;
+        all.push(count[0]);
+        count[0]
+    };
     let key_len = fixed[7] as usize;
     let flags = fixed[5];
     if flags & !(FLAG_KEYFRAME | FLAG_BASE_KEY) != 0 || flags == FLAG_KEYFRAME | FLAG_BASE_KEY {
         return Err(Error::CorruptFrame { reason: "unknown header flags" });
     }
-    let mut all = fixed.to_vec();
     let mut key = vec![0u8; key_len];
     read_exact(r, &mut key, "frame header")?;
     all.extend_from_slice(&key);
@@ -192,6 +218,9 @@ pub fn read_header(r: &mut impl Read, limits: &FrameLimits) -> Result<FrameHeade
     let computed = xxh3_64(&all);
     if stored != computed {
         return Err(Error::ChecksumMismatch { what: "header".into(), stored, computed });
+    }
+    if streams == 0 || usize::from(streams) > MAX_STREAMS {
+        return Err(Error::CorruptFrame { reason: "stream count out of range" });
     }
     let page_log = u32::from(fixed[6]);
     if !(9..=16).contains(&page_log) {
@@ -231,12 +260,13 @@ pub fn read_header(r: &mut impl Read, limits: &FrameLimits) -> Result<FrameHeade
             checksum: le64(&fixed, 48),
         },
         base_key,
+        streams,
     })
 }
 
 /// Encodes a segment record.
 pub fn encode_segment(record: &SegmentRecord) -> Vec<u8> {
-    let mut out = Vec::with_capacity(SEGMENT_FIXED + record.data.len());
+    let mut out = Vec::with_capacity(segment_fixed(record.streams.len()) + record.data.len());
     // Writing to a Vec cannot fail.
     let _ = write_segment(&mut out, record);
     out
@@ -244,8 +274,9 @@ pub fn encode_segment(record: &SegmentRecord) -> Vec<u8> {
 
 /// The fixed part of a segment record (index, stream descriptors, checksum over them and the
 /// data): computed where the record is made, so the writer only writes.
-pub fn segment_head(record: &SegmentRecord) -> [u8; SEGMENT_FIXED] {
-    let mut head = [0u8; SEGMENT_FIXED];
+pub fn segment_head(record: &SegmentRecord) -> Vec<u8> {
+    let fixed = segment_fixed(record.streams.len());
+    let mut head = vec![0u8; fixed];
     head[..4].copy_from_slice(&record.index.to_le_bytes());
     for (i, s) in record.streams.iter().enumerate() {
         let at = 4 + i * 12;
@@ -255,9 +286,9 @@ pub fn segment_head(record: &SegmentRecord) -> [u8; SEGMENT_FIXED] {
         head[at + 8..at + 12].copy_from_slice(&s.stored_len.to_le_bytes());
     }
     let mut sum = Xxh3::new();
-    sum.update(&head[..SEGMENT_FIXED - 8]);
+    sum.update(&head[..fixed - 8]);
     sum.update(&record.data);
-    head[SEGMENT_FIXED - 8..].copy_from_slice(&sum.digest().to_le_bytes());
+    head[fixed - 8..].copy_from_slice(&sum.digest().to_le_bytes());
     head
 }
 
@@ -267,36 +298,24 @@ pub fn write_segment(out: &mut impl Write, record: &SegmentRecord) -> std::io::R
 }
 
 /// Writes a record whose head [`segment_head`] already made.
-pub fn write_sealed(out: &mut impl Write, head: &[u8; SEGMENT_FIXED], record: &SegmentRecord) -> std::io::Result<u64> {
+pub fn write_sealed(out: &mut impl Write, head: &[u8], record: &SegmentRecord) -> std::io::Result<u64> {
     out.write_all(head)?;
     out.write_all(&record.data)?;
-    Ok((SEGMENT_FIXED + record.data.len()) as u64)
-}
-
-/// The most a stream of segment `index` may hold once decompressed, for the round `round`.
-pub fn raw_limit(round: &RoundHeader, index: u32, stream: usize) -> u64 {
-    let seg = u64::from(round.segment_size);
-    let start = u64::from(index) * seg;
-    let bytes = round.image_len.saturating_sub(start).min(seg);
-    let pages = bytes.div_ceil(u64::from(round.page_size));
-    match stream {
-        0 => pages,                                     // one class byte per page
-        1 => pages * 10,                                // one varint page index per page
-        2 => pages * (u64::from(round.page_size) + 32), // XOR records: at worst a page plus run headers
-        _ => bytes,                                     // literal pages
-    }
+    Ok((head.len() + record.data.len()) as u64)
 }
 
 /// The length of the frame at the start of `bytes` (which may hold more frames after it):
-/// its header is validated and each segment's lengths checked, without reading the data.
-pub fn frame_len(bytes: &[u8], limits: &FrameLimits) -> Result<usize> {
+/// its header is validated and each segment's lengths checked against `layout` (the delta
+/// layer's), without reading the data.
+pub fn frame_len(bytes: &[u8], limits: &FrameLimits, layout: &[StreamSpec]) -> Result<usize> {
     let mut r = bytes;
     let header = read_header(&mut r, limits)?;
+    check_layout(&header, layout)?;
+    let mut fixed = vec![0u8; segment_fixed(layout.len())];
     for index in 0..header.round.segment_count() {
         let index = u32::try_from(index).map_err(|_| Error::CorruptFrame { reason: "too many segments" })?;
-        let mut fixed = [0u8; SEGMENT_FIXED];
         read_exact(&mut r, &mut fixed, "segment record")?;
-        let (_, total) = parse_segment_head(&fixed, &header, index)?;
+        let (_, total) = parse_segment_head(&fixed, &header, layout, index)?;
         let total =
             usize::try_from(total).map_err(|_| Error::CorruptFrame { reason: "frame ends inside segment data" })?;
         r = r.get(total..).ok_or(Error::CorruptFrame { reason: "frame ends inside segment data" })?;
@@ -304,11 +323,27 @@ pub fn frame_len(bytes: &[u8], limits: &FrameLimits) -> Result<usize> {
     Ok(bytes.len() - r.len())
 }
 
-/// Reads and validates segment record `expected` of the round `header`.
-pub fn read_segment(r: &mut impl Read, header: &FrameHeader, expected: u32) -> Result<SegmentRecord> {
-    let mut fixed = [0u8; SEGMENT_FIXED];
+/// Checks that the frame of `header` has as many streams per segment as `layout`, the delta
+/// layer's that is to decode it.
+pub fn check_layout(header: &FrameHeader, layout: &[StreamSpec]) -> Result<()> {
+    if usize::from(header.streams) != layout.len() {
+        return Err(Error::LayoutMismatch { frame: usize::from(header.streams), layer: layout.len() });
+    }
+    Ok(())
+}
+
+/// Reads and validates segment record `expected` of the round `header`, whose streams are
+/// described by `layout` (the delta layer's; [`check_layout`] first).
+pub fn read_segment(
+    r: &mut impl Read,
+    header: &FrameHeader,
+    layout: &[StreamSpec],
+    expected: u32,
+) -> Result<SegmentRecord> {
+    check_layout(header, layout)?;
+    let mut fixed = vec![0u8; segment_fixed(layout.len())];
     read_exact(r, &mut fixed, "segment record")?;
-    let (streams, total) = parse_segment_head(&fixed, header, expected)?;
+    let (streams, total) = parse_segment_head(&fixed, header, layout, expected)?;
     let index = expected;
     // Grown as bytes arrive, not sized by the claim: a truncated frame costs what it holds.
     let mut data = Vec::new();
@@ -316,10 +351,12 @@ pub fn read_segment(r: &mut impl Read, header: &FrameHeader, expected: u32) -> R
     if data.len() as u64 != total {
         return Err(Error::CorruptFrame { reason: "frame ends inside segment data" });
     }
-    let stored = le64(&fixed, 52);
-    let mut sum_input = fixed[..52].to_vec();
-    sum_input.extend_from_slice(&data);
-    let computed = xxh3_64(&sum_input);
+    let at = fixed.len() - 8;
+    let stored = le64(&fixed, at);
+    let mut sum = Xxh3::new();
+    sum.update(&fixed[..at]);
+    sum.update(&data);
+    let computed = sum.digest();
     if stored != computed {
         return Err(Error::ChecksumMismatch { what: format!("segment {index}"), stored, computed });
     }
@@ -329,17 +366,19 @@ pub fn read_segment(r: &mut impl Read, header: &FrameHeader, expected: u32) -> R
 /// Validates the fixed part of segment record `expected`: its stream descriptions and the
 /// total length of its data.
 fn parse_segment_head(
-    fixed: &[u8; SEGMENT_FIXED],
+    fixed: &[u8],
     header: &FrameHeader,
+    layout: &[StreamSpec],
     expected: u32,
-) -> Result<([StreamDesc; 4], u64)> {
+) -> Result<(Vec<StreamDesc>, u64)> {
     let index = le32(fixed, 0);
     if index != expected {
         return Err(Error::CorruptFrame { reason: "segment out of order" });
     }
-    let mut streams = [StreamDesc { codec: CodecId::Raw, with_reference: false, raw_len: 0, stored_len: 0 }; 4];
+    let shape = SegmentShape::of(&header.round, u64::from(index));
+    let mut streams = Vec::with_capacity(layout.len());
     let mut total = 0u64;
-    for (i, s) in streams.iter_mut().enumerate() {
+    for (i, spec) in layout.iter().enumerate() {
         let at = 4 + i * 12;
         let codec = CodecId::from_u8(fixed[at]).map_err(|_| Error::CorruptFrame { reason: "unknown codec id" })?;
         let flags = fixed[at + 1];
@@ -348,7 +387,7 @@ fn parse_segment_head(
         }
         let raw_len = le32(fixed, at + 4);
         let stored_len = le32(fixed, at + 8);
-        let limit = raw_limit(&header.round, index, i);
+        let limit = (spec.max_raw)(shape);
         if u64::from(raw_len) > limit {
             return Err(Error::LimitExceeded { what: "stream length", claimed: u64::from(raw_len), limit });
         }
@@ -362,7 +401,7 @@ fn parse_segment_head(
             });
         }
         total += u64::from(stored_len);
-        *s = StreamDesc { codec, with_reference: flags & STREAM_FLAG_REFERENCE != 0, raw_len, stored_len };
+        streams.push(StreamDesc { codec, with_reference: flags & STREAM_FLAG_REFERENCE != 0, raw_len, stored_len });
     }
     Ok((streams, total))
 }

@@ -6,7 +6,7 @@
 use std::path::PathBuf;
 
 use hde_core::codec::CodecId;
-use hde_core::delta::{BaselineId, RoundHeader};
+use hde_core::delta::{BaselineId, RoundHeader, PAGE_LAYOUT};
 use hde_core::frame::{self, FrameHeader, FrameLimits, SegmentRecord, StreamDesc};
 use hde_core::Error;
 
@@ -22,6 +22,7 @@ fn delta_header() -> FrameHeader {
             checksum: 0xfeed_face_dead_beef,
         },
         base_key: None,
+        streams: 4,
     }
 }
 
@@ -43,7 +44,7 @@ fn segment() -> SegmentRecord {
     let data: Vec<u8> = (0..100u8).collect();
     SegmentRecord {
         index: 0,
-        streams: [
+        streams: vec![
             StreamDesc { codec: CodecId::Zstd, with_reference: false, raw_len: 11, stored_len: 10 },
             StreamDesc { codec: CodecId::Raw, with_reference: false, raw_len: 20, stored_len: 20 },
             StreamDesc { codec: CodecId::Lz4, with_reference: false, raw_len: 50, stored_len: 30 },
@@ -62,7 +63,7 @@ fn encode_frame(header: &FrameHeader, record: &SegmentRecord) -> Vec<u8> {
 fn decode_frame(bytes: &[u8]) -> hde_core::Result<(FrameHeader, SegmentRecord)> {
     let mut r = bytes;
     let header = frame::read_header(&mut r, &FrameLimits::default())?;
-    let record = frame::read_segment(&mut r, &header, 0)?;
+    let record = frame::read_segment(&mut r, &header, &PAGE_LAYOUT, 0)?;
     Ok((header, record))
 }
 
@@ -114,13 +115,13 @@ fn a_stream_splits_into_its_frames_and_an_empty_input_is_named() {
     let (a, b) = (encode_frame(&keyframe_header(), &segment()), encode_frame(&delta_header(), &segment()));
     let stream = [a.clone(), b.clone()].concat();
     let limits = FrameLimits::default();
-    assert_eq!(frame::frame_len(&stream, &limits).unwrap(), a.len());
-    assert_eq!(frame::frame_len(&stream[a.len()..], &limits).unwrap(), b.len());
+    assert_eq!(frame::frame_len(&stream, &limits, &PAGE_LAYOUT).unwrap(), a.len());
+    assert_eq!(frame::frame_len(&stream[a.len()..], &limits, &PAGE_LAYOUT).unwrap(), b.len());
     // Every cut inside a frame is an error, never a shorter frame.
     for len in 1..a.len() {
-        assert!(frame::frame_len(&stream[..len], &limits).is_err(), "cut at {len} accepted");
+        assert!(frame::frame_len(&stream[..len], &limits, &PAGE_LAYOUT).is_err(), "cut at {len} accepted");
     }
-    assert!(matches!(frame::frame_len(&[], &limits), Err(Error::EmptyInput)));
+    assert!(matches!(frame::frame_len(&[], &limits, &PAGE_LAYOUT), Err(Error::EmptyInput)));
     assert!(matches!(frame::read_header(&mut &[][..], &limits), Err(Error::EmptyInput)));
     assert_eq!(Error::EmptyInput.to_string(), "empty input: not an HDE frame");
     assert!(matches!(frame::read_header(&mut &a[..3], &limits), Err(Error::CorruptFrame { .. })));
@@ -154,7 +155,7 @@ fn hostile_lengths_are_refused_before_allocation() {
     let mut bytes = frame::encode_header(&claim).unwrap();
     for index in 0..60 {
         let empty = StreamDesc { codec: CodecId::Raw, with_reference: false, raw_len: 0, stored_len: 0 };
-        bytes.extend(frame::encode_segment(&SegmentRecord { index, streams: [empty; 4], data: Vec::new() }));
+        bytes.extend(frame::encode_segment(&SegmentRecord { index, streams: vec![empty; 4], data: Vec::new() }));
     }
     let decoder = hde_core::Decoder::new(hde_core::delta::DeltaConfig::default()).unwrap();
     let err = decoder.decompress(&bytes).unwrap_err();
@@ -170,26 +171,63 @@ fn golden_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("golden")
 }
 
-/// The checked-in frames of format version 1 must decode to what they were made from, for
-/// ever. `HDE_BLESS=1 cargo test -p hde-core` writes them (only when the format changes on
-/// purpose, with a new version).
+/// The checked-in frames of format version 1 (four streams per segment, no stream count)
+/// must decode to what they were made from, for ever; those of version 2 too, and this
+/// build must write them byte for byte. `HDE_BLESS=1 cargo test -p hde-core` writes the
+/// version 2 files (only when the format changes on purpose, with a new version).
 #[test]
-fn golden_frames_of_version_1_decode() {
+fn golden_frames_decode() {
     let cases = [
-        ("frame-v1-delta-header-segment.bin", delta_header()),
-        ("frame-v1-keyframe-header-segment.bin", keyframe_header()),
+        ("frame-v1-delta-header-segment.bin", delta_header(), false),
+        ("frame-v1-keyframe-header-segment.bin", keyframe_header(), false),
+        ("frame-v2-delta-header-segment.bin", delta_header(), true),
+        ("frame-v2-cross-header-segment.bin", cross_header(), true),
     ];
-    for (name, header) in cases {
+    for (name, header, current) in cases {
         let path = golden_dir().join(name);
         let fresh = encode_frame(&header, &segment());
-        if std::env::var_os("HDE_BLESS").is_some() {
+        if current && std::env::var_os("HDE_BLESS").is_some() {
             std::fs::write(&path, &fresh).unwrap();
         }
         let stored = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         let (h, s) = decode_frame(&stored).unwrap();
         assert_eq!(h, header, "{name}");
         assert_eq!(s, segment(), "{name}");
-        assert_eq!(stored, fresh, "{name}: this build writes version 1 differently");
+        if current {
+            assert_eq!(stored, fresh, "{name}: this build writes version {} differently", frame::VERSION);
+        } else {
+            assert_eq!(stored[4], 1, "{name}");
+        }
+    }
+}
+
+/// A frame whose segments have another number of streams than the delta layer reading it is
+/// refused with a typed error, before any segment is read; a count outside 1..=16 is refused
+/// when written and when read.
+#[test]
+fn a_frame_of_another_layout_is_refused() {
+    let mut three = delta_header();
+    three.streams = 3;
+    let mut record = segment();
+    record.streams.pop();
+    record.data.truncate(60);
+    let bytes = encode_frame(&three, &record);
+    let err = decode_frame(&bytes).unwrap_err();
+    assert!(matches!(err, Error::LayoutMismatch { frame: 3, layer: 4 }), "{err:?}");
+    let err = frame::frame_len(&bytes, &FrameLimits::default(), &PAGE_LAYOUT).unwrap_err();
+    assert!(matches!(err, Error::LayoutMismatch { .. }), "{err:?}");
+    for count in [0, 17] {
+        let mut h = delta_header();
+        h.streams = count;
+        assert!(matches!(frame::encode_header(&h), Err(Error::LimitExceeded { .. })));
+        // Made valid by hand: the count byte follows the 56 bytes of version 1's fixed part.
+        let mut bytes = frame::encode_header(&delta_header()).unwrap();
+        bytes[56] = count;
+        let end = bytes.len() - 8;
+        let sum = xxhash_rust::xxh3::xxh3_64(&bytes[..end]);
+        bytes[end..].copy_from_slice(&sum.to_le_bytes());
+        let err = frame::read_header(&mut &bytes[..], &FrameLimits::default()).unwrap_err();
+        assert!(matches!(err, Error::CorruptFrame { reason: "stream count out of range" }), "{err:?}");
     }
 }
 

@@ -5,7 +5,10 @@ use std::collections::HashMap;
 use crate::checksum::{combine, page_hash};
 use crate::page::{get_varint, run_decode, RunBytes};
 use crate::sync::{lock, Arc, Mutex};
-use crate::{par, BaselineId, DeltaConfig, Error, Image, PageClass, Result, RoundHeader, SegmentStreams};
+use crate::{
+    page_stream, par, BaselineId, ClassCounts, DeltaConfig, Error, Image, PageClass, Result, RoundHeader,
+    SegmentStreams, StreamSpec, PAGE_LAYOUT,
+};
 
 #[derive(Debug, Clone)]
 struct Held {
@@ -26,10 +29,12 @@ pub struct PreparedRound {
 pub trait Prepared {
     /// The header that was prepared.
     fn header(&self) -> &RoundHeader;
-    /// Appends the literal reference of segment `segment`, given its decompressed classes and
-    /// dups streams: the baseline content of its `LiteralRef` pages and of the pages its
-    /// `LiteralSimilar` pages name, as the encoder built it.
-    fn reference(&self, segment: usize, classes: &[u8], dups: &[u8], out: &mut Vec<u8>) -> Result<()>;
+    /// Appends the reference of stream `stream` of segment `segment`, as the encoder built it
+    /// ([`Round::reference`](crate::Round::reference)), given the segment's streams the layout
+    /// says it needs, already decompressed (later streams are still empty). For the page
+    /// hierarchy: the baseline content of the `LiteralRef` pages and of the pages the
+    /// `LiteralSimilar` pages name.
+    fn reference(&self, segment: usize, stream: usize, streams: &SegmentStreams, out: &mut Vec<u8>) -> Result<()>;
 }
 
 impl PreparedRound {
@@ -61,7 +66,11 @@ impl Prepared for PreparedRound {
         &self.header
     }
 
-    fn reference(&self, segment: usize, classes: &[u8], dups: &[u8], out: &mut Vec<u8>) -> Result<()> {
+    fn reference(&self, segment: usize, stream: usize, streams: &SegmentStreams, out: &mut Vec<u8>) -> Result<()> {
+        if stream != page_stream::LITERALS {
+            return Err(Error::Corrupt { reason: "reference for a stream that has none" });
+        }
+        let (classes, dups) = (streams.get(page_stream::CLASSES), streams.get(page_stream::DUPS));
         let (ps, per_seg, len) = self.geometry();
         let first = segment.checked_mul(per_seg).ok_or(Error::Corrupt { reason: "segment index overflows" })?;
         let mut at = 0;
@@ -97,6 +106,18 @@ pub trait DeltaDecoder: Send + Sync {
     type Prepared: Prepared + Sync;
     /// What rebuilding one segment leaves for `finish`.
     type Applied: Send;
+
+    /// The streams of every segment, as the encoder of this layer writes them
+    /// ([`Round::layout`](crate::Round::layout)): a frame with another count is refused, and
+    /// every stream's length is checked against its limit before anything is allocated.
+    fn layout(&self) -> &[StreamSpec];
+
+    /// Page counts of a segment's decompressed streams, for reports (`hde inspect`); a layer
+    /// that does not describe pages returns zero counts (the default).
+    fn counts(&self, streams: &SegmentStreams) -> ClassCounts {
+        let _ = streams;
+        ClassCounts::default()
+    }
 
     /// Checks `header` (limits, sequence, baseline identity) for `key`; the result lends the
     /// references needed to decompress the round's literal streams.
@@ -166,6 +187,12 @@ pub trait DeltaDecoder: Send + Sync {
 impl<D: DeltaDecoder + ?Sized> DeltaDecoder for Arc<D> {
     type Prepared = D::Prepared;
     type Applied = D::Applied;
+    fn layout(&self) -> &[StreamSpec] {
+        (**self).layout()
+    }
+    fn counts(&self, streams: &SegmentStreams) -> ClassCounts {
+        (**self).counts(streams)
+    }
     fn prepare(&self, key: &str, header: &RoundHeader) -> Result<Self::Prepared> {
         (**self).prepare(key, header)
     }
@@ -337,12 +364,19 @@ fn apply_segment(
     let base = prepared.base.as_ref();
     let first = segment * per_seg;
     let pages = out.len().div_ceil(ps);
-    if streams.classes.len() != pages {
+    if streams.count() != PAGE_LAYOUT.len() {
+        return Err(Error::Corrupt { reason: "stream count differs from the page layout's" });
+    }
+    let classes = streams.get(page_stream::CLASSES);
+    let dups = streams.get(page_stream::DUPS);
+    let xor = streams.get(page_stream::XOR);
+    let literals = streams.get(page_stream::LITERALS);
+    if classes.len() != pages {
         return Err(Error::Corrupt { reason: "class count differs from the segment's pages" });
     }
     let (mut dup_pos, mut xor_pos, mut lit_pos) = (0usize, 0usize, 0usize);
     let mut deferred = Vec::new();
-    for (i, &code) in streams.classes.iter().enumerate() {
+    for (i, &code) in classes.iter().enumerate() {
         let p = first + i;
         let plen = page_len(len, ps, p);
         let at = i * ps;
@@ -354,13 +388,13 @@ fn apply_segment(
             }
             PageClass::Zero => out[at..at + plen].fill(0),
             PageClass::DupBaseline => {
-                let q = usize::try_from(get_varint(&streams.dups, &mut dup_pos)?)
+                let q = usize::try_from(get_varint(dups, &mut dup_pos)?)
                     .map_err(|_| Error::Corrupt { reason: "page index overflows" })?;
                 let old = old_page(base, q, plen)?;
                 out[at..at + plen].copy_from_slice(old);
             }
             PageClass::DupCurrent => {
-                let q = usize::try_from(get_varint(&streams.dups, &mut dup_pos)?)
+                let q = usize::try_from(get_varint(dups, &mut dup_pos)?)
                     .map_err(|_| Error::Corrupt { reason: "page index overflows" })?;
                 if q >= p || page_len(len, ps, q) != plen {
                     return Err(Error::Corrupt {
@@ -379,7 +413,7 @@ fn apply_segment(
                 let dst = &mut out[at..at + plen];
                 dst.copy_from_slice(old);
                 let how = if class == PageClass::Xor { RunBytes::Xor } else { RunBytes::New };
-                run_decode(&streams.xor, &mut xor_pos, how, dst)?;
+                run_decode(xor, &mut xor_pos, how, dst)?;
             }
             PageClass::Literal | PageClass::LiteralRef | PageClass::LiteralSimilar => {
                 if class == PageClass::LiteralRef {
@@ -387,12 +421,11 @@ fn apply_segment(
                 }
                 if class == PageClass::LiteralSimilar {
                     // Checked by `reference` already; the index is consumed here in order.
-                    let q = usize::try_from(get_varint(&streams.dups, &mut dup_pos)?)
+                    let q = usize::try_from(get_varint(dups, &mut dup_pos)?)
                         .map_err(|_| Error::Corrupt { reason: "page index overflows" })?;
                     old_page(base, q, plen)?;
                 }
-                let src = streams
-                    .literals
+                let src = literals
                     .get(lit_pos..lit_pos + plen)
                     .ok_or(Error::Corrupt { reason: "literal stream shorter than its pages" })?;
                 out[at..at + plen].copy_from_slice(src);
@@ -400,7 +433,7 @@ fn apply_segment(
             }
         }
     }
-    if dup_pos != streams.dups.len() || xor_pos != streams.xor.len() || lit_pos != streams.literals.len() {
+    if dup_pos != dups.len() || xor_pos != xor.len() || lit_pos != literals.len() {
         return Err(Error::Corrupt { reason: "stream longer than its pages need" });
     }
     Ok(deferred)
@@ -445,6 +478,18 @@ fn verify(key: &str, header: &RoundHeader, applied: &mut [AppliedSegment]) -> Re
 impl DeltaDecoder for PageDeltaDecoder {
     type Prepared = PreparedRound;
     type Applied = AppliedSegment;
+
+    fn layout(&self) -> &[StreamSpec] {
+        &PAGE_LAYOUT
+    }
+
+    fn counts(&self, streams: &SegmentStreams) -> ClassCounts {
+        let mut counts = ClassCounts::default();
+        for class in streams.get(page_stream::CLASSES).iter().filter_map(|&c| PageClass::from_u8(c)) {
+            counts.count(class);
+        }
+        counts
+    }
 
     fn prepare(&self, key: &str, header: &RoundHeader) -> Result<PreparedRound> {
         self.prepare_from(key, key, header)

@@ -9,8 +9,8 @@ use crate::page::{get_varint, hash, is_zero, put_varint, run_encode, RunBytes};
 use crate::similar::SimIndex;
 use crate::sync::{lock, Arc, AtomicU32, Mutex, Ordering};
 use crate::{
-    par, BaselineContent, BaselineId, ClassCounts, Clock, DeltaConfig, Error, PageClass, Result, RoundHeader,
-    SegmentStreams, SystemClock,
+    page_stream, par, BaselineContent, BaselineId, ClassCounts, Clock, DeltaConfig, Error, PageClass, Result,
+    RoundHeader, SegmentStreams, StreamSpec, SystemClock, PAGE_LAYOUT,
 };
 use crate::{Image, ZeroRanges};
 
@@ -155,13 +155,36 @@ pub trait Round: Sync {
     }
     /// Number of segments.
     fn segment_count(&self) -> usize;
-    /// Builds the streams of segment `segment` into `out` (replacing what it held). Segments
-    /// may be built in any order, on any thread, and again with the same result.
+    /// The streams of every segment: what the engine stores for each and how
+    /// ([`PAGE_LAYOUT`](crate::PAGE_LAYOUT) for the page hierarchy). The decoder of the same
+    /// layer gives the same layout.
+    fn layout(&self) -> &[StreamSpec];
+    /// Builds the streams of segment `segment` into `out` (replacing what it held, one per
+    /// entry of the layout). Segments may be built in any order, on any thread, and again with
+    /// the same result.
     fn build(&self, segment: usize, out: &mut SegmentStreams);
-    /// Appends segment `segment`'s literal reference, given its built classes and dups
-    /// streams: the old content of its `LiteralRef` pages and of the pages its
+    /// Appends the reference of stream `stream` of segment `segment` (a
+    /// [`StreamRole::Referenced`](crate::StreamRole::Referenced) one), given the segment's
+    /// built streams; the decoder rebuilds it from the streams the layout says it needs.
+    /// For the page hierarchy: the old content of the `LiteralRef` pages and of the pages the
     /// `LiteralSimilar` pages name.
-    fn reference(&self, segment: usize, classes: &[u8], dups: &[u8], out: &mut Vec<u8>);
+    fn reference(&self, segment: usize, stream: usize, streams: &SegmentStreams, out: &mut Vec<u8>);
+    /// A sample of stream `stream` of a built segment and the part of `reference` that serves
+    /// it, appended to `sample` and `sample_ref`, for the engine to measure what the reference
+    /// is worth before it picks a codec. `false` (the default): no sample, the selector
+    /// assumes.
+    fn reference_sample(
+        &self,
+        segment: usize,
+        stream: usize,
+        streams: &SegmentStreams,
+        reference: &[u8],
+        sample: &mut Vec<u8>,
+        sample_ref: &mut Vec<u8>,
+    ) -> bool {
+        let _ = (segment, stream, streams, reference, sample, sample_ref);
+        false
+    }
     /// Page counts per class; XOR and literal pages are told apart once their segment was
     /// built (an unbuilt segment counts them as literal).
     fn counts(&self) -> ClassCounts;
@@ -170,7 +193,7 @@ pub trait Round: Sync {
     fn segments(&self) -> Vec<SegmentStreams> {
         (0..self.segment_count())
             .map(|s| {
-                let mut streams = SegmentStreams::default();
+                let mut streams = SegmentStreams::with_count(self.layout().len());
                 self.build(s, &mut streams);
                 streams
             })
@@ -191,11 +214,13 @@ impl Round for EncodedRound<'_> {
         self.seg_counts.len()
     }
 
-    fn build(&self, segment: usize, st: &mut SegmentStreams) {
-        st.classes.clear();
-        st.dups.clear();
-        st.xor.clear();
-        st.literals.clear();
+    fn layout(&self) -> &[StreamSpec] {
+        &PAGE_LAYOUT
+    }
+
+    fn build(&self, segment: usize, out: &mut SegmentStreams) {
+        out.reset(PAGE_LAYOUT.len());
+        let [classes, dups, xor, literals] = out.all_mut() else { return };
         if segment >= self.segment_count() {
             return;
         }
@@ -212,22 +237,22 @@ impl Round for EncodedRound<'_> {
                 SCAN_ZERO => PageClass::Zero,
                 _ => {
                     if let Some(&(class, q)) = self.dup_of.get(&(p as u32)) {
-                        put_varint(&mut st.dups, u64::from(q));
+                        put_varint(dups, u64::from(q));
                         class
                     } else {
                         let old = base.and_then(|b| b.old_page(p, page.len()));
-                        if old.is_some_and(|old| run_encode(page, old, self.xor_limit, RunBytes::New, &mut st.xor)) {
+                        if old.is_some_and(|old| run_encode(page, old, self.xor_limit, RunBytes::New, xor)) {
                             xor_pages += 1;
                             PageClass::Patch
                         } else {
-                            st.literals.extend_from_slice(page);
+                            literals.extend_from_slice(page);
                             // A baseline that is not this key's last round: the most similar
                             // page, wherever it is.
                             match base.filter(|b| b.similar.is_some()) {
                                 Some(b) => match most_similar(b, page, p, old) {
                                     Some(q) if q as usize == p => PageClass::LiteralRef,
                                     Some(q) => {
-                                        put_varint(&mut st.dups, u64::from(q));
+                                        put_varint(dups, u64::from(q));
                                         PageClass::LiteralSimilar
                                     }
                                     None => PageClass::Literal,
@@ -239,12 +264,16 @@ impl Round for EncodedRound<'_> {
                     }
                 }
             };
-            st.classes.push(class as u8);
+            classes.push(class as u8);
         }
         self.seg_xor[segment].store(xor_pages, Ordering::Relaxed);
     }
 
-    fn reference(&self, segment: usize, classes: &[u8], dups: &[u8], out: &mut Vec<u8>) {
+    fn reference(&self, segment: usize, stream: usize, streams: &SegmentStreams, out: &mut Vec<u8>) {
+        if stream != page_stream::LITERALS {
+            return;
+        }
+        let (classes, dups) = (streams.get(page_stream::CLASSES), streams.get(page_stream::DUPS));
         let Some(base) = &self.base else { return };
         let ps = self.header.page_size as usize;
         let first = segment * self.per_seg;
@@ -268,6 +297,19 @@ impl Round for EncodedRound<'_> {
                 out.extend_from_slice(old);
             }
         }
+    }
+
+    fn reference_sample(
+        &self,
+        _segment: usize,
+        stream: usize,
+        streams: &SegmentStreams,
+        reference: &[u8],
+        sample: &mut Vec<u8>,
+        sample_ref: &mut Vec<u8>,
+    ) -> bool {
+        stream == page_stream::LITERALS
+            && crate::payload::literal_sample(streams, reference, self.header.page_size as usize, sample, sample_ref)
     }
 
     fn counts(&self) -> ClassCounts {

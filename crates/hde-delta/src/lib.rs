@@ -67,4 +67,7 @@ pub use crate::encoder::{
 pub use crate::error::{Error, Result};
 pub use crate::image::{try_zeroed, Image, SharedBytes, ZeroRanges};
 pub use crate::page::is_zero;
-pub use crate::payload::{BaselineId, ClassCounts, PageClass, RoundHeader, SegmentStreams};
+pub use crate::payload::{
+    check_layout, page_stream, BaselineId, ClassCounts, PageClass, RoundHeader, SegmentShape, SegmentStreams,
+    StreamRole, StreamSpec, MAX_STREAMS, PAGE_LAYOUT,
+};

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hde_corpus::CorpusConfig;
+use hde_delta::page_stream::{CLASSES, DUPS, LITERALS, XOR};
 use hde_delta::{
     BaselineContent, DeltaConfig, DeltaDecoder, DeltaEncoder, EncodeOptions, EncodedRound, Error, KeyframeReason,
     ManualClock, PageClass, PageDeltaDecoder, PageDeltaEncoder, Policy, Prepared, Round, SegmentStreams,
@@ -23,8 +24,8 @@ fn deliver(decoder: &PageDeltaDecoder, round: &EncodedRound<'_>) -> Result<Vec<u
     let segments = round.segments();
     for (s, streams) in segments.iter().enumerate() {
         let (mut sent, mut rebuilt) = (Vec::new(), Vec::new());
-        round.reference(s, &streams.classes, &streams.dups, &mut sent);
-        prepared.reference(s, &streams.classes, &streams.dups, &mut rebuilt)?;
+        round.reference(s, LITERALS, streams, &mut sent);
+        prepared.reference(s, LITERALS, streams, &mut rebuilt)?;
         assert!(sent == rebuilt, "segment {s}: references differ");
     }
     Ok(decoder.apply(round.key(), prepared, &segments)?.to_vec())
@@ -118,7 +119,7 @@ fn moved_pages_become_duplicates_of_the_baseline() {
     image[10 * 4096] ^= 0xff;
     image.copy_within(10 * 4096..11 * 4096, 11 * 4096);
     let round = enc.encode("k", &image, EncodeOptions::default()).unwrap();
-    let classes: Vec<u8> = round.segments().iter().flat_map(|s| s.classes.clone()).collect();
+    let classes: Vec<u8> = round.segments().iter().flat_map(|s| s.get(CLASSES).to_vec()).collect();
     assert_eq!(classes[40], PageClass::DupBaseline as u8);
     assert_eq!(classes[11], PageClass::DupCurrent as u8);
     assert_eq!(classes[10], PageClass::Patch as u8);
@@ -205,20 +206,22 @@ fn corrupted_payloads_are_typed_errors() {
     let clean = round.segments();
     type Damage = fn(&mut Vec<SegmentStreams>);
     let damages: Vec<(&str, Damage)> = vec![
-        ("literal byte flipped", |s| s.iter_mut().find(|x| !x.literals.is_empty()).unwrap().literals[5] ^= 1),
+        ("literal byte flipped", |s| {
+            s.iter_mut().find(|x| !x.get(LITERALS).is_empty()).unwrap().get_mut(LITERALS)[5] ^= 1
+        }),
         ("xor byte flipped", |s| {
-            let x = s.iter_mut().find(|x| x.xor.len() > 3).unwrap();
-            let last = x.xor.len() - 1;
-            x.xor[last] ^= 0x10;
+            let x = s.iter_mut().find(|x| x.get(XOR).len() > 3).unwrap();
+            let last = x.get(XOR).len() - 1;
+            x.get_mut(XOR)[last] ^= 0x10;
         }),
-        ("class changed", |s| s[0].classes[0] = if s[0].classes[0] == 0 { 1 } else { 0 }),
-        ("unknown class", |s| s[1].classes[3] = 99),
+        ("class changed", |s| s[0].get_mut(CLASSES)[0] = if s[0].get(CLASSES)[0] == 0 { 1 } else { 0 }),
+        ("unknown class", |s| s[1].get_mut(CLASSES)[3] = 99),
         ("literal truncated", |s| {
-            s.iter_mut().find(|x| !x.literals.is_empty()).unwrap().literals.pop();
+            s.iter_mut().find(|x| !x.get(LITERALS).is_empty()).unwrap().get_mut(LITERALS).pop();
         }),
-        ("extra dup bytes", |s| s[0].dups.push(1)),
+        ("extra dup bytes", |s| s[0].get_mut(DUPS).push(1)),
         ("classes short", |s| {
-            s[2].classes.pop();
+            s[2].get_mut(CLASSES).pop();
         }),
         ("segment missing", |s| {
             s.pop();
@@ -507,7 +510,7 @@ fn a_key_encoded_against_another_keys_baseline_finds_its_moved_pages() {
     let similar: usize = round
         .segments()
         .iter()
-        .map(|s| s.classes.iter().filter(|&&c| c == PageClass::LiteralSimilar as u8).count())
+        .map(|s| s.get(CLASSES).iter().filter(|&&c| c == PageClass::LiteralSimilar as u8).count())
         .sum();
     let live = first.chunks(4096).filter(|p| p.iter().any(|&b| b != 0)).count();
     assert!(similar * 2 > live, "{similar} similar pages of {live} non-zero pages");

@@ -25,7 +25,7 @@ use hde_core::corpus::{generate, CorpusConfig};
 use hde_core::crdt::{Delta, Limits, NodeId, ORMap, SyncMessage};
 use hde_core::delta::{
     BaselineId, DeltaConfig, DeltaDecoder, DeltaEncoder, EncodeOptions, PageDeltaDecoder, PageDeltaEncoder, Round,
-    RoundHeader, SegmentStreams,
+    RoundHeader, SegmentStreams, PAGE_LAYOUT,
 };
 use hde_core::index::Holding;
 use hde_core::selector::NetworkMode;
@@ -155,8 +155,8 @@ pub fn delta_apply(data: &[u8]) -> Outcome {
     };
     let mut segments = Vec::new();
     while !r.0.is_empty() && segments.len() < 1024 {
-        let mut s = SegmentStreams::default();
-        for stream in [&mut s.classes, &mut s.dups, &mut s.xor, &mut s.literals] {
+        let mut s = SegmentStreams::with_count(PAGE_LAYOUT.len());
+        for stream in s.all_mut() {
             *stream = r.chunk().unwrap_or_default().to_vec();
         }
         segments.push(s);
@@ -491,7 +491,7 @@ fn streams_input<R: Round>(round: &R) -> Vec<u8> {
     input.extend_from_slice(&(h.image_len as u32).to_le_bytes());
     input.extend_from_slice(&h.checksum.to_le_bytes());
     for s in round.segments() {
-        for stream in [&s.classes, &s.dups, &s.xor, &s.literals] {
+        for stream in (0..s.count()).map(|i| s.get(i)) {
             input.extend_from_slice(&(stream.len() as u32).to_le_bytes());
             input.extend_from_slice(stream);
         }
