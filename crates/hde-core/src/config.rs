@@ -43,7 +43,13 @@ pub struct HdeConfig {
 
 impl HdeConfig {
     /// Defaults for node `node_id`: hybrid mode over 100 Mbit/s, adaptive selection, deltas and
-    /// CRDT on, the brief's keyframe policy, all cores.
+    /// CRDT on, the default keyframe policy, all cores.
+    ///
+    /// `node_id` names this node in the replicated baseline index: every entry it writes
+    /// (which baseline of which key it holds) is tagged with it, and the index's vector
+    /// clocks count per node id. It must be unique in a cluster and stable across restarts
+    /// of the node (`hde serve` derives it from the node's identity key); a process that
+    /// never joins a cluster may use any value.
     pub fn new(node_id: u64) -> Self {
         let delta = DeltaConfig::default();
         let policy = Policy::default();

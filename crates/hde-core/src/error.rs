@@ -84,5 +84,30 @@ pub enum Error {
     Delta(#[from] hde_delta::Error),
 }
 
+impl Error {
+    /// Whether a frame refused with this error is mended by a keyframe of its key: the
+    /// receiver lacks the baseline the delta names, holds another or a newer one, or the frame
+    /// was damaged. What a sender does about a receiver's error, without matching on the
+    /// delta layer's variants ([`Refusal`](crate::session::Refusal) is the same answer as a
+    /// reply on the wire).
+    ///
+    /// ```
+    /// use hde_core::{delta::DeltaConfig, Decoder, Encoder};
+    ///
+    /// let encoder = Encoder::new(DeltaConfig::default(), Default::default())?;
+    /// let round_0 = encoder.compress("vm", &vec![7u8; 1 << 16])?;
+    /// let round_1 = encoder.compress("vm", &vec![8u8; 1 << 16])?;
+    /// // A receiver that never saw round 0 cannot apply round 1.
+    /// let fresh = Decoder::new(DeltaConfig::default())?;
+    /// let err = fresh.decompress(&round_1).unwrap_err();
+    /// assert!(err.needs_keyframe());
+    /// # let _ = round_0;
+    /// # Ok::<(), hde_core::Error>(())
+    /// ```
+    pub fn needs_keyframe(&self) -> bool {
+        crate::session::Refusal::of(self).needs_keyframe()
+    }
+}
+
 /// `Result` with this crate's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;

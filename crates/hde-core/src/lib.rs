@@ -2,12 +2,12 @@
 //!
 //! `hde-core` composes the codec, delta, selector and CRDT layers through their boundary
 //! traits, with the default implementations as type defaults, into the encoder, decoder and
-//! wire format a migration tool uses (design brief §2, §4, §5):
+//! wire format a migration tool uses (`docs/ARCHITECTURE.md` in the repository):
 //!
-//! * [`Encoder`]: the delta layer classifies a round's pages; each segment's four streams are
-//!   compressed on worker threads (tables with zstd-1, literals with the selector's choice,
-//!   against the baseline reference when chosen), written as frame records, and the baseline
-//!   advances only once the whole frame is out.
+//! * [`Encoder`]: the delta layer classifies a round's pages; each segment's streams, as the
+//!   layer's layout describes them, are compressed on worker threads (index streams with
+//!   zstd-1, content with the selector's choice, against the layer's reference when chosen),
+//!   written as frame records, and the baseline advances only once the whole frame is out.
 //! * [`Decoder`]: reads and validates the frame ([`frame`], specified in `docs/FORMAT.md`),
 //!   checks it applies to the baseline it holds, decompresses the streams (literals against
 //!   the same reference, rebuilt from its own baseline) and rebuilds and verifies the image.
