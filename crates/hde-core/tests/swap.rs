@@ -1,0 +1,226 @@
+//! Every layer swapped by a second implementation, through the engine's `Encoder` and
+//! `Decoder`, on rounds of the project's corpus: a delta layer that is not the page hierarchy
+//! (one stream of literal bytes, no baseline) and a selector that always makes one choice.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // reason: a test fails by panicking.
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+use hde_core::codec::CodecSet;
+use hde_core::corpus::{generate, CorpusConfig};
+use hde_core::delta::{
+    checksum, BaselineId, ClassCounts, DeltaConfig, DeltaDecoder, DeltaEncoder, EncodeOptions, EncoderStats, Error,
+    Image, PageCopy, PageDeltaEncoder, Prepared, Round, RoundHeader, SegmentStreams, StreamRole, StreamSpec,
+};
+use hde_core::frame::FrameLimits;
+use hde_core::selector::{Choice, Codec, Context, NetworkMode, Outcome, Profile, Selector, Ticket};
+use hde_core::{Decoder, Encoder};
+
+const PAGE: usize = 4096;
+const SEGMENT: usize = 256 << 10;
+
+/// The whole layout of the literal layer: the segment's bytes, as they are.
+const LITERAL_LAYOUT: [StreamSpec; 1] =
+    [StreamSpec { name: "bytes", role: StreamRole::Content, reference_needs: &[], max_raw: |s| s.bytes }];
+
+/// A delta layer with no baselines: every round is the image's bytes, one stream per segment.
+#[derive(Default)]
+struct LiteralEncoder {
+    seq: AtomicU64,
+    rounds: AtomicU64,
+}
+
+struct LiteralRound<'a> {
+    header: RoundHeader,
+    image: &'a [u8],
+}
+
+impl Round for LiteralRound<'_> {
+    fn header(&self) -> &RoundHeader {
+        &self.header
+    }
+    fn segment_count(&self) -> usize {
+        self.image.len().div_ceil(SEGMENT)
+    }
+    fn layout(&self) -> &[StreamSpec] {
+        &LITERAL_LAYOUT
+    }
+    fn build(&self, segment: usize, out: &mut SegmentStreams) {
+        out.reset(1);
+        let start = (segment * SEGMENT).min(self.image.len());
+        let end = (start + SEGMENT).min(self.image.len());
+        out.get_mut(0).extend_from_slice(&self.image[start..end]);
+    }
+    fn reference(&self, _segment: usize, _stream: usize, _streams: &SegmentStreams, _out: &mut Vec<u8>) {}
+    fn counts(&self) -> ClassCounts {
+        ClassCounts { literal: self.image.len().div_ceil(PAGE) as u64, ..ClassCounts::default() }
+    }
+}
+
+impl DeltaEncoder for LiteralEncoder {
+    type Round<'a> = LiteralRound<'a>;
+    fn encode<'a>(
+        &'a self,
+        _key: &str,
+        image: &'a [u8],
+        _options: EncodeOptions,
+    ) -> hde_core::delta::Result<LiteralRound<'a>> {
+        let header = RoundHeader {
+            seq: self.seq.fetch_add(1, Ordering::Relaxed) + 1,
+            base: None,
+            image_len: image.len() as u64,
+            page_size: PAGE as u32,
+            segment_size: SEGMENT as u32,
+            checksum: checksum(image, PAGE),
+        };
+        Ok(LiteralRound { header, image })
+    }
+    fn commit(&self, round: LiteralRound<'_>) -> hde_core::delta::Result<BaselineId> {
+        self.rounds.fetch_add(1, Ordering::Relaxed);
+        Ok(round.header.produces())
+    }
+    fn stats(&self) -> EncoderStats {
+        let rounds = self.rounds.load(Ordering::Relaxed);
+        EncoderStats { rounds, keyframes: rounds, ..EncoderStats::default() }
+    }
+}
+
+/// Its decoder: copies each segment's stream into place and checks the image's checksum.
+struct LiteralDecoder;
+
+struct LiteralPrepared(RoundHeader);
+
+impl Prepared for LiteralPrepared {
+    fn header(&self) -> &RoundHeader {
+        &self.0
+    }
+    fn reference(&self, _: usize, _: usize, _: &SegmentStreams, _: &mut Vec<u8>) -> hde_core::delta::Result<()> {
+        Err(Error::Corrupt { reason: "the literal layer has no reference" })
+    }
+}
+
+impl DeltaDecoder for LiteralDecoder {
+    type Prepared = LiteralPrepared;
+    type Applied = Vec<u8>;
+
+    fn layout(&self) -> &[StreamSpec] {
+        &LITERAL_LAYOUT
+    }
+    fn prepare(&self, key: &str, header: &RoundHeader) -> hde_core::delta::Result<LiteralPrepared> {
+        match header.base {
+            Some(want) => Err(Error::MissingBaseline { key: key.to_owned(), want }),
+            None => Ok(LiteralPrepared(*header)),
+        }
+    }
+    fn apply_segment(
+        &self,
+        _prepared: &LiteralPrepared,
+        _segment: usize,
+        streams: &SegmentStreams,
+        out: &mut [u8],
+    ) -> hde_core::delta::Result<Vec<u8>> {
+        let bytes = streams.get(0);
+        if bytes.len() != out.len() {
+            return Err(Error::Corrupt { reason: "segment length differs" });
+        }
+        out.copy_from_slice(bytes);
+        Ok(bytes.to_vec())
+    }
+    fn finish(
+        &self,
+        _key: &str,
+        prepared: LiteralPrepared,
+        image: Vec<u8>,
+        _applied: Vec<Vec<u8>>,
+    ) -> hde_core::delta::Result<Image> {
+        if checksum(&image, PAGE) != prepared.0.checksum {
+            return Err(Error::Corrupt { reason: "image checksum differs" });
+        }
+        Ok(Image::from(image))
+    }
+    fn verify_detached(
+        &self,
+        _key: &str,
+        prepared: LiteralPrepared,
+        applied: Vec<Vec<u8>>,
+    ) -> hde_core::delta::Result<Vec<PageCopy>> {
+        if checksum(&applied.concat(), PAGE) != prepared.0.checksum {
+            return Err(Error::Corrupt { reason: "image checksum differs" });
+        }
+        Ok(Vec::new())
+    }
+}
+
+/// A selector that always answers the same, and counts what it was told.
+struct Fixed {
+    codec: Codec,
+    observed: AtomicUsize,
+}
+
+impl Fixed {
+    fn new(codec: Codec) -> Self {
+        Fixed { codec, observed: AtomicUsize::new(0) }
+    }
+}
+
+impl Selector for Fixed {
+    fn choose(&self, _profile: &Profile, context: &Context) -> Choice {
+        Choice { codec: self.codec, reference: context.reference_len > 0, ticket: Ticket::default() }
+    }
+    fn observe(&self, _choice: &Choice, _outcome: &Outcome) {
+        self.observed.fetch_add(1, Ordering::Relaxed);
+    }
+    fn set_mode(&self, _mode: NetworkMode) {}
+    fn mode(&self) -> NetworkMode {
+        NetworkMode::Datacenter
+    }
+    fn set_bandwidth(&self, _bytes_per_second: f64) {}
+}
+
+fn rounds() -> Vec<Vec<u8>> {
+    generate(&CorpusConfig { size: 2 << 20, rounds: 3, ..CorpusConfig::default() }).unwrap()
+}
+
+#[test]
+fn a_delta_layer_of_one_stream_round_trips_through_the_engine() {
+    let enc: Encoder<LiteralEncoder, Fixed, CodecSet> =
+        Encoder::with_layers(LiteralEncoder::default(), Fixed::new(Codec::Zstd { level: 3 }), 2);
+    let dec: Decoder<LiteralDecoder, CodecSet> = Decoder::with_layers(LiteralDecoder, FrameLimits::default(), 2);
+    for image in rounds() {
+        let frame = enc.compress("vm", &image).unwrap();
+        let (header, decoded) = dec.decompress(&frame).unwrap();
+        assert_eq!(header.streams, 1);
+        assert!(decoded.as_slice() == image.as_slice());
+        // zstd-3 of the corpus's pages: smaller than the image.
+        assert!(frame.len() < image.len(), "{} of {}", frame.len(), image.len());
+        // The page hierarchy's decoder refuses the frame by its layout, with a typed error.
+        let pages = Decoder::new(DeltaConfig::default()).unwrap();
+        let err = pages.decompress(&frame).unwrap_err();
+        assert!(matches!(err, hde_core::Error::LayoutMismatch { frame: 1, layer: 4 }), "{err:?}");
+    }
+    assert!(enc.selector().observed.load(Ordering::Relaxed) > 0);
+    assert_eq!(enc.delta().stats().rounds, 3);
+    // And its decoder refuses the page hierarchy's frames.
+    let page_frame =
+        Encoder::new(DeltaConfig::default(), Default::default()).unwrap().compress("vm", &rounds()[0]).unwrap();
+    let err = dec.decompress(&page_frame).unwrap_err();
+    assert!(matches!(err, hde_core::Error::LayoutMismatch { frame: 4, layer: 1 }), "{err:?}");
+}
+
+#[test]
+fn a_fixed_choice_selector_drives_the_page_hierarchy() {
+    let config = DeltaConfig { segment_size: 1 << 20, first_sequence: 1, ..DeltaConfig::default() };
+    let enc: Encoder<PageDeltaEncoder, Fixed, CodecSet> =
+        Encoder::with_layers(PageDeltaEncoder::new(config.clone()).unwrap(), Fixed::new(Codec::Lz4), 2);
+    let dec = Decoder::new(config).unwrap();
+    for image in rounds() {
+        let frame = enc.compress("vm", &image).unwrap();
+        assert!(dec.decompress(&frame).unwrap().1.as_slice() == image.as_slice());
+    }
+    // Every literal stream went out as the selector said (LZ4, against the reference where
+    // the round had one), or raw where that was smaller.
+    let used = dec.counters().codec_use;
+    assert!(!used.is_empty());
+    assert!(used.keys().all(|c| c.starts_with("lz4") || c == "raw"), "{used:?}");
+    assert!(used.contains_key("lz4+ref"), "{used:?}");
+}
