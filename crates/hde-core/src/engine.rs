@@ -223,7 +223,7 @@ impl Encoder {
         Ok(Encoder {
             delta: PageDeltaEncoder::new(delta)?,
             selector: LearningSelector::new(selector)
-                .map_err(|_| Error::CorruptFrame { reason: "invalid selector configuration" })?,
+                .map_err(|e| Error::InvalidConfig { what: format!("selector: {e}") })?,
             threads,
             codecs: std::marker::PhantomData,
         })
@@ -403,7 +403,11 @@ impl<D: DeltaEncoder, S: Selector, B: CodecBank> Encoder<D, S, B> {
             };
             descs.push(desc);
         }
-        let index = u32::try_from(s).map_err(|_| Error::CorruptFrame { reason: "too many segments" })?;
+        let index = u32::try_from(s).map_err(|_| Error::LimitExceeded {
+            what: "segments of an image",
+            claimed: s as u64,
+            limit: u64::from(u32::MAX),
+        })?;
         Ok((SegmentRecord { index, streams: descs, data }, chosen))
     }
 }
@@ -493,7 +497,11 @@ fn store(
     reference: &[u8],
     data: &mut Vec<u8>,
 ) -> Result<StreamDesc> {
-    let raw_len = u32::try_from(input.len()).map_err(|_| Error::CorruptFrame { reason: "stream longer than 4 GiB" })?;
+    let raw_len = u32::try_from(input.len()).map_err(|_| Error::LimitExceeded {
+        what: "stream length",
+        claimed: input.len() as u64,
+        limit: u64::from(u32::MAX),
+    })?;
     let start = data.len();
     let mut desc = StreamDesc {
         codec: spec.id(),

@@ -31,6 +31,13 @@ pub enum Error {
         /// Streams in the delta layer's layout.
         layer: usize,
     },
+    /// A file of a state directory (a saved baseline) is damaged, truncated or of another
+    /// format: the key's next round needs a keyframe, which replaces it.
+    #[error("damaged state file: {reason}")]
+    DamagedState {
+        /// What is wrong.
+        reason: &'static str,
+    },
     /// A checksum over frame bytes does not match.
     #[error("{what} checksum mismatch: stored {stored:#018x}, computed {computed:#018x}")]
     ChecksumMismatch {

@@ -61,6 +61,7 @@ impl Refusal {
             | Error::NotAFrame { .. }
             | Error::EmptyInput
             | Error::CorruptFrame { .. }
+            | Error::DamagedState { .. }
             | Error::ChecksumMismatch { .. }
             | Error::Codec(_) => Refusal::Corrupt,
             _ => Refusal::Failed,

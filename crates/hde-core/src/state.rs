@@ -262,7 +262,7 @@ impl StateDir {
         let mut head = [0u8; HEADER];
         file.read_exact(&mut head[..HEADER_V1]).map_err(io_at(path))?;
         if head[..4] != MAGIC || !(1..=VERSION).contains(&head[4]) {
-            return Err(Error::CorruptFrame { reason: "state file has a wrong magic or version" });
+            return Err(Error::DamagedState { reason: "state file has a wrong magic or version" });
         }
         let header = if head[4] == 1 { HEADER_V1 } else { HEADER };
         file.read_exact(&mut head[HEADER_V1..header]).map_err(io_at(path))?;
@@ -290,7 +290,7 @@ impl StateDir {
             || head[6] != 0
             || head[7] != 0
         {
-            return Err(Error::CorruptFrame { reason: "state file has unknown flags" });
+            return Err(Error::DamagedState { reason: "state file has unknown flags" });
         }
         let linked = head[5] & FLAG_LINKED != 0;
         let hashed = head[5] & FLAG_HASHED != 0;
@@ -312,14 +312,14 @@ impl StateDir {
         }
         let inline = if linked { 0 } else { len };
         if on_disk != header as u64 + inline {
-            return Err(Error::CorruptFrame { reason: "state file length differs from its header's" });
+            return Err(Error::DamagedState { reason: "state file length differs from its header's" });
         }
         let mut image = Vec::new();
         if linked {
             let img = self.image_path(side, key, field(8));
             let mut f = File::open(&img).map_err(io_at(&img))?;
             if f.metadata().map_err(io_at(&img))?.len() != len {
-                return Err(Error::CorruptFrame { reason: "linked state image length differs from its header's" });
+                return Err(Error::DamagedState { reason: "linked state image length differs from its header's" });
             }
             if !read_linked {
                 return Ok(Some((Saved { id, chain, keyframe_ms, rounds, image, hashed: None }, Some((img, len)))));
@@ -331,7 +331,7 @@ impl StateDir {
             file.read_to_end(&mut image).map_err(io_at(&path))?;
         }
         if image.len() as u64 != len {
-            return Err(Error::CorruptFrame { reason: "state file is truncated" });
+            return Err(Error::DamagedState { reason: "state file is truncated" });
         }
         Ok(Some((Saved { id, chain, keyframe_ms, rounds, image, hashed: None }, None)))
     }
@@ -339,25 +339,25 @@ impl StateDir {
     /// Reads the hashes section of a hashed state file (`rest` bytes after the header).
     fn load_hashed(file: &mut File, path: &Path, len: u64, rest: u64) -> Result<Hashed> {
         if rest < 16 {
-            return Err(Error::CorruptFrame { reason: "state file is truncated" });
+            return Err(Error::DamagedState { reason: "state file is truncated" });
         }
         let mut fixed = [0u8; 8];
         file.read_exact(&mut fixed).map_err(io_at(path))?;
         let page_size = u32::from_le_bytes([fixed[0], fixed[1], fixed[2], fixed[3]]);
         let path_len = u32::from_le_bytes([fixed[4], fixed[5], fixed[6], fixed[7]]);
         if !page_size.is_power_of_two() || page_size < 512 || path_len > MAX_PATH {
-            return Err(Error::CorruptFrame { reason: "state file has a bad page size or path length" });
+            return Err(Error::DamagedState { reason: "state file has a bad page size or path length" });
         }
         let pages = len.div_ceil(u64::from(page_size));
         // Checked against the file's length before anything is allocated.
         if rest != 8 + pages * 16 + u64::from(path_len) + 8 {
-            return Err(Error::CorruptFrame { reason: "state file length differs from its header's" });
+            return Err(Error::DamagedState { reason: "state file length differs from its header's" });
         }
         let mut section = Vec::with_capacity(usize::try_from(rest).unwrap_or(0));
         section.extend_from_slice(&fixed);
         file.read_to_end(&mut section).map_err(io_at(path))?;
         if section.len() as u64 != rest {
-            return Err(Error::CorruptFrame { reason: "state file is truncated" });
+            return Err(Error::DamagedState { reason: "state file is truncated" });
         }
         let (body, sum) = section.split_at(section.len() - 8);
         let stored = u64::from_le_bytes(sum.try_into().unwrap_or_default());
@@ -486,7 +486,7 @@ impl StateDir {
             }
             Some(h) => {
                 if h.page_size as usize != hde.config().delta.page_size {
-                    return Err(Error::CorruptFrame { reason: "the saved baseline has another page size" });
+                    return Err(Error::DamagedState { reason: "the saved baseline has another page size" });
                 }
                 let content = map_file(&h.source, h.len);
                 hde.sender()
@@ -565,7 +565,7 @@ impl StateDir {
                 None if len == 0 => {
                     hde.receiver().restore(key, saved.id, ps, Vec::new()).map_err(saved_mismatch(&img))?
                 }
-                None => return Err(Error::CorruptFrame { reason: "linked state image cannot be mapped" }),
+                None => return Err(Error::DamagedState { reason: "linked state image cannot be mapped" }),
             },
             None => hde.receiver().restore(key, saved.id, ps, saved.image).map_err(saved_mismatch(&path))?,
         }
@@ -635,7 +635,7 @@ impl StateDir {
             (Some((path, len)), _) => match map_file(&path, len) {
                 Some(image) => image,
                 None if len == 0 => hde_delta::Image::from(Vec::new()),
-                None => return Err(Error::CorruptFrame { reason: "linked state image cannot be mapped" }),
+                None => return Err(Error::DamagedState { reason: "linked state image cannot be mapped" }),
             },
             (None, Some(h)) => match map_file(&h.source, h.len) {
                 Some(image) => image,
@@ -804,7 +804,7 @@ mod tests {
         bytes[48..56].copy_from_slice(&sum.to_le_bytes());
         fs::write(&path, &bytes).unwrap();
         let err = dir.load(Side::Send, "vm", u64::MAX).unwrap_err();
-        assert!(matches!(err, Error::CorruptFrame { .. }), "{err:?}");
+        assert!(matches!(err, Error::DamagedState { .. }), "{err:?}");
         let _ = fs::remove_dir_all(&root);
     }
 
