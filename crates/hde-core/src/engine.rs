@@ -48,15 +48,17 @@ impl CodecBank for CodecSet {
     }
 }
 
-/// The selector's codec name as a codec spec.
-fn spec_of(codec: Codec) -> CodecSpec {
-    match codec {
+/// The selector's codec name as a codec spec; a choice no codec can run (a zstd level out of
+/// range, from a selector of the caller's) is an error, never another codec.
+fn spec_of(codec: Codec) -> Result<CodecSpec> {
+    Ok(match codec {
         Codec::Raw => CodecSpec::Raw,
         Codec::Lz4 => CodecSpec::Lz4,
-        Codec::Zstd { level } => {
-            ZstdParams::new(i32::from(level)).map_or(CodecSpec::Zstd(ZstdParams::FASTEST), CodecSpec::Zstd)
-        }
-    }
+        Codec::Zstd { level } => CodecSpec::Zstd(
+            ZstdParams::new(i32::from(level))
+                .map_err(|_| Error::InvalidConfig { what: format!("the selector chose zstd level {level}") })?,
+        ),
+    })
 }
 
 /// What encoding one round produced.
@@ -429,7 +431,7 @@ impl<D: DeltaEncoder, S: Selector, B: CodecBank> Encoder<D, S, B> {
         let start = data.len();
         let t = Instant::now();
         let used: &[u8] = if choice.reference { reference } else { &[] };
-        let desc = store(codecs, spec_of(choice.codec), input, used, data)?;
+        let desc = store(codecs, spec_of(choice.codec)?, input, used, data)?;
         if !input.is_empty() {
             self.selector.observe(
                 &choice,

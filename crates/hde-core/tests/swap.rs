@@ -7,7 +7,6 @@
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use hde_core::codec::CodecSet;
-use hde_core::corpus::{generate, CorpusConfig};
 use hde_core::delta::{
     checksum, BaselineId, ClassCounts, DeltaConfig, DeltaDecoder, DeltaEncoder, EncodeOptions, EncoderStats, Error,
     Image, PageCopy, PageDeltaEncoder, Prepared, Round, RoundHeader, SegmentStreams, StreamRole, StreamSpec,
@@ -15,6 +14,7 @@ use hde_core::delta::{
 use hde_core::frame::FrameLimits;
 use hde_core::selector::{Choice, Codec, Context, NetworkMode, Outcome, Profile, Selector, Ticket};
 use hde_core::{Decoder, Encoder};
+use hde_corpus::{generate, CorpusConfig};
 
 const PAGE: usize = 4096;
 const SEGMENT: usize = 256 << 10;
@@ -205,6 +205,15 @@ fn a_delta_layer_of_one_stream_round_trips_through_the_engine() {
         Encoder::new(DeltaConfig::default(), Default::default()).unwrap().compress("vm", &rounds()[0]).unwrap();
     let err = dec.decompress(&page_frame).unwrap_err();
     assert!(matches!(err, hde_core::Error::LayoutMismatch { frame: 4, layer: 1 }), "{err:?}");
+}
+
+/// A selector's choice that no codec can run is an error, not another codec.
+#[test]
+fn an_invalid_choice_is_an_error() {
+    let enc: Encoder<LiteralEncoder, Fixed, CodecSet> =
+        Encoder::with_layers(LiteralEncoder::default(), Fixed::new(Codec::Zstd { level: 40 }), 1);
+    let err = enc.compress("vm", &rounds()[0]).unwrap_err();
+    assert!(matches!(&err, hde_core::Error::InvalidConfig { what } if what.contains("level 40")), "{err:?}");
 }
 
 #[test]
