@@ -15,8 +15,9 @@ use hde_corpus::{Corpus, CorpusConfig};
 /// If `HDE_BENCH_SIZE` is set but not a size (a bench aborts on bad setup).
 pub fn bench_size() -> usize {
     match std::env::var("HDE_BENCH_SIZE") {
-        Ok(text) => match hde_corpus::parse_size(&text) {
-            Ok(size) => size,
+        Ok(text) => match hde_core::units::parse_size(&text).map(usize::try_from) {
+            Ok(Ok(size)) => size,
+            Ok(Err(e)) => panic!("HDE_BENCH_SIZE: {e}"),
             Err(e) => panic!("HDE_BENCH_SIZE: {e}"),
         },
         Err(_) => 64 << 20,

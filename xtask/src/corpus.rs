@@ -11,7 +11,7 @@ pub(crate) struct Args {
     #[arg(long)]
     out: PathBuf,
     /// Image size, e.g. 64M or 1G.
-    #[arg(long, default_value = "64M", value_parser = |s: &str| hde_corpus::parse_size(s).map_err(|e| e.to_string()))]
+    #[arg(long, default_value = "64M", value_parser = crate::parse_size)]
     size: usize,
     /// Number of rounds (files).
     #[arg(long, default_value_t = 6)]

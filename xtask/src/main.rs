@@ -122,3 +122,9 @@ pub(crate) fn run(cmd: &mut Command) -> Result<()> {
     }
     Ok(())
 }
+
+/// A size argument (`64M`, `4096`, `2GiB`) in bytes, for clap: the workspace's one parser.
+fn parse_size(s: &str) -> std::result::Result<usize, String> {
+    let n = hde_core::units::parse_size(s).map_err(|e| e.to_string())?;
+    usize::try_from(n).map_err(|e| e.to_string())
+}

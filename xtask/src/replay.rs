@@ -32,13 +32,13 @@ pub(crate) struct Args {
     #[arg(long)]
     corpus: Option<PathBuf>,
     /// Size of the generated corpus.
-    #[arg(long, default_value = "64M", value_parser = |s: &str| hde_corpus::parse_size(s).map_err(|e| e.to_string()))]
+    #[arg(long, default_value = "64M", value_parser = crate::parse_size)]
     size: usize,
     /// Rounds of the generated corpus.
     #[arg(long, default_value_t = 6)]
     rounds: usize,
     /// Segment size of the delta layer (the engine's default).
-    #[arg(long, default_value = "4M", value_parser = |s: &str| hde_corpus::parse_size(s).map_err(|e| e.to_string()))]
+    #[arg(long, default_value = "4M", value_parser = crate::parse_size)]
     segment: usize,
     /// The link rates hybrid mode is replayed at (each against its own oracle), as
     /// `--bandwidth` takes them.

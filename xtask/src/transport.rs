@@ -76,7 +76,7 @@ pub(crate) struct PeerArgs {
 }
 
 fn parse_size(s: &str) -> std::result::Result<u64, String> {
-    hde_corpus::parse_size(s).map(|n| n as u64).map_err(|e| e.to_string())
+    hde_core::units::parse_size(s).map_err(|e| e.to_string())
 }
 
 const TLS_PORT: u16 = 7170;

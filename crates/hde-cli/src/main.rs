@@ -22,10 +22,10 @@ use std::process::ExitCode;
 use anyhow::Result;
 use clap::{Args, CommandFactory as _, Parser, Subcommand};
 use hde_core::codec::CodecSpec;
-use hde_core::corpus::{self, CorpusConfig};
 use hde_core::selector::NetworkMode;
 use hde_core::units::{self, Rate};
 use hde_core::HdeConfig;
+use hde_corpus::{self as corpus, CorpusConfig};
 
 #[derive(Parser)]
 #[command(

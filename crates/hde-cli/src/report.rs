@@ -8,10 +8,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _, Result};
 use hde_core::codec::{CodecSet, CodecSpec};
-use hde_core::corpus::{self, Corpus, CorpusConfig};
 use hde_core::selector::NetworkMode;
 use hde_core::units::Rate;
 use hde_core::{Hde, HdeConfig};
+use hde_corpus::{self as corpus, Corpus, CorpusConfig};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::{engine_config, EngineArgs};

@@ -10,7 +10,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use hde_core::corpus::{write_corpus, CorpusConfig};
+use hde_corpus::{write_corpus, CorpusConfig};
 
 mod common;
 

@@ -11,9 +11,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use hde_core::corpus::{write_corpus, CorpusConfig};
 use hde_core::delta::{checksum, BaselineId};
 use hde_core::state::{Side, StateDir};
+use hde_corpus::{write_corpus, CorpusConfig};
 
 const KEY: &str = "vm";
 

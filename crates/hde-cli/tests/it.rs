@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use hde_core::corpus::{write_corpus, CorpusConfig};
+use hde_corpus::{write_corpus, CorpusConfig};
 
 mod common;
 

@@ -8,7 +8,7 @@ use std::io::{BufRead as _, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 
-use hde_core::corpus::{write_corpus, CorpusConfig};
+use hde_corpus::{write_corpus, CorpusConfig};
 
 mod common;
 

@@ -17,7 +17,7 @@ use hde_crdt::{MergeStats, NodeId, ORMap, SyncMessage};
 use hde_delta::ClassCounts;
 
 use crate::index::{BaselineMeta, Holding};
-use crate::sync::{lock, Mutex};
+use hde_sync::{lock, Mutex};
 
 /// The counters of one node.
 #[derive(Debug, Default, Clone, PartialEq)]

@@ -35,7 +35,6 @@ mod error;
 mod ledger;
 mod node;
 mod pipeline;
-mod sync;
 
 pub use crate::config::HdeConfig;
 pub use crate::engine::{reference_gain, CodecBank, DecodeCounters, Decoder, Encoder, FrameSummary, Written};
@@ -43,7 +42,6 @@ pub use crate::error::{Error, Result};
 pub use crate::index::BaselineMeta;
 pub use crate::node::{Hde, Health, Metrics};
 pub use hde_codec as codec;
-pub use hde_corpus as corpus;
 pub use hde_crdt as crdt;
 pub use hde_delta as delta;
 pub use hde_selector as selector;

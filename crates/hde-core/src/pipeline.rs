@@ -7,7 +7,7 @@
 
 use std::collections::VecDeque;
 
-use crate::sync::{lock, wait, Condvar, Mutex};
+use hde_sync::{lock, wait, Condvar, Mutex};
 
 /// The shared state of one [`ordered`] run: which index to work on next, and the finished
 /// results not yet consumed, in index order.

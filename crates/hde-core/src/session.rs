@@ -25,8 +25,8 @@ use hde_selector::{LearningSelector, Selector};
 
 use crate::frame::{self, FrameHeader, FrameLimits};
 use crate::state::StateDir;
-use crate::sync::{lock, Mutex};
 use crate::{CodecBank, Error, FrameSummary, Hde, Result};
+use hde_sync::{lock, Mutex};
 
 /// Why a receiver refused a frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

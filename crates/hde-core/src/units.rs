@@ -124,12 +124,20 @@ impl FromStr for Rate {
 }
 
 /// A size in bytes from `4096`, `64K`, `64M`, `10G`, `1T` (binary multiples, optionally
-/// followed by `B` or `iB`: `64MiB` = `64M` = `64MB`). The one size parser of the workspace
-/// lives in `hde-corpus` (the lowest crate that needs it); this gives it this crate's error.
+/// followed by `B` or `iB`: `64MiB` = `64M` = `64MB`): the one size parser of the workspace.
 pub fn parse_size(text: &str) -> Result<u64> {
-    hde_corpus::parse_size(text)
-        .map(|n| n as u64)
-        .map_err(|_| Error::InvalidUnit { text: text.to_owned(), expected: "a size such as 4096, 64K, 64M or 10G" })
+    let bad = || Error::InvalidUnit { text: text.to_owned(), expected: "a size such as 4096, 64K, 64M or 10G" };
+    let t = text.trim();
+    let t = t.strip_suffix("iB").or_else(|| t.strip_suffix('B')).unwrap_or(t);
+    let (digits, shift) = match t.char_indices().last() {
+        Some((i, 'K' | 'k')) => (&t[..i], 10),
+        Some((i, 'M' | 'm')) => (&t[..i], 20),
+        Some((i, 'G' | 'g')) => (&t[..i], 30),
+        Some((i, 'T' | 't')) => (&t[..i], 40),
+        _ => (t, 0),
+    };
+    let n: u64 = digits.parse().map_err(|_| bad())?;
+    n.checked_mul(1 << shift).ok_or_else(bad)
 }
 
 #[cfg(test)]

@@ -6,12 +6,12 @@
 
 use std::path::PathBuf;
 
-use hde_core::corpus::{generate, CorpusConfig};
 use hde_core::delta::BaselineId;
 use hde_core::index::Candidate;
 use hde_core::session::{Base, Receiver, Refusal, Reply, Sender};
 use hde_core::state::{SenderImage, StateDir};
 use hde_core::{Hde, HdeConfig};
+use hde_corpus::{generate, CorpusConfig};
 
 fn tmp(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("hde-core-cluster-{name}-{}", std::process::id()));

@@ -236,10 +236,10 @@ mod engine {
     use std::sync::Arc;
 
     use hde_core::codec::{CodecId, CodecSet, CodecSpec};
-    use hde_core::corpus::{generate, CorpusConfig};
     use hde_core::delta::{DeltaConfig, EncodeOptions, PageDeltaEncoder};
     use hde_core::selector::{LearningSelector, NetworkMode, SelectorConfig};
     use hde_core::{CodecBank, Decoder, Encoder, Error};
+    use hde_corpus::{generate, CorpusConfig};
 
     fn config() -> DeltaConfig {
         DeltaConfig { segment_size: 1 << 20, threads: 2, first_sequence: 1, ..DeltaConfig::default() }
@@ -412,9 +412,9 @@ mod engine {
 mod node {
     use std::sync::Arc;
 
-    use hde_core::corpus::{generate, CorpusConfig};
     use hde_core::selector::NetworkMode;
     use hde_core::{Error, Hde, HdeConfig};
+    use hde_corpus::{generate, CorpusConfig};
 
     fn config(node: u64) -> HdeConfig {
         let mut c = HdeConfig::new(node);
@@ -541,10 +541,10 @@ mod node {
 }
 
 mod golden_engine {
-    use hde_core::corpus::{generate, CorpusConfig};
     use hde_core::delta::DeltaConfig;
     use hde_core::selector::SelectorConfig;
     use hde_core::{Decoder, Encoder};
+    use hde_corpus::{generate, CorpusConfig};
 
     fn config() -> DeltaConfig {
         DeltaConfig { segment_size: 64 << 10, threads: 1, first_sequence: 1, ..DeltaConfig::default() }
@@ -587,9 +587,9 @@ mod golden_engine {
 }
 
 mod modes {
-    use hde_core::corpus::{generate, CorpusConfig};
     use hde_core::selector::NetworkMode;
     use hde_core::{Hde, HdeConfig};
+    use hde_corpus::{generate, CorpusConfig};
 
     fn total_bytes(mode: NetworkMode, bandwidth: Option<f64>) -> usize {
         let mut c = HdeConfig::new(1);
@@ -624,10 +624,9 @@ mod modes {
 #[test]
 fn compress_stream_reads_once_and_round_trips() {
     let node = hde_core::Hde::new(hde_core::HdeConfig::new(9)).unwrap();
-    let image =
-        hde_core::corpus::generate(&hde_core::corpus::CorpusConfig { size: 1 << 20, rounds: 1, ..Default::default() })
-            .unwrap()
-            .remove(0);
+    let image = hde_corpus::generate(&hde_corpus::CorpusConfig { size: 1 << 20, rounds: 1, ..Default::default() })
+        .unwrap()
+        .remove(0);
     let mut frame = Vec::new();
     let summary = node.compress_stream("vm", &mut &image[..], &mut frame).unwrap();
     assert_eq!(summary.output_bytes, frame.len() as u64);
@@ -637,9 +636,9 @@ fn compress_stream_reads_once_and_round_trips() {
 }
 
 mod sessions {
-    use hde_core::corpus::{generate, CorpusConfig};
     use hde_core::session::{Confirmed, Receiver, Refusal, Reply, Sender};
     use hde_core::{Error, Hde, HdeConfig};
+    use hde_corpus::{generate, CorpusConfig};
 
     fn node(id: u64) -> Hde {
         let mut c = HdeConfig::new(id);
@@ -754,10 +753,10 @@ mod sender_state {
     //! process checks the file page by page. Whatever happened to the file, rounds decode exactly.
     use std::path::PathBuf;
 
-    use hde_core::corpus::{generate, CorpusConfig};
     use hde_core::session::{Receiver, Reply, Sender};
     use hde_core::state::{SenderImage, Side, StateDir};
     use hde_core::{Hde, HdeConfig};
+    use hde_corpus::{generate, CorpusConfig};
 
     fn node(id: u64) -> Hde {
         let mut c = HdeConfig::new(id);

@@ -11,10 +11,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use hde_core::corpus::{self, CorpusConfig};
 use hde_core::delta::DeltaConfig;
 use hde_core::selector::{NetworkMode, SelectorConfig};
 use hde_core::{Encoder, Hde, HdeConfig};
+use hde_corpus::{self as corpus, CorpusConfig};
 
 /// The tests of this binary measure one global peak: one at a time.
 static SERIAL: Mutex<()> = Mutex::new(());

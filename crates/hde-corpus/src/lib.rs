@@ -38,12 +38,6 @@ use crate::rng::Rng;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    /// A size string did not parse.
-    #[error("invalid size {text:?}: expected a number with an optional K, M or G suffix")]
-    InvalidSize {
-        /// The text given.
-        text: String,
-    },
     /// A configuration value is out of range.
     #[error("invalid corpus configuration: {what}")]
     InvalidConfig {
@@ -102,22 +96,6 @@ impl Default for CorpusConfig {
     fn default() -> Self {
         CorpusConfig { size: 64 << 20, rounds: 6, seed: 1, page_size: 4096, dirty_per_mille: 220 }
     }
-}
-
-/// Parses `64M`, `512K`, `1G`, `1T`, `4096`, `2GiB` (binary units).
-pub fn parse_size(text: &str) -> Result<usize, Error> {
-    let bad = || Error::InvalidSize { text: text.to_owned() };
-    let t = text.trim();
-    let t = t.strip_suffix("iB").or_else(|| t.strip_suffix('B')).unwrap_or(t);
-    let (digits, shift) = match t.char_indices().last() {
-        Some((i, 'K' | 'k')) => (&t[..i], 10),
-        Some((i, 'M' | 'm')) => (&t[..i], 20),
-        Some((i, 'G' | 'g')) => (&t[..i], 30),
-        Some((i, 'T' | 't')) => (&t[..i], 40),
-        _ => (t, 0),
-    };
-    let n: usize = digits.parse().map_err(|_| bad())?;
-    n.checked_mul(1 << shift).ok_or_else(bad)
 }
 
 /// A VM's memory, advanced round by round.
@@ -456,17 +434,5 @@ mod tests {
         assert!(Corpus::new(CorpusConfig { size: 0, ..CorpusConfig::default() }).is_err());
         assert!(Corpus::new(CorpusConfig { page_size: 3000, ..CorpusConfig::default() }).is_err());
         assert!(Corpus::new(CorpusConfig { dirty_per_mille: 1001, ..CorpusConfig::default() }).is_err());
-    }
-
-    #[test]
-    fn sizes_parse() {
-        assert_eq!(parse_size("64M").unwrap(), 64 << 20);
-        assert_eq!(parse_size("512K").unwrap(), 512 << 10);
-        assert_eq!(parse_size("1G").unwrap(), 1 << 30);
-        assert_eq!(parse_size("2GiB").unwrap(), 2 << 30);
-        assert_eq!(parse_size("4096").unwrap(), 4096);
-        for bad in ["", "M", "12X", "-1M", "99999999999999999999G"] {
-            assert!(parse_size(bad).is_err(), "{bad:?}");
-        }
     }
 }

@@ -4,11 +4,11 @@ use std::collections::HashMap;
 
 use crate::checksum::{combine, page_hash};
 use crate::page::{get_varint, run_decode, RunBytes};
-use crate::sync::{lock, Arc, Mutex};
 use crate::{
     page_stream, par, BaselineId, ClassCounts, DeltaConfig, Error, Image, PageClass, Result, RoundHeader,
     SegmentStreams, StreamSpec, PAGE_LAYOUT,
 };
+use hde_sync::{lock, Arc, Mutex};
 
 #[derive(Debug, Clone)]
 struct Held {

@@ -7,12 +7,12 @@ use crate::baseline::{index_key, Content, EncBaseline, PageCache, PageSet};
 use crate::checksum::combine;
 use crate::page::{get_varint, hash, is_zero, put_varint, run_encode, RunBytes};
 use crate::similar::SimIndex;
-use crate::sync::{lock, Arc, AtomicU32, Mutex, Ordering};
 use crate::{
     page_stream, par, BaselineContent, BaselineId, ClassCounts, Clock, DeltaConfig, Error, PageClass, Result,
     RoundHeader, SegmentStreams, StreamSpec, SystemClock, PAGE_LAYOUT,
 };
 use crate::{Image, ZeroRanges};
+use hde_sync::{lock, Arc, AtomicU32, Mutex, Ordering};
 
 /// Why a round is a keyframe.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

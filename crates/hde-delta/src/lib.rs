@@ -40,7 +40,7 @@
 //! fraction of the pages) processed on `threads` threads; the output is the same for any
 //! thread count. Duplicates are found over the whole image in a short sequential pass over
 //! changed pages after the parallel scan; streams are built per segment by whoever asks (the
-//! engine's workers). Shared state (the baseline stores) is behind `crate::sync`,
+//! engine's workers). Shared state (the baseline stores) is behind `hde_sync`,
 //! model-checked by loom under `--cfg hde_loom`.
 
 mod baseline;
@@ -55,7 +55,6 @@ mod page;
 mod par;
 mod payload;
 mod similar;
-mod sync;
 
 pub use crate::checksum::checksum;
 pub use crate::clock::{Clock, ManualClock, SystemClock};

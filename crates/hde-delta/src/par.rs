@@ -25,8 +25,9 @@ where
             done.push((i, f(i)));
         }
     };
-    let mut parts = match crossbeam::thread::scope(|s| {
-        let handles: Vec<_> = (1..workers).map(|_| s.spawn(|_| work())).collect();
+    // A panicking worker's panic is resumed here, once the others have finished.
+    let mut parts = std::thread::scope(|s| {
+        let handles: Vec<_> = (1..workers).map(|_| s.spawn(work)).collect();
         let mut parts = vec![work()];
         for h in handles {
             match h.join() {
@@ -35,10 +36,7 @@ where
             }
         }
         parts
-    }) {
-        Ok(parts) => parts,
-        Err(panic) => std::panic::resume_unwind(panic),
-    };
+    });
     let mut all: Vec<(usize, T)> = parts.drain(..).flatten().collect();
     all.sort_unstable_by_key(|(i, _)| *i);
     all.into_iter().map(|(_, t)| t).collect()

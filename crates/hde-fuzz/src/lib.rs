@@ -21,7 +21,6 @@ use std::cell::RefCell;
 use std::path::PathBuf;
 
 use hde_core::codec::{CodecId, CodecSet, CodecSpec, ZstdParams};
-use hde_core::corpus::{generate, CorpusConfig};
 use hde_core::crdt::{Delta, Limits, NodeId, ORMap, SyncMessage};
 use hde_core::delta::{
     BaselineId, DeltaConfig, DeltaDecoder, DeltaEncoder, EncodeOptions, PageDeltaDecoder, PageDeltaEncoder, Round,
@@ -31,6 +30,7 @@ use hde_core::index::Holding;
 use hde_core::selector::NetworkMode;
 use hde_core::state::{Saved, Side, StateDir};
 use hde_core::{BaselineMeta, Hde, HdeConfig};
+use hde_corpus::{generate, CorpusConfig};
 
 /// What a target made of an input.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -9,8 +9,8 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use hde_core::corpus::{write_corpus, CorpusConfig};
 use hde_core::HdeConfig;
+use hde_corpus::{write_corpus, CorpusConfig};
 use hde_net::client::{self, SendOptions};
 use hde_net::cluster;
 use hde_net::identity::{Identity, Peers};

@@ -10,8 +10,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use hde_core::corpus::{write_corpus, CorpusConfig};
 use hde_core::HdeConfig;
+use hde_corpus::{write_corpus, CorpusConfig};
 use hde_net::client::{self, SendOptions};
 use hde_net::identity::{self, Identity, Peers};
 use hde_net::server::{ServeOptions, Server};

@@ -35,7 +35,7 @@
 //! only choices that could plausibly win are tried; with probability `epsilon` a random choice
 //! within 1.5 times the best estimate is tried, and averages move with every outcome, so the
 //! selector follows drifting data. Given the same seed and outcomes it makes the same choices.
-//! Its statistics sit behind one mutex (`crate::sync`, loom-checked); a choice costs well under
+//! Its statistics sit behind one mutex (`hde_sync`, loom-checked); a choice costs well under
 //! a microsecond.
 
 mod choice;
@@ -44,7 +44,6 @@ mod error;
 mod model;
 mod profile;
 mod select;
-mod sync;
 
 pub use crate::choice::{Bucket, Choice, Codec, Context, Outcome, Ticket};
 pub use crate::config::{NetworkMode, SelectorConfig};

@@ -1,8 +1,8 @@
 //! The two default selectors: static (priors only) and learning (priors, then outcomes).
 
 use crate::model::{cost, prior, Estimate};
-use crate::sync::{lock, Mutex};
 use crate::{Bucket, Choice, Codec, Context, NetworkMode, Outcome, Profile, Result, SelectorConfig, Ticket};
+use hde_sync::{lock, Mutex};
 
 /// The boundary of the selector layer.
 pub trait Selector: Send + Sync {
