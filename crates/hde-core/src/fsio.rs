@@ -286,6 +286,21 @@ pub fn open_image(path: &Path) -> io::Result<ImageFile> {
     Ok(ImageFile { image: data.into(), holes: None, mapped: false })
 }
 
+/// `file` mapped read-only and private, for a baseline this process restores or has just
+/// written; `populate` reads every page in at once (for a file about to be read whole). As
+/// with [`open_image`], a file another process changes while mapped changes the bytes; callers
+/// check them against hashes or the image checksum.
+pub fn map_whole(file: &File, populate: bool) -> io::Result<hde_delta::Image> {
+    let mut options = memmap2::MmapOptions::new();
+    if populate {
+        options.populate();
+    }
+    // SAFETY: a read-only private map of a file the caller holds open; see above for a file
+    // changed while mapped.
+    let map = unsafe { options.map(file) }?;
+    Ok(hde_delta::Image::shared(std::sync::Arc::new(map)))
+}
+
 /// [`open_image`]'s bytes only.
 pub fn read_image(path: &Path) -> io::Result<hde_delta::Image> {
     open_image(path).map(|f| f.image)

@@ -495,10 +495,9 @@ impl<'h> Receiver<'h> {
         let image = if header.round.image_len == 0 {
             Image::from(Vec::new())
         } else {
-            // SAFETY: a read-only map of the file this call just wrote and verified, which only
-            // this process holds (unnamed or not yet renamed into place).
-            let map = unsafe { memmap2::Mmap::map(file) }?;
-            Image::shared(std::sync::Arc::new(map))
+            // The file this call just wrote and verified, which only this process holds
+            // (unnamed or not yet renamed into place).
+            crate::fsio::map_whole(file, false)?
         };
         // The file, as mapped, is the baseline: decoding just verified it against the frame's
         // checksum (a later process restoring it checks it again).

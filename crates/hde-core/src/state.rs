@@ -724,12 +724,10 @@ fn map_file(path: &Path, len: u64) -> Option<hde_delta::Image> {
     if !meta.is_file() || meta.len() != len || len == 0 {
         return None;
     }
-    // SAFETY: a read-only private map. Another process changing the file while we hold it
-    // changes the bytes under us; every page was just checked against its hash, and a page
-    // changed after that makes the receiver's checksum of the round fail (a typed error there),
-    // as with any input changed mid-read.
-    let map = unsafe { memmap2::MmapOptions::new().populate().map(&file) }.ok()?;
-    Some(hde_delta::Image::shared(std::sync::Arc::new(map)))
+    // Another process changing the file while we hold it changes the bytes under us; every
+    // page is checked against its hash, and a page changed after that makes the receiver's
+    // checksum of the round fail (a typed error there), as with any input changed mid-read.
+    crate::fsio::map_whole(&file, true).ok()
 }
 
 /// Makes the file at `path` hold `image`, writing only the pages that differ from what it
