@@ -301,6 +301,22 @@ impl<D: DeltaEncoder, S: Selector, B: CodecBank> Encoder<D, S, B> {
         observe: &mut dyn FnMut(&Written),
     ) -> Result<(FrameSummary, D::Round<'a>)> {
         let round = self.delta.encode(key, image, options)?;
+        self.write_round(key, round, out, observe)
+    }
+
+    /// Compresses and writes a round the delta layer has encoded already, and returns it
+    /// uncommitted with what was written: for rounds made another way than from a whole
+    /// image, such as a round given as its dirty pages
+    /// ([`PageDeltaEncoder::encode_dirty`](hde_delta::PageDeltaEncoder::encode_dirty), through
+    /// [`delta`](Self::delta)). `observe` is called after each segment.
+    pub fn write_round<'a>(
+        &'a self,
+        key: &str,
+        round: D::Round<'a>,
+        out: &mut impl Write,
+        observe: &mut dyn FnMut(&Written),
+    ) -> Result<(FrameSummary, D::Round<'a>)> {
+        let image_len = round.header().image_len;
         let segments = round.segment_count();
         let streams = u8::try_from(round.layout().len())
             .ok()
@@ -331,7 +347,7 @@ impl<D: DeltaEncoder, S: Selector, B: CodecBank> Encoder<D, S, B> {
                 written += frame::write_sealed(out, &head, &record)?;
                 progress.written.store(written, Ordering::Relaxed);
                 done += 1;
-                let input = (done as u64 * u64::from(round.header().segment_size)).min(image.len() as u64);
+                let input = (done as u64 * u64::from(round.header().segment_size)).min(image_len);
                 observe(&Written { segments: done, of: segments, input_bytes: input, frame_bytes: written });
                 if let Some(choice) = choice {
                     match codecs.iter_mut().find(|(name, _)| *name == choice) {
@@ -344,7 +360,7 @@ impl<D: DeltaEncoder, S: Selector, B: CodecBank> Encoder<D, S, B> {
         )?;
         out.flush()?;
         let pages = round.counts();
-        Ok((FrameSummary { header, input_bytes: image.len() as u64, output_bytes: written, pages, codecs }, round))
+        Ok((FrameSummary { header, input_bytes: image_len, output_bytes: written, pages, codecs }, round))
     }
 
     /// Makes a round from [`compress_pending`](Self::compress_pending) the key's baseline.

@@ -103,7 +103,7 @@ impl EncoderStats {
 pub struct EncodedRound<'a> {
     key: String,
     header: RoundHeader,
-    image: &'a [u8],
+    image: RoundImage<'a>,
     /// Pages per segment.
     per_seg: usize,
     xor_limit: usize,
@@ -131,6 +131,68 @@ pub struct EncodedRound<'a> {
 }
 
 const UNBUILT: u32 = u32::MAX;
+
+/// The image a round encodes: the caller's, one it owns, or a baseline with a round's dirty
+/// pages laid over it ([`PageDeltaEncoder::encode_dirty`]), read page by page so that the
+/// image is never copied whole.
+#[derive(Debug)]
+enum RoundImage<'a> {
+    Borrowed(&'a [u8]),
+    Owned(Vec<u8>),
+    Overlay(Box<Overlay<'a>>),
+}
+
+/// A baseline's pages with some replaced (the caller's, borrowed): `dirty[p]` says whether
+/// page `p` is in `pages`.
+#[derive(Debug)]
+struct Overlay<'a> {
+    base: Arc<EncBaseline>,
+    dirty: Vec<bool>,
+    pages: HashMap<u32, &'a [u8]>,
+}
+
+impl RoundImage<'_> {
+    fn len(&self) -> usize {
+        match self {
+            RoundImage::Borrowed(b) => b.len(),
+            RoundImage::Owned(v) => v.len(),
+            RoundImage::Overlay(o) => o.base.len,
+        }
+    }
+
+    /// Page `p` (the last one possibly short).
+    fn page(&self, p: usize, ps: usize) -> &[u8] {
+        let all: &[u8] = match self {
+            RoundImage::Borrowed(b) => b,
+            RoundImage::Owned(v) => v,
+            RoundImage::Overlay(o) => {
+                let len = page_len(o.base.len, ps, p);
+                return match o.pages.get(&(p as u32)) {
+                    Some(page) => page,
+                    // `encode_dirty` checked that every clean page's bytes are held.
+                    None => o.base.old_page(p, len).unwrap_or(&[]),
+                };
+            }
+        };
+        &all[(p * ps).min(all.len())..(p * ps + ps).min(all.len())]
+    }
+
+    /// The image as one owned buffer (an overlay is laid over a copy of its baseline).
+    fn into_vec(self, ps: usize) -> Result<Vec<u8>> {
+        match self {
+            RoundImage::Borrowed(b) => Ok(b.to_vec()),
+            RoundImage::Owned(v) => Ok(v),
+            RoundImage::Overlay(o) => {
+                let image = RoundImage::Overlay(o);
+                let mut out = crate::try_zeroed(image.len())?;
+                for (p, dst) in out.chunks_mut(ps).enumerate() {
+                    dst.copy_from_slice(image.page(p, ps));
+                }
+                Ok(out)
+            }
+        }
+    }
+}
 
 impl EncodedRound<'_> {
     /// The key this round belongs to.
@@ -225,13 +287,13 @@ impl Round for EncodedRound<'_> {
             return;
         }
         let ps = self.header.page_size as usize;
-        let image = self.image;
+        let image = &self.image;
         let base = self.base.as_deref();
         let first = segment * self.per_seg;
         let last = (first + self.per_seg).min(self.scan.len());
         let mut xor_pages = 0u32;
         for p in first..last {
-            let page = &image[p * ps..(p * ps + ps).min(image.len())];
+            let page = image.page(p, ps);
             let class = match self.scan[p] {
                 SCAN_UNCHANGED => PageClass::Unchanged,
                 SCAN_ZERO => PageClass::Zero,
@@ -584,6 +646,67 @@ impl<C: Clock> PageDeltaEncoder<C> {
         self.install_baseline(key, None, image.into(), 0, Duration::ZERO, Origin::File)
     }
 
+    /// Encodes a round of `key` given as the pages that changed since its baseline, for a
+    /// caller that already knows them (KVM's dirty log, QEMU's migration stream): `dirty`
+    /// holds (page index, new content) pairs, each exactly its page's length, in any order (a
+    /// page given twice takes its last content; a page given with unchanged content costs one
+    /// class byte). The round's image is the baseline's with those pages replaced; only they
+    /// are compared and hashed (a round of a whole image reads and hashes every page), and
+    /// the frame is the one [`encode`](DeltaEncoder::encode) makes of that image, with the
+    /// same guarantees: it names the baseline, carries the image's checksum, and the baseline
+    /// changes only on [`commit`](DeltaEncoder::commit). The image keeps the baseline's
+    /// length.
+    ///
+    /// Where the policy (or `options`) calls for a keyframe the whole image is scanned as
+    /// usual (the image is then made whole once). The round borrows the pages and reads the
+    /// others from the baseline, so the baseline's bytes must be held: not
+    /// [`BaselineContent::Bounded`], not a baseline restored from hashes alone.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::DirtyRound`] where `key` has no baseline, its bytes are not held, or a page
+    /// lies outside the image or has another length; [`Error::OutOfMemory`] where a keyframe
+    /// is due and the image cannot be allocated.
+    pub fn encode_dirty<'a>(
+        &self,
+        key: &str,
+        dirty: &[(u64, &'a [u8])],
+        options: EncodeOptions,
+    ) -> Result<EncodedRound<'a>> {
+        let refuse = |reason| Error::DirtyRound { key: key.to_owned(), reason };
+        let base = {
+            let store = lock(&self.store);
+            store
+                .entries
+                .get(key)
+                .and_then(|e| e.baseline.clone())
+                .ok_or_else(|| refuse("no baseline to apply them to"))?
+        };
+        let (len, ps) = (base.len, base.page_size);
+        let pages = len.div_ceil(ps.max(1));
+        let mut mark = vec![false; pages];
+        for &(p, content) in dirty {
+            let p = usize::try_from(p).ok().filter(|&p| p < pages).ok_or_else(|| refuse("a page outside the image"))?;
+            if content.len() != page_len(len, ps, p) {
+                return Err(refuse("a page of another length than the image's page"));
+            }
+            mark[p] = true;
+        }
+        // Every clean page's bytes must be held: the round reads them from the baseline.
+        for (p, &is_dirty) in mark.iter().enumerate() {
+            if !is_dirty
+                && base.hashes.get(p).is_some_and(|&h| h != 0)
+                && base.old_page(p, page_len(len, ps, p)).is_none()
+            {
+                return Err(refuse("the baseline's bytes are not held"));
+            }
+        }
+        // The last content given for a page wins.
+        let pages = dirty.iter().map(|&(p, content)| (p as u32, content)).collect();
+        let overlay = Overlay { base, dirty: mark, pages };
+        self.encode_round(key, RoundImage::Overlay(Box::new(overlay)), options)
+    }
+
     /// Makes a copy of `from`'s baseline `to`'s (which the receiver does likewise when a frame
     /// of `to` names `from`'s baseline): the next round of `to` is a delta against another
     /// key's image, with similar pages found wherever they lie. Returns the baseline's identity,
@@ -723,10 +846,19 @@ impl<C: Clock> PageDeltaEncoder<C> {
         }
     }
 
-    fn encode_round<'a>(&self, key: &str, image: &'a [u8], options: EncodeOptions) -> Result<EncodedRound<'a>> {
+    fn encode_round<'a>(
+        &self,
+        key: &str,
+        mut round_image: RoundImage<'a>,
+        options: EncodeOptions,
+    ) -> Result<EncodedRound<'a>> {
         let cfg = &self.config;
-        if image.len() as u64 > cfg.max_image_size {
-            return Err(Error::TooLarge { what: "image", claimed: image.len() as u64, limit: cfg.max_image_size });
+        if round_image.len() as u64 > cfg.max_image_size {
+            return Err(Error::TooLarge {
+                what: "image",
+                claimed: round_image.len() as u64,
+                limit: cfg.max_image_size,
+            });
         }
         let ps = cfg.page_size;
         let now = self.clock.now();
@@ -740,6 +872,15 @@ impl<C: Clock> PageDeltaEncoder<C> {
             store.next_seq += 1;
             (seq, prev_seq, base, reason)
         };
+        // Dirty pages over a baseline that is not the one encoded against (a keyframe, or a
+        // baseline replaced meanwhile): the image is made whole, and scanned as any other.
+        if let RoundImage::Overlay(o) = &round_image {
+            if reason.is_some() || base.as_ref().map(|b| b.id) != Some(o.base.id) {
+                round_image =
+                    RoundImage::Owned(std::mem::replace(&mut round_image, RoundImage::Borrowed(&[])).into_vec(ps)?);
+            }
+        }
+        let image = &round_image;
         let base_ref = base.as_deref();
         let pages = image.len().div_ceil(ps);
         let segment_size = if reason.is_none() { cfg.delta_segment_size() } else { cfg.segment_size };
@@ -748,6 +889,13 @@ impl<C: Clock> PageDeltaEncoder<C> {
         let bounded = matches!(cfg.content, BaselineContent::Bounded { .. });
 
         let known_zero = options.known_zero.as_ref().filter(|z| !z.ranges().is_empty());
+        // A round made from dirty pages: the other pages are the baseline's, unchanged, and
+        // need neither a compare nor a hash (only while that baseline is the one encoded
+        // against: a keyframe, or a baseline replaced meanwhile, scans every page).
+        let clean = match image {
+            RoundImage::Overlay(o) => Some(&o.dirty),
+            _ => None,
+        };
         // Phase 1 (parallel): unchanged / zero / changed, and every page's hash, written in
         // place (zeroed memory: the pages of a hole's hashes are never touched).
         let mut hashes = vec![0u128; pages];
@@ -763,12 +911,19 @@ impl<C: Clock> PageDeltaEncoder<C> {
                 let p = first + i;
                 let end = (p * ps + ps).min(image.len());
                 let old_hash = base_ref.filter(|b| p < b.pages() && b.page_len(p) == end - p * ps).map(|b| b.hashes[p]);
+                if let (Some(dirty), Some(h)) = (clean, old_hash) {
+                    if !dirty[p] {
+                        *kind = SCAN_UNCHANGED;
+                        *hash_out = h;
+                        continue;
+                    }
+                }
                 if all_hole || known_zero.is_some_and(|z| z.covers((p * ps) as u64..end as u64)) {
                     // A hole: zero without reading it (reading would fill the page cache).
                     *kind = if old_hash == Some(0) { SCAN_UNCHANGED } else { SCAN_ZERO };
                     continue;
                 }
-                let page = &image[p * ps..end];
+                let page = image.page(p, ps);
                 // Old content held: compare first (most pages are unchanged, and one pass
                 // decides); zero test and hash only for what differs. Without it (bounded
                 // content, a stale restored page) the hash decides.
@@ -805,7 +960,7 @@ impl<C: Clock> PageDeltaEncoder<C> {
             if classes[p] != SCAN_CHANGED {
                 continue;
             }
-            let page = &image[p * ps..(p * ps + ps).min(image.len())];
+            let page = image.page(p, ps);
             let h = hashes[p];
             let from_base = base_ref.and_then(|b| {
                 let q = *b.index.get(&index_key(h))? as usize;
@@ -821,7 +976,7 @@ impl<C: Clock> PageDeltaEncoder<C> {
                 continue;
             }
             match first_seen.get(&index_key(h)) {
-                Some(&q) if &image[q as usize * ps..(q as usize * ps + ps).min(image.len())] == page => {
+                Some(&q) if image.page(q as usize, ps) == page => {
                     dup_of.insert(p as u32, (PageClass::DupCurrent, q));
                 }
                 Some(_) => {}
@@ -863,7 +1018,7 @@ impl<C: Clock> PageDeltaEncoder<C> {
         Ok(EncodedRound {
             key: key.to_owned(),
             header,
-            image,
+            image: round_image,
             per_seg,
             xor_limit: cfg.xor_max_bytes,
             scan: classes,
@@ -953,7 +1108,12 @@ impl<C: Clock> PageDeltaEncoder<C> {
             if data.is_empty() {
                 // No old content (a key's first round): one copy of the image, instead of
                 // zero-filling a buffer and copying into it page by page.
-                *data = round.image.to_vec();
+                *data = match std::mem::replace(&mut round.image, RoundImage::Borrowed(&[])) {
+                    RoundImage::Borrowed(b) => b.to_vec(),
+                    RoundImage::Owned(v) => v,
+                    // Not reached: an overlay has a baseline with content.
+                    overlay => overlay.into_vec(ps).unwrap_or_default(),
+                };
                 copied_whole = true;
             }
         }
@@ -974,7 +1134,7 @@ impl<C: Clock> PageDeltaEncoder<C> {
             stale.remove(p);
             let plen = page_len(len, ps, p);
             let zero = round.hashes[p] == 0;
-            let new = if zero { None } else { round.image.get(p * ps..p * ps + plen) };
+            let new = if zero { None } else { Some(round.image.page(p, ps)).filter(|b| b.len() == plen) };
             match &mut content {
                 Target::Full(_) if copied_whole => {}
                 Target::Full(data) => {
@@ -1105,7 +1265,7 @@ impl<C: Clock> DeltaEncoder for PageDeltaEncoder<C> {
         C: 'a;
 
     fn encode<'a>(&'a self, key: &str, image: &'a [u8], options: EncodeOptions) -> Result<EncodedRound<'a>> {
-        self.encode_round(key, image, options)
+        self.encode_round(key, RoundImage::Borrowed(image), options)
     }
 
     fn commit(&self, round: EncodedRound<'_>) -> Result<BaselineId> {

@@ -86,6 +86,15 @@ pub enum Error {
         /// Which value and why.
         what: &'static str,
     },
+    /// A round given as dirty pages cannot be encoded (no baseline to apply them to, its
+    /// bytes not held, a page outside the image or of the wrong length).
+    #[error("cannot encode dirty pages of key {key:?}: {reason}")]
+    DirtyRound {
+        /// The key.
+        key: String,
+        /// Why.
+        reason: &'static str,
+    },
 }
 
 /// `Result` with this crate's [`Error`].

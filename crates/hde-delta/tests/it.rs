@@ -630,3 +630,71 @@ proptest! {
         }
     }
 }
+
+/// A round given as its dirty pages makes the frame a whole image makes, and decodes to that
+/// image; pages given with their old content cost nothing; bad input is a typed error.
+#[test]
+fn a_round_of_dirty_pages_is_the_round_of_the_whole_image() {
+    const PS: usize = 4096;
+    let rounds = corpus(2 << 20, 4);
+    let cfg = config(PS, 256 << 10, 2);
+    let (whole, dirty) = (PageDeltaEncoder::new(cfg.clone()).unwrap(), PageDeltaEncoder::new(cfg.clone()).unwrap());
+    let dec = PageDeltaDecoder::new(cfg.clone()).unwrap();
+    let err = dirty.encode_dirty("vm", &[], EncodeOptions::default()).unwrap_err();
+    assert!(matches!(err, Error::DirtyRound { .. }), "{err:?}");
+    for (r, image) in rounds.iter().enumerate() {
+        let expected = whole.encode("vm", image, EncodeOptions::default()).unwrap();
+        let round = if r == 0 {
+            dirty.encode("vm", image, EncodeOptions::default()).unwrap()
+        } else {
+            // The pages that changed, and every seventh page as it was (a caller's dirty log
+            // over-reports).
+            let old = &rounds[r - 1];
+            let updates: Vec<(u64, &[u8])> = image
+                .chunks(PS)
+                .zip(old.chunks(PS))
+                .enumerate()
+                .filter(|(p, (new, old))| new != old || p % 7 == 0)
+                .map(|(p, (new, _))| (p as u64, new))
+                .collect();
+            assert!(updates.len() < image.len() / PS, "round {r}: every page dirty");
+            // Where a keyframe is asked for, the pages over the baseline make the whole image.
+            let key = dirty
+                .encode_dirty("vm", &updates, EncodeOptions { force_keyframe: true, ..EncodeOptions::default() })
+                .unwrap();
+            assert!(key.header().is_keyframe());
+            let fresh = PageDeltaDecoder::new(cfg.clone()).unwrap();
+            assert!(deliver(&fresh, &key).unwrap() == *image, "round {r}: keyframe from dirty pages differs");
+            drop(key);
+            let r = dirty.encode_dirty("vm", &updates, EncodeOptions::default()).unwrap();
+            // The same header but for the sequences (the keyframes above took some).
+            let (got, want) = (r.header(), expected.header());
+            assert_eq!(got.base.map(|b| b.checksum), want.base.map(|b| b.checksum));
+            assert_eq!(
+                (got.image_len, got.segment_size, got.checksum),
+                (want.image_len, want.segment_size, want.checksum)
+            );
+            r
+        };
+        assert_eq!(round.counts(), expected.counts(), "round {r}");
+        assert!(round.segments() == expected.segments(), "round {r}: streams differ");
+        assert!(deliver(&dec, &round).unwrap() == *image, "round {r}: decoded image differs");
+        whole.commit(expected).unwrap();
+        dirty.commit(round).unwrap();
+    }
+    // A page outside the image, a page of another length.
+    let page = vec![1u8; PS];
+    for bad in [vec![(1u64 << 40, &page[..])], vec![(0, &page[..100])]] {
+        let err = dirty.encode_dirty("vm", &bad, EncodeOptions::default()).unwrap_err();
+        assert!(matches!(err, Error::DirtyRound { .. }), "{err:?}");
+    }
+    // A baseline whose bytes are not held (bounded content) cannot take dirty pages.
+    let bounded =
+        PageDeltaEncoder::new(DeltaConfig { content: BaselineContent::Bounded { cache_bytes: 1 << 16 }, ..cfg })
+            .unwrap();
+    let r0 = bounded.encode("vm", &rounds[0], EncodeOptions::default()).unwrap();
+    bounded.commit(r0).unwrap();
+    let one = [(3u64, &rounds[1][3 * PS..4 * PS])];
+    let err = bounded.encode_dirty("vm", &one, EncodeOptions::default()).unwrap_err();
+    assert!(matches!(err, Error::DirtyRound { reason: "the baseline's bytes are not held", .. }), "{err:?}");
+}
