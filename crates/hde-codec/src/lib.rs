@@ -36,6 +36,27 @@
 //! decoding it with a different reference is [`Error::ChecksumMismatch`], not wrong bytes.
 //! The LZ4 block format and raw bytes carry no checksum and cannot tell; the frame layer above
 //! checks an xxh3 of every reconstructed image, which catches that case too.
+//!
+//! # Example
+//!
+//! A page compressed against its old version, as `zstd --patch-from` would, and back:
+//!
+//! ```
+//! use hde_codec::{CodecSet, CodecSpec, ZstdParams};
+//!
+//! let old: Vec<u8> = (0..4096u32).map(|i| (i * 7 % 251) as u8).collect();
+//! let mut page = old.clone();
+//! page[100..108].copy_from_slice(b"changed!");
+//! let mut codecs = CodecSet::new();
+//! let spec = CodecSpec::Zstd(ZstdParams::new(3)?);
+//! let mut stored = Vec::new();
+//! codecs.compress(spec, &page, &old, &mut stored)?;
+//! assert!(stored.len() < 100);
+//! let mut back = vec![0u8; page.len()];
+//! codecs.decompress(spec.id(), &stored, &old, &mut back)?;
+//! assert_eq!(back, page);
+//! # Ok::<(), hde_codec::Error>(())
+//! ```
 
 mod error;
 mod lz4;

@@ -20,6 +20,35 @@
 //! [`Metrics`] and a [`Health`] check, and a CRDT replica of [`BaselineMeta`] (which node holds
 //! which baseline version of which key) that peers exchange with `export_crdt_state` and
 //! `merge_remote_crdt`.
+//!
+//! # Example
+//!
+//! Rounds of an image through an encoder and a decoder, as frames (what `hde encode` and `hde
+//! decode` do; [`session`] adds the exchange with a receiver over a connection, and
+//! [`state::StateDir`] keeps baselines between processes):
+//!
+//! ```
+//! use hde_core::{delta::DeltaConfig, selector::SelectorConfig, Decoder, Encoder};
+//!
+//! let encoder = Encoder::new(DeltaConfig::default(), SelectorConfig::default())?;
+//! let decoder = Decoder::new(DeltaConfig::default())?;
+//! let mut x = 1u64; // a megabyte of noise, which no codec shrinks
+//! let mut image: Vec<u8> = (0..1 << 20)
+//!     .map(|_| {
+//!         x = x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+//!         (x >> 56) as u8
+//!     })
+//!     .collect();
+//! let keyframe = encoder.compress("vm", &image)?;
+//! image[12_345] ^= 1;
+//! let delta = encoder.compress("vm", &image)?;
+//! assert!(delta.len() < keyframe.len() / 10);
+//! decoder.decompress(&keyframe)?;
+//! let (header, rebuilt) = decoder.decompress(&delta)?;
+//! assert!(!header.round.is_keyframe());
+//! assert_eq!(rebuilt.as_slice(), &image[..]);
+//! # Ok::<(), hde_core::Error>(())
+//! ```
 
 pub mod frame;
 pub mod fsio;

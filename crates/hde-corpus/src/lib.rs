@@ -21,6 +21,18 @@
 //!
 //! [`stats`] measures the same figures on any image pair, so a test can hold the generator to
 //! the model.
+//!
+//! # Example
+//!
+//! ```
+//! use hde_corpus::{generate, CorpusConfig};
+//!
+//! let rounds = generate(&CorpusConfig { size: 1 << 20, rounds: 2, ..CorpusConfig::default() })?;
+//! assert_eq!(rounds.len(), 2);
+//! let changed = rounds[0].chunks(4096).zip(rounds[1].chunks(4096)).filter(|(a, b)| a != b).count();
+//! assert!(changed > 0 && changed < 256);
+//! # Ok::<(), hde_corpus::Error>(())
+//! ```
 
 mod content;
 mod rng;

@@ -26,6 +26,26 @@
 //! leaves for good keeps one counter in every context; dropping it is safe only once every
 //! replica has seen all its dots (its counter is equal everywhere), which the application
 //! decides.
+//!
+//! # Example
+//!
+//! Two replicas write concurrently and converge, whichever merges first:
+//!
+//! ```
+//! use hde_crdt::{NodeId, ORMap};
+//!
+//! let (a, b) = (NodeId(1), NodeId(2));
+//! let mut on_a: ORMap<String, u64> = ORMap::new();
+//! let mut on_b = on_a.clone();
+//! on_a.update(a, "vm-7".into(), 41, 1_000);
+//! on_b.update(b, "vm-7".into(), 42, 1_001);
+//! on_b.update(b, "vm-9".into(), 7, 1_002);
+//! let (mut ab, mut ba) = (on_a.clone(), on_b.clone());
+//! ab.merge(&on_b);
+//! ba.merge(&on_a);
+//! assert_eq!(ab.get(&"vm-7".to_string()), Some(&42)); // the later timestamp wins
+//! assert_eq!(ab.iter().collect::<Vec<_>>(), ba.iter().collect::<Vec<_>>());
+//! ```
 
 mod causal;
 mod error;

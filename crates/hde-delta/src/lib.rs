@@ -42,6 +42,29 @@
 //! changed pages after the parallel scan; streams are built per segment by whoever asks (the
 //! engine's workers). Shared state (the baseline stores) is behind `hde_sync`,
 //! model-checked by loom under `--cfg hde_loom`.
+//!
+//! # Example
+//!
+//! Three rounds of an image, each a page changed; the streams travel as they are here (the
+//! engine, `hde-core`, compresses them):
+//!
+//! ```
+//! use hde_delta::{DeltaConfig, DeltaDecoder, DeltaEncoder, EncodeOptions, PageDeltaDecoder, PageDeltaEncoder, Round};
+//!
+//! let config = DeltaConfig::default();
+//! let (encoder, decoder) = (PageDeltaEncoder::new(config.clone())?, PageDeltaDecoder::new(config)?);
+//! let mut image = vec![0u8; 1 << 20];
+//! for round in 0..3u8 {
+//!     image[4096 * usize::from(round) + 1] = round + 1;
+//!     let encoded = encoder.encode("vm", &image, EncodeOptions::default())?;
+//!     assert_eq!(encoded.header().is_keyframe(), round == 0);
+//!     let prepared = decoder.prepare("vm", encoded.header())?;
+//!     let rebuilt = decoder.apply("vm", prepared, &encoded.segments())?;
+//!     assert_eq!(rebuilt.as_slice(), &image[..]);
+//!     encoder.commit(encoded)?;
+//! }
+//! # Ok::<(), hde_delta::Error>(())
+//! ```
 
 mod baseline;
 mod checksum;

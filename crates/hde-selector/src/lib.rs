@@ -37,6 +37,21 @@
 //! selector follows drifting data. Given the same seed and outcomes it makes the same choices.
 //! Its statistics sit behind one mutex (`hde_sync`, loom-checked); a choice costs well under
 //! a microsecond.
+//!
+//! # Example
+//!
+//! ```
+//! use std::time::Duration;
+//! use hde_selector::{Context, LearningSelector, NetworkMode, Outcome, Profile, Selector, SelectorConfig};
+//!
+//! let selector = LearningSelector::new(SelectorConfig { mode: NetworkMode::Internet, ..SelectorConfig::default() })?;
+//! let block: Vec<u8> = (0..1u32 << 16).map(|i| (i % 13) as u8).collect();
+//! let choice = selector.choose(&Profile::of(&block, 4096), &Context::default());
+//! // Run the choice, then tell the selector how it went: it learns per kind of data.
+//! let outcome = Outcome { input_bytes: 65536, output_bytes: 900, encode: Duration::from_micros(400), decode: None };
+//! selector.observe(&choice, &outcome);
+//! # Ok::<(), hde_selector::Error>(())
+//! ```
 
 mod choice;
 mod config;
