@@ -18,6 +18,42 @@
 //! Why TLS over TCP and not QUIC: kernel TCP with large buffers is the mature baseline on the
 //! links HDE targets (datacenter to WAN), and one ordered stream per sender is what a round
 //! needs; see `docs/ARCHITECTURE.md` for what was measured and what was not.
+//!
+//! # Example
+//!
+//! The rounds of one VM to a receiver (`hde serve` on the other node), as `hde send` does:
+//! the first is a keyframe unless the receiver holds a baseline of the key, the others are
+//! deltas, each confirmed by the receiver once its image verified.
+//!
+//! ```no_run
+//! use std::path::{Path, PathBuf};
+//!
+//! use hde_core::HdeConfig;
+//! use hde_net::client::{send, SendOptions};
+//! use hde_net::identity::{Identity, Peers};
+//!
+//! // This node's key pair and the receivers it trusts, as `hde keygen` writes them.
+//! let identity = Identity::load(Path::new("/etc/hde/node"))?;
+//! let config = HdeConfig::new(identity.node_id());
+//! let options = SendOptions {
+//!     to: "10.0.0.2:7170".into(),
+//!     identity,
+//!     peers: Peers::load(Path::new("/etc/hde/peers"))?,
+//!     key: "vm-42".into(),
+//!     state: Some(PathBuf::from("/var/lib/hde")),
+//!     config,
+//!     keyframe: false,
+//!     attempts: 3,
+//!     limit_bytes_per_second: None,
+//!     progress: None,
+//!     bandwidth_given: false,
+//! };
+//! let rounds = [PathBuf::from("round0.raw"), PathBuf::from("round1.raw")];
+//! for report in send(&options, &rounds)? {
+//!     println!("round {}: {} of {} bytes", report.round, report.frame_bytes, report.input_bytes);
+//! }
+//! # Ok::<(), hde_net::Error>(())
+//! ```
 
 pub mod client;
 pub mod cluster;
