@@ -124,18 +124,16 @@ pub(crate) fn encode(a: EncodeArgs) -> Result<()> {
     // Rounds of this key before this run (counted by the state directory).
     let mut rounds = 0;
     if let Some(dir) = &state {
-        match dir.restore_sender(&hde, &key) {
-            Ok(held) => rounds = held.unwrap_or(0),
-            // A keyframe needs no baseline: a damaged saved one is replaced.
-            Err(e) if a.keyframe => eprintln!("hde: ignoring the saved baseline of {key}: {e:#}"),
-            Err(e) => {
-                return Err(e).with_context(|| {
-                    format!(
-                        "cannot load the saved baseline of {key} from {} (`hde encode --keyframe` replaces it)",
-                        dir.root().display()
-                    )
-                })
-            }
+        // A keyframe needs no baseline: a damaged saved one is replaced.
+        let (held, ignored) = dir.restore_sender_or_replace(&hde, &key, a.keyframe).with_context(|| {
+            format!(
+                "cannot load the saved baseline of {key} from {} (`hde encode --keyframe` replaces it)",
+                dir.root().display()
+            )
+        })?;
+        rounds = held;
+        if let Some(e) = ignored {
+            eprintln!("hde: ignoring the saved baseline of {key}: {e:#}");
         }
     }
     if let Some(base) = &a.base {

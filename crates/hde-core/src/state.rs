@@ -470,6 +470,24 @@ impl StateDir {
         Ok(true)
     }
 
+    /// [`restore_sender`](Self::restore_sender) for a run whose first round may be a keyframe
+    /// asked for: there a saved baseline that cannot be restored (damaged, truncated, of
+    /// another geometry) is left for that keyframe to replace, and the reason is returned for
+    /// a warning instead of failing the run. Returns the rounds the saved state counts (0 when
+    /// none) and that reason.
+    ///
+    /// # Errors
+    ///
+    /// Without `keyframe`, what [`restore_sender`](Self::restore_sender) returns: the caller
+    /// asks for a keyframe (`hde encode --keyframe`) to replace a damaged baseline.
+    pub fn restore_sender_or_replace(&self, hde: &Hde, key: &str, keyframe: bool) -> Result<(u64, Option<Error>)> {
+        match self.restore_sender(hde, key) {
+            Ok(rounds) => Ok((rounds.unwrap_or(0), None)),
+            Err(e) if keyframe => Ok((0, Some(e))),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Restores the sender's baseline of `key` into `hde` (if saved); returns the number of
     /// rounds the saved state counts (`Some(0)` for a file that kept no count), `None` if
     /// nothing was saved.
@@ -803,6 +821,14 @@ mod tests {
         fs::write(&path, &bytes).unwrap();
         let err = dir.load(Side::Send, "vm", u64::MAX).unwrap_err();
         assert!(matches!(err, Error::DamagedState { .. }), "{err:?}");
+        // A run that starts with a keyframe leaves it for the keyframe to replace; any other
+        // run stops with the error.
+        let hde = Hde::new(crate::HdeConfig::new(1)).unwrap();
+        let (rounds, ignored) = dir.restore_sender_or_replace(&hde, "vm", true).unwrap();
+        assert_eq!(rounds, 0);
+        // (Against the node's 64 GiB image limit the 1 TiB claim is over the limit.)
+        assert!(matches!(ignored, Some(Error::LimitExceeded { .. })), "{ignored:?}");
+        assert!(matches!(dir.restore_sender_or_replace(&hde, "vm", false), Err(Error::LimitExceeded { .. })));
         let _ = fs::remove_dir_all(&root);
     }
 

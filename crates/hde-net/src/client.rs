@@ -206,14 +206,13 @@ fn encoder(
     }
     let state = options.state.as_ref().map(StateDir::open).transpose()?;
     let mut rounds = match &state {
-        Some(dir) => match dir.restore_sender(&hde, &options.key) {
-            Ok(n) => n.unwrap_or(0),
-            Err(e) if options.keyframe => {
+        Some(dir) => {
+            let (rounds, ignored) = dir.restore_sender_or_replace(&hde, &options.key, options.keyframe)?;
+            if let Some(e) = ignored {
                 eprintln!("hde send: ignoring the saved baseline of {}: {e}", options.key);
-                0
             }
-            Err(e) => return Err(e.into()),
-        },
+            rounds
+        }
         None => 0,
     };
     let sender = Sender::new(&hde);
