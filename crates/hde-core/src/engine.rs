@@ -114,11 +114,12 @@ fn stream_segments<W, T: Send>(
         failed.store(true, Ordering::SeqCst);
         first_error.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get_or_insert(e);
     };
-    let scoped = crossbeam::thread::scope(|s| {
+    // A worker's panic is raised again here once the reader and the other workers stopped.
+    std::thread::scope(|s| {
         for _ in 0..workers {
             let rx = rx.clone();
             let (init, f, fail, failed, slots) = (&init, &f, &fail, &failed, &slots);
-            s.spawn(move |_| {
+            s.spawn(move || {
                 let mut state = init();
                 for (i, record) in rx {
                     if failed.load(Ordering::SeqCst) {
@@ -151,9 +152,6 @@ fn stream_segments<W, T: Send>(
         }
         drop(tx);
     });
-    if let Err(panic) = scoped {
-        std::panic::resume_unwind(panic);
-    }
     if let Some(e) = first_error.into_inner().unwrap_or_else(std::sync::PoisonError::into_inner) {
         return Err(e);
     }

@@ -131,9 +131,11 @@ where
     }
     let window: Window<T> = Window::new(n, 2 * workers);
     let mut result = Ok(());
-    let scoped = crossbeam::thread::scope(|s| {
+    // A worker's panic is raised again here once every thread has stopped (`StopOnPanic`
+    // releases the others and the consumer).
+    std::thread::scope(|s| {
         for _ in 0..workers {
-            s.spawn(|_| {
+            s.spawn(|| {
                 let _guard = StopOnPanic(&window);
                 let mut state = init();
                 while let Some(i) = window.take() {
@@ -149,9 +151,6 @@ where
             }
         }
     });
-    if let Err(panic) = scoped {
-        std::panic::resume_unwind(panic);
-    }
     result
 }
 
