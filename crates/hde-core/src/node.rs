@@ -6,7 +6,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use hde_codec::CodecSet;
 use hde_crdt::{Limits, ORMap, SyncMessage};
-use hde_delta::{ClassCounts, DeltaEncoder, EncodeOptions, Image, PageDeltaEncoder};
+use hde_delta::{ClassCounts, DeltaDecoder, DeltaEncoder, EncodeOptions, Image, PageDeltaEncoder};
 use hde_selector::{LearningSelector, NetworkMode, Selector};
 
 use crate::frame::FrameHeader;
@@ -73,18 +73,23 @@ fn now_ms() -> u64 {
 }
 
 /// An HDE node: sends rounds of its keys, receives rounds from peers, replicates baseline
-/// metadata. Generic over the delta layer, selector and codec bank of its encoder, with the
-/// defaults as type defaults. Shared by many threads: different keys at once.
+/// metadata. Generic over the delta layer, selector and codec bank of its encoder and the
+/// delta layer of its decoder, with the defaults as type defaults
+/// ([`with_all_layers`](Self::with_all_layers) takes them all). Shared by many threads:
+/// different keys at once. Saving baselines between processes
+/// ([`state::StateDir`](crate::state::StateDir)) and the `sender()`/`receiver()` accessors
+/// are for the default layers.
 #[derive(Debug)]
-pub struct Hde<D = PageDeltaEncoder, S = LearningSelector, B = CodecSet>
+pub struct Hde<D = PageDeltaEncoder, S = LearningSelector, B = CodecSet, R = hde_delta::PageDeltaDecoder>
 where
     D: DeltaEncoder,
     S: Selector,
     B: CodecBank,
+    R: DeltaDecoder,
 {
     config: HdeConfig,
     encoder: Encoder<D, S, B>,
-    decoder: Decoder<hde_delta::PageDeltaDecoder, B>,
+    decoder: Decoder<R, B>,
     ledger: Ledger,
 }
 
@@ -118,20 +123,42 @@ where
     S: Selector,
     B: CodecBank,
 {
-    /// A node whose encoder uses the caller's delta layer and selector.
+    /// A node whose encoder uses the caller's delta layer and selector (its decoder the page
+    /// hierarchy's).
     pub fn with_layers(config: HdeConfig, delta: D, selector: S) -> Result<Self> {
-        config.validate()?;
-        let threads = config.threads;
-        Hde::assemble(config, Encoder::with_layers(delta, selector, threads))
+        let receiver = hde_delta::PageDeltaDecoder::new(config.delta_config())?;
+        Hde::with_all_layers(config, delta, selector, receiver)
     }
 
     fn assemble(config: HdeConfig, encoder: Encoder<D, S, B>) -> Result<Self> {
+        let receiver = hde_delta::PageDeltaDecoder::new(config.delta_config())?;
+        Ok(Hde::from_parts(config, encoder, receiver))
+    }
+}
+
+impl<D, S, B, R> Hde<D, S, B, R>
+where
+    D: DeltaEncoder,
+    S: Selector,
+    B: CodecBank,
+    R: DeltaDecoder,
+{
+    /// A node of the caller's layers: the encoder's delta layer and selector, and the
+    /// decoder's delta layer (which must read the frames the encoder's layer writes to talk
+    /// to a node of the same layers).
+    pub fn with_all_layers(config: HdeConfig, delta: D, selector: S, receiver: R) -> Result<Self> {
+        config.validate()?;
+        let threads = config.threads;
+        Ok(Hde::from_parts(config, Encoder::with_layers(delta, selector, threads), receiver))
+    }
+
+    fn from_parts(config: HdeConfig, encoder: Encoder<D, S, B>, receiver: R) -> Self {
         let decoder = Decoder::with_layers(
-            hde_delta::PageDeltaDecoder::new(config.delta_config())?,
+            receiver,
             crate::frame::FrameLimits { max_image: config.delta.max_image_size },
             config.threads,
         );
-        Ok(Hde { config, encoder, decoder, ledger: Ledger::default() })
+        Hde { config, encoder, decoder, ledger: Ledger::default() }
     }
 
     /// The configuration.

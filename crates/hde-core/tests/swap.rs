@@ -271,3 +271,26 @@ fn a_round_of_dirty_pages_goes_through_the_engine() {
         assert_eq!(summary.header, expected.header);
     }
 }
+
+/// The second layers through a node (`Hde`): its metrics and its replica of who holds what
+/// work the same with them.
+#[test]
+fn the_second_layers_run_through_a_node() {
+    type Node = hde_core::Hde<LiteralEncoder, Fixed, CodecSet, LiteralDecoder>;
+    let node = |id| -> Node {
+        let fixed = Fixed::new(Codec::Zstd { level: 1 });
+        hde_core::Hde::with_all_layers(hde_core::HdeConfig::new(id), LiteralEncoder::default(), fixed, LiteralDecoder)
+            .unwrap()
+    };
+    let (sender, receiver) = (node(1), node(2));
+    let images = rounds();
+    for image in &images {
+        let frame = sender.compress("vm", image).unwrap();
+        let (header, decoded) = receiver.decompress(&frame).unwrap();
+        assert_eq!((header.key.as_str(), header.streams), ("vm", 1));
+        assert!(decoded.as_slice() == image.as_slice());
+    }
+    let (sent, got) = (sender.metrics(), receiver.metrics());
+    assert_eq!((sent.frames_encoded, got.frames_decoded), (images.len() as u64, images.len() as u64));
+    assert!(sent.bytes_out > 0 && sent.bytes_out < sent.bytes_in, "{sent:?}");
+}
