@@ -192,6 +192,7 @@ impl Write for ChunkWriter<'_> {
 fn encoder(
     options: &SendOptions,
     images: &[PathBuf],
+    mut first_image: Option<hde_core::fsio::ImageFile>,
     offers: &[Candidate],
     up: &mpsc::Sender<Up>,
     down: &std::sync::mpsc::Receiver<Result<Down>>,
@@ -219,7 +220,10 @@ fn encoder(
     let base = if options.keyframe { Base::None } else { sender.adopt(&options.key, offers, state.as_ref()) };
     let mut reports = Vec::with_capacity(images.len());
     for (i, path) in images.iter().enumerate() {
-        let file = hde_core::fsio::open_image(path).map_err(|source| Error::Io { path: path.clone(), source })?;
+        let file = match first_image.take().filter(|_| i == 0) {
+            Some(file) => file,
+            None => hde_core::fsio::open_image(path).map_err(|source| Error::Io { path: path.clone(), source })?,
+        };
         let image = file.image;
         // The last round's baseline is kept as page hashes only (saved with --state, or
         // dropped when this process ends): no copy of the image for it.
@@ -511,11 +515,14 @@ pub fn send(options: &SendOptions, images: &[PathBuf]) -> Result<Vec<RoundReport
     let connector = TlsConnector::from(Arc::new(tls));
     let node = options.config.node_id;
     let (mut first, hello) = runtime.block_on(connect_hello(&connector, &options.to, node))?;
+    // The first image, mapped once: sketched for the receiver's index here, encoded below.
+    let mut first_image = None;
     let offers = match (images.first(), options.keyframe) {
         (Some(path), false) if hello.caps & proto::CAP_INDEX != 0 => {
             let file = hde_core::fsio::open_image(path).map_err(|source| Error::Io { path: path.clone(), source })?;
             let (ps, threads) = (options.config.delta.page_size, options.config.threads);
             let sketch = Sketch::of_sparse_image(&file.image, file.holes.as_ref(), ps, threads);
+            first_image = Some(file);
             runtime.block_on(query(&mut first, &hello, &options.key, sketch))?
         }
         _ => Vec::new(),
@@ -526,7 +533,7 @@ pub fn send(options: &SendOptions, images: &[PathBuf]) -> Result<Vec<RoundReport
     let encoder_live = live.clone();
     std::thread::scope(|scope| {
         let encoding = scope.spawn(move || {
-            let result = encoder(options, images, &offers, &up_tx, &down_rx, &encoder_live);
+            let result = encoder(options, images, first_image, &offers, &up_tx, &down_rx, &encoder_live);
             let _ = up_tx.blocking_send(Up::Done);
             result
         });
