@@ -293,11 +293,12 @@ impl Round for EncodedRound<'_> {
         let last = (first + self.per_seg).min(self.scan.len());
         let mut xor_pages = 0u32;
         for p in first..last {
-            let page = image.page(p, ps);
             let class = match self.scan[p] {
                 SCAN_UNCHANGED => PageClass::Unchanged,
                 SCAN_ZERO => PageClass::Zero,
                 _ => {
+                    // Read only here: an overlay looks each page up.
+                    let page = image.page(p, ps);
                     if let Some(&(class, q)) = self.dup_of.get(&(p as u32)) {
                         put_varint(dups, u64::from(q));
                         class
@@ -692,12 +693,10 @@ impl<C: Clock> PageDeltaEncoder<C> {
             }
             mark[p] = true;
         }
-        // Every clean page's bytes must be held: the round reads them from the baseline.
+        // Every clean page's bytes must be held (zero pages too): the round reads them from
+        // the baseline, and a keyframe makes the image whole from them.
         for (p, &is_dirty) in mark.iter().enumerate() {
-            if !is_dirty
-                && base.hashes.get(p).is_some_and(|&h| h != 0)
-                && base.old_page(p, page_len(len, ps, p)).is_none()
-            {
+            if !is_dirty && base.old_page(p, page_len(len, ps, p)).is_none() {
                 return Err(refuse("the baseline's bytes are not held"));
             }
         }
@@ -1111,7 +1110,8 @@ impl<C: Clock> PageDeltaEncoder<C> {
                 *data = match std::mem::replace(&mut round.image, RoundImage::Borrowed(&[])) {
                     RoundImage::Borrowed(b) => b.to_vec(),
                     RoundImage::Owned(v) => v,
-                    // Not reached: an overlay has a baseline with content.
+                    // An overlay's baseline holds every page (`encode_dirty` checks it), so
+                    // its content is empty only for an empty image.
                     overlay => overlay.into_vec(ps).unwrap_or_default(),
                 };
                 copied_whole = true;
