@@ -18,12 +18,12 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{bail, Context as _, Result};
-use hde_codec::{CodecSet, CodecSpec, ZstdParams};
+use hde_codec::{CodecSet, CodecSpec};
 use hde_delta::page_stream::LITERALS;
 use hde_delta::{DeltaConfig, DeltaEncoder, EncodeOptions, PageDeltaEncoder, Round};
 use hde_selector::{
-    outcome_cost, Choice, Codec, Context, LearningSelector, NetworkMode, Outcome, Profile, Selector, SelectorConfig,
-    StaticSelector,
+    outcome_cost, uses_reference, Choice, Context, LearningSelector, NetworkMode, Outcome, Profile, Selector,
+    SelectorConfig, StaticSelector,
 };
 
 #[derive(clap::Args)]
@@ -62,24 +62,15 @@ struct Item {
     outcomes: Vec<Option<Outcome>>,
 }
 
-fn spec(codec: Codec) -> Result<CodecSpec> {
-    Ok(match codec {
-        Codec::Raw => CodecSpec::Raw,
-        Codec::Lz4 => CodecSpec::Lz4,
-        Codec::Zstd { level } => CodecSpec::Zstd(ZstdParams::new(i32::from(level))?),
-    })
-}
-
 /// Compresses, decompresses and verifies `data` with one choice; returns bytes and times.
 fn measure_once(
     set: &mut CodecSet,
-    codec: Codec,
+    spec: CodecSpec,
     data: &[u8],
     reference: &[u8],
     out: &mut Vec<u8>,
     back: &mut [u8],
 ) -> Result<Outcome> {
-    let spec = spec(codec)?;
     out.clear();
     let t = Instant::now();
     set.compress(spec, data, reference, out)?;
@@ -88,7 +79,7 @@ fn measure_once(
     set.for_id(spec.id()).decompress_exact(out, reference, back)?;
     let decode = t.elapsed();
     if back != data {
-        bail!("{codec}: round trip differs");
+        bail!("{spec}: round trip differs");
     }
     Ok(Outcome { input_bytes: data.len() as u64, output_bytes: out.len() as u64, encode, decode: Some(decode) })
 }
@@ -97,7 +88,7 @@ fn measure_once(
 /// hit all arms alike), keeping each arm's fastest run.
 fn measure_all(
     set: &mut CodecSet,
-    arms: &[(Codec, bool)],
+    arms: &[(CodecSpec, bool)],
     data: &[u8],
     reference: &[u8],
 ) -> Result<Vec<Option<Outcome>>> {
@@ -144,12 +135,8 @@ fn load(args: &Args) -> Result<Vec<Vec<u8>>> {
 pub(crate) fn run(args: &Args) -> Result<()> {
     let images = load(args)?;
     let config = SelectorConfig::default();
-    let arms: Vec<(Codec, bool)> = config
-        .codecs
-        .iter()
-        .flat_map(|&c| [(c, false), (c, true)])
-        .filter(|&(c, r)| !r || c.uses_reference())
-        .collect();
+    let arms: Vec<(CodecSpec, bool)> =
+        config.codecs.iter().flat_map(|&c| [(c, false), (c, true)]).filter(|&(c, r)| !r || uses_reference(c)).collect();
     let encoder =
         PageDeltaEncoder::new(DeltaConfig { segment_size: args.segment, first_sequence: 1, ..DeltaConfig::default() })?;
     let mut set = CodecSet::new();
@@ -235,7 +222,7 @@ pub(crate) fn run(args: &Args) -> Result<()> {
         let learning = LearningSelector::new(cfg.clone())?;
         let fixed = StaticSelector::new(cfg.clone())?;
         let mut counts: BTreeMap<String, usize> = BTreeMap::new();
-        let mut level_pairs: Vec<(u8, u8)> = Vec::new();
+        let mut level_pairs: Vec<(i32, i32)> = Vec::new();
         let (mut mine, mut best, mut static_cost, mut bytes, mut seconds) = (0.0, 0.0, 0.0, 0u64, 0.0);
         for (n, it) in items.iter().enumerate() {
             let outcome_of = |c: &Choice| -> Result<Outcome> {
@@ -283,7 +270,8 @@ pub(crate) fn run(args: &Args) -> Result<()> {
                     .filter(|&a| it.outcomes[a].as_ref().is_some_and(|o| cost(o) <= oracle[n]))
                     .map(|a| arms[a].0)
                     .next();
-                if let (Some(Codec::Zstd { level: want }), Codec::Zstd { level: got }) = (oracle_arm, choice.codec) {
+                if let (Some(CodecSpec::Zstd(want)), CodecSpec::Zstd(got)) = (oracle_arm, choice.codec) {
+                    let (want, got) = (want.level(), got.level());
                     level_pairs.push((want, got));
                 }
             }
@@ -333,7 +321,7 @@ pub(crate) fn run(args: &Args) -> Result<()> {
 }
 
 /// How often the selector's zstd level equals the oracle's, and how far off it is otherwise.
-fn level_agreement(pairs: &[(u8, u8)]) -> String {
+fn level_agreement(pairs: &[(i32, i32)]) -> String {
     if pairs.is_empty() {
         return "no segment".into();
     }

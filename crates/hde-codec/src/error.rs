@@ -9,11 +9,20 @@ use crate::CodecId;
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    /// A codec id read from the wire is not one this version knows.
+    /// A codec id read from the wire (or a spec's) is not one this version assigns, or is a
+    /// custom id the codec set has no codec for.
     #[error("unknown codec id {id}")]
     UnknownCodec {
         /// The id that was read.
         id: u8,
+    },
+    /// A codec cannot be added to a set: its id is a built-in one, or taken.
+    #[error("cannot add codec {id}: {reason}")]
+    InvalidCodec {
+        /// The id the codec reports.
+        id: CodecId,
+        /// Why it was refused.
+        reason: &'static str,
     },
     /// A compression level outside the codec's range was requested.
     #[error("{codec} level {level} is outside {min}..={max}")]

@@ -26,9 +26,12 @@
 //!   multi-MiB reference (their default tables are too small to reach it); with it, the
 //!   reference turns a 10.8 MiB delta into 2.6 MiB on real guest memory (design brief §1).
 //!
-//! [`CodecSet`] owns one instance of each and dispatches by [`CodecSpec`] (compression) or
-//! [`CodecId`] (decompression): the object a worker thread keeps so that no compression
-//! context is allocated per call.
+//! [`CodecSet`] owns one instance of each, and of every codec the user adds
+//! ([`CodecSet::with_codec`], under a [`CustomId`]), and dispatches by [`CodecSpec`]
+//! (compression) or [`CodecId`] (decompression): the object a worker thread keeps so that no
+//! compression context is allocated per call. [`CodecBank`] is what an engine asks of such a
+//! set. [`CodecSpec`] is the one name of a codec choice in every layer: the selector picks
+//! one, the engine runs it, metrics print it.
 //!
 //! # Detecting a wrong reference
 //!
@@ -68,8 +71,8 @@ mod zstd;
 pub use crate::error::{Error, Result};
 pub use crate::lz4::Lz4;
 pub use crate::raw::Raw;
-pub use crate::set::CodecSet;
-pub use crate::spec::{CodecId, CodecSpec, ParseCodecSpecError, ZstdParams};
+pub use crate::set::{CodecBank, CodecSet};
+pub use crate::spec::{CodecId, CodecSpec, CustomId, ParseCodecSpecError, ZstdParams};
 pub use crate::zstd::Zstd;
 
 /// A compressor/decompressor of byte slices: the boundary of the codec layer.

@@ -9,44 +9,82 @@ use crate::{Error, Result};
 ///
 /// Values are never reused or renumbered: a frame written today must decode in every later
 /// version. Only the id is needed to decode; levels and windows are compressor-side choices.
+///
+/// Ids 0-127 belong to this crate (three are taken); 128-255 are [`CustomId`]s, for codecs a
+/// user adds to a [`CodecSet`](crate::CodecSet) (both ends must add the same codec under the
+/// same id: a stream of an id the decoder has no codec for is [`Error::UnknownCodec`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-#[repr(u8)]
 #[non_exhaustive]
 pub enum CodecId {
-    /// Bytes stored as they are.
-    Raw = 0,
-    /// LZ4 block format (no framing, no checksum).
-    Lz4 = 1,
-    /// A single zstd frame.
-    Zstd = 2,
+    /// Bytes stored as they are (wire id 0).
+    Raw,
+    /// LZ4 block format, no framing, no checksum (wire id 1).
+    Lz4,
+    /// A single zstd frame (wire id 2).
+    Zstd,
+    /// A codec added by the user (wire ids 128-255).
+    Custom(CustomId),
 }
 
 impl CodecId {
-    /// Every id this version knows, in wire order.
+    /// Every built-in id, in wire order.
     pub const ALL: [CodecId; 3] = [CodecId::Raw, CodecId::Lz4, CodecId::Zstd];
 
     /// The byte written on the wire.
     pub const fn to_u8(self) -> u8 {
-        self as u8
+        match self {
+            CodecId::Raw => 0,
+            CodecId::Lz4 => 1,
+            CodecId::Zstd => 2,
+            CodecId::Custom(id) => id.0,
+        }
     }
 
-    /// Reads a wire byte; an unknown value is [`Error::UnknownCodec`].
+    /// Reads a wire byte; a value no version assigns (3-127) is [`Error::UnknownCodec`].
+    /// Custom ids are read as such: whether a codec exists for one is the set's question.
     pub const fn from_u8(id: u8) -> Result<Self> {
         match id {
             0 => Ok(CodecId::Raw),
             1 => Ok(CodecId::Lz4),
             2 => Ok(CodecId::Zstd),
+            CustomId::FIRST..=u8::MAX => Ok(CodecId::Custom(CustomId(id))),
             _ => Err(Error::UnknownCodec { id }),
         }
     }
 
-    /// Lower-case name used in metrics and on the command line.
+    /// Lower-case name used in metrics and on the command line (`custom` for every custom id;
+    /// [`Display`](fmt::Display) adds the number).
     pub const fn name(self) -> &'static str {
         match self {
             CodecId::Raw => "raw",
             CodecId::Lz4 => "lz4",
             CodecId::Zstd => "zstd",
+            CodecId::Custom(_) => "custom",
         }
+    }
+}
+
+/// The wire id of a user's codec: a number in `128..=255`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct CustomId(u8);
+
+impl CustomId {
+    /// The lowest custom id.
+    pub const FIRST: u8 = 128;
+    /// The highest custom id.
+    pub const MAX: CustomId = CustomId(u8::MAX);
+
+    /// The custom id `id`, which must be in `128..=255` (lower ids are this crate's).
+    pub const fn new(id: u8) -> Result<Self> {
+        if id < Self::FIRST {
+            return Err(Error::UnknownCodec { id });
+        }
+        Ok(CustomId(id))
+    }
+
+    /// The byte written on the wire.
+    pub const fn get(self) -> u8 {
+        self.0
     }
 }
 
@@ -59,12 +97,15 @@ impl TryFrom<u8> for CodecId {
 
 impl fmt::Display for CodecId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
+        match self {
+            CodecId::Custom(id) => write!(f, "custom-{}", id.0),
+            _ => f.write_str(self.name()),
+        }
     }
 }
 
 /// Validated zstd parameters: a level in `1..=22` and whether to use a long window.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ZstdParams {
     level: i8,
     long_window: bool,
@@ -100,6 +141,20 @@ impl ZstdParams {
         Ok(ZstdParams { level: level as i8, long_window: false })
     }
 
+    /// Parameters for `level` brought into `1..=22` (for constants: `new` is the checked
+    /// constructor).
+    pub const fn clamped(level: i32) -> Self {
+        let level = if level < Self::MIN_LEVEL {
+            Self::MIN_LEVEL
+        } else if level > Self::MAX_LEVEL {
+            Self::MAX_LEVEL
+        } else {
+            level
+        };
+        #[allow(clippy::cast_possible_truncation)] // reason: 1..=22 fits in i8.
+        ZstdParams { level: level as i8, long_window: false }
+    }
+
     /// The same level with the long window (`--long=27`) switched on or off.
     #[must_use]
     pub const fn with_long_window(self, long_window: bool) -> Self {
@@ -123,11 +178,12 @@ impl Default for ZstdParams {
     }
 }
 
-/// A codec with its parameters: what a selector picks and an encoder runs.
+/// A codec with its parameters: the one name of a codec choice in every layer (what a
+/// selector picks, an encoder runs, metrics and the CLI print).
 ///
-/// Its text form (`raw`, `lz4`, `zstd-3`, `zstd-19-long`) is used by metrics and the CLI and
-/// round-trips through [`FromStr`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+/// Its text form (`raw`, `lz4`, `zstd-3`, `zstd-19-long`, `custom-200`) round-trips through
+/// [`FromStr`]. Parameters are validated when a spec is made, so every spec can run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 #[non_exhaustive]
 pub enum CodecSpec {
     /// Store bytes as they are.
@@ -136,6 +192,8 @@ pub enum CodecSpec {
     Lz4,
     /// zstd with the given parameters.
     Zstd(ZstdParams),
+    /// A codec added to the [`CodecSet`](crate::CodecSet) under this id.
+    Custom(CustomId),
 }
 
 impl CodecSpec {
@@ -145,6 +203,15 @@ impl CodecSpec {
             CodecSpec::Raw => CodecId::Raw,
             CodecSpec::Lz4 => CodecId::Lz4,
             CodecSpec::Zstd(_) => CodecId::Zstd,
+            CodecSpec::Custom(id) => CodecId::Custom(id),
+        }
+    }
+
+    /// The zstd level, for a zstd spec.
+    pub const fn zstd_level(self) -> Option<i32> {
+        match self {
+            CodecSpec::Zstd(p) => Some(p.level()),
+            _ => None,
         }
     }
 
@@ -164,13 +231,14 @@ impl fmt::Display for CodecSpec {
             CodecSpec::Lz4 => f.write_str("lz4"),
             CodecSpec::Zstd(p) if p.long_window() => write!(f, "zstd-{}-long", p.level()),
             CodecSpec::Zstd(p) => write!(f, "zstd-{}", p.level()),
+            CodecSpec::Custom(id) => write!(f, "custom-{}", id.0),
         }
     }
 }
 
 /// Why a codec name did not parse.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown codec {name:?}: expected raw, lz4, zstd-N or zstd-N-long with N in 1..=22")]
+#[error("unknown codec {name:?}: expected raw, lz4, zstd-N or zstd-N-long with N in 1..=22, or custom-N with N in 128..=255")]
 pub struct ParseCodecSpecError {
     name: String,
 }
@@ -185,6 +253,10 @@ impl FromStr for CodecSpec {
             "lz4" => return Ok(CodecSpec::Lz4),
             "zstd" => return Ok(CodecSpec::Zstd(ZstdParams::BALANCED)),
             _ => {}
+        }
+        if let Some(id) = s.strip_prefix("custom-") {
+            let id = id.parse::<u8>().ok().and_then(|id| CustomId::new(id).ok()).ok_or_else(bad)?;
+            return Ok(CodecSpec::Custom(id));
         }
         let rest = s.strip_prefix("zstd-").ok_or_else(bad)?;
         let (level, long) = match rest.strip_suffix("-long") {
@@ -211,7 +283,13 @@ mod tests {
             assert_eq!(CodecId::from_u8(id.to_u8()), Ok(id));
         }
         assert_eq!(CodecId::from_u8(3), Err(Error::UnknownCodec { id: 3 }));
-        assert_eq!(CodecId::from_u8(255), Err(Error::UnknownCodec { id: 255 }));
+        assert_eq!(CodecId::from_u8(127), Err(Error::UnknownCodec { id: 127 }));
+        for id in [128u8, 200, 255] {
+            let custom = CodecId::from_u8(id).unwrap();
+            assert_eq!(custom, CodecId::Custom(CustomId::new(id).unwrap()));
+            assert_eq!(custom.to_u8(), id);
+        }
+        assert!(CustomId::new(2).is_err());
     }
 
     #[test]
@@ -227,12 +305,12 @@ mod tests {
 
     #[test]
     fn spec_text_round_trips() {
-        for text in ["raw", "lz4", "zstd-1", "zstd-3", "zstd-19-long", "zstd-22"] {
+        for text in ["raw", "lz4", "zstd-1", "zstd-3", "zstd-19-long", "zstd-22", "custom-128", "custom-255"] {
             let spec: CodecSpec = text.parse().unwrap();
             assert_eq!(spec.to_string(), text);
         }
         assert_eq!("zstd".parse::<CodecSpec>().unwrap(), CodecSpec::Zstd(ZstdParams::BALANCED));
-        for bad in ["", "zstd-0", "zstd-23", "zstd-x", "lz5", "zstd-3-short", "zstd--3"] {
+        for bad in ["", "zstd-0", "zstd-23", "zstd-x", "lz5", "zstd-3-short", "zstd--3", "custom-2", "custom-256"] {
             assert!(bad.parse::<CodecSpec>().is_err(), "{bad:?} parsed");
         }
     }

@@ -6,60 +6,15 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Instant;
 
-use hde_codec::{CodecId, CodecSet, CodecSpec, ZstdParams};
+use hde_codec::{CodecBank, CodecId, CodecSet, CodecSpec, ZstdParams};
 use hde_delta::{
     BaselineId, ClassCounts, DeltaConfig, DeltaDecoder, DeltaEncoder, EncodeOptions, Image, PageDeltaDecoder,
     PageDeltaEncoder, Prepared, Round, SegmentStreams, StreamRole, StreamSpec,
 };
-use hde_selector::{Codec, Context, LearningSelector, Outcome, Profile, Selector, SelectorConfig};
+use hde_selector::{Context, LearningSelector, Outcome, Profile, Selector, SelectorConfig};
 
 use crate::frame::{self, FrameHeader, FrameLimits, SegmentRecord, StreamDesc};
 use crate::{pipeline, Error, Result};
-
-/// The codecs a worker thread runs: dispatch by spec to compress, by id to decompress.
-///
-/// [`CodecSet`] is the default; a user plugs in a codec of their own by implementing this for
-/// a set that contains it.
-pub trait CodecBank: Default + Send {
-    /// Compresses `input` with `spec` against `reference`, appending to `out`.
-    fn compress(
-        &mut self,
-        spec: CodecSpec,
-        input: &[u8],
-        reference: &[u8],
-        out: &mut Vec<u8>,
-    ) -> hde_codec::Result<usize>;
-    /// Decompresses a stream of codec `id` into `out` (its length is the limit).
-    fn decompress(&mut self, id: CodecId, input: &[u8], reference: &[u8], out: &mut [u8]) -> hde_codec::Result<usize>;
-}
-
-impl CodecBank for CodecSet {
-    fn compress(
-        &mut self,
-        spec: CodecSpec,
-        input: &[u8],
-        reference: &[u8],
-        out: &mut Vec<u8>,
-    ) -> hde_codec::Result<usize> {
-        CodecSet::compress(self, spec, input, reference, out)
-    }
-    fn decompress(&mut self, id: CodecId, input: &[u8], reference: &[u8], out: &mut [u8]) -> hde_codec::Result<usize> {
-        CodecSet::decompress(self, id, input, reference, out)
-    }
-}
-
-/// The selector's codec name as a codec spec; a choice no codec can run (a zstd level out of
-/// range, from a selector of the caller's) is an error, never another codec.
-fn spec_of(codec: Codec) -> Result<CodecSpec> {
-    Ok(match codec {
-        Codec::Raw => CodecSpec::Raw,
-        Codec::Lz4 => CodecSpec::Lz4,
-        Codec::Zstd { level } => CodecSpec::Zstd(
-            ZstdParams::new(i32::from(level))
-                .map_err(|_| Error::InvalidConfig { what: format!("the selector chose zstd level {level}") })?,
-        ),
-    })
-}
 
 /// What encoding one round produced.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -175,8 +130,7 @@ impl Tally {
         self.bytes += frame::segment_fixed(record.streams.len()) as u64 + record.data.len() as u64;
         let referenced = layout.iter().zip(&record.streams).filter(|(spec, _)| spec.role == StreamRole::Referenced);
         for (_, desc) in referenced.filter(|(_, d)| d.raw_len > 0) {
-            let name = desc.codec.name();
-            let name = if desc.with_reference { format!("{name}+ref") } else { name.to_owned() };
+            let name = if desc.with_reference { format!("{}+ref", desc.codec) } else { desc.codec.to_string() };
             *self.codecs.entry(name).or_default() += 1;
         }
     }
@@ -213,7 +167,8 @@ where
     delta: D,
     selector: S,
     threads: usize,
-    codecs: std::marker::PhantomData<fn() -> B>,
+    /// Cloned for every worker thread (behind a lock: a bank need not be `Sync`).
+    codecs: Mutex<B>,
 }
 
 impl Encoder {
@@ -225,15 +180,24 @@ impl Encoder {
             selector: LearningSelector::new(selector)
                 .map_err(|e| Error::InvalidConfig { what: format!("selector: {e}") })?,
             threads,
-            codecs: std::marker::PhantomData,
+            codecs: Mutex::new(CodecSet::new()),
         })
     }
 }
 
-impl<D: DeltaEncoder, S: Selector, B: CodecBank> Encoder<D, S, B> {
-    /// An encoder from layers of the caller's choice.
+impl<D: DeltaEncoder, S: Selector> Encoder<D, S> {
+    /// An encoder from a delta layer and selector of the caller's choice, with the built-in
+    /// codecs ([`with_codecs`](Self::with_codecs) swaps them).
     pub fn with_layers(delta: D, selector: S, threads: usize) -> Self {
-        Encoder { delta, selector, threads: threads.max(1), codecs: std::marker::PhantomData }
+        Encoder { delta, selector, threads: threads.max(1), codecs: Mutex::new(CodecSet::new()) }
+    }
+}
+
+impl<D: DeltaEncoder, S: Selector, B: CodecBank> Encoder<D, S, B> {
+    /// The same encoder running the codecs of `codecs` (a [`CodecSet`] with codecs of the
+    /// caller's added, or a bank that wraps one); every worker thread runs a clone.
+    pub fn with_codecs<C: CodecBank>(self, codecs: C) -> Encoder<D, S, C> {
+        Encoder { delta: self.delta, selector: self.selector, threads: self.threads, codecs: Mutex::new(codecs) }
     }
 
     /// The selector (to switch modes or set the bandwidth).
@@ -335,7 +299,13 @@ impl<D: DeltaEncoder, S: Selector, B: CodecBank> Encoder<D, S, B> {
         pipeline::ordered(
             self.threads,
             round.segment_count(),
-            Worker::<B>::default,
+            || Worker {
+                codecs: bank(&self.codecs),
+                streams: SegmentStreams::default(),
+                reference: Vec::new(),
+                sample: Vec::new(),
+                sample_ref: Vec::new(),
+            },
             |worker, s| {
                 let (record, choice) = self.compress_segment(worker, &round, s, &progress)?;
                 Ok((frame::segment_head(&record), record, choice))
@@ -407,7 +377,7 @@ impl<D: DeltaEncoder, S: Selector, B: CodecBank> Encoder<D, S, B> {
                     };
                     let cx = context(reference, gain);
                     let (desc, choice) = self.store_chosen(codecs, input, reference, cx, page_size, &mut data)?;
-                    chosen = Some(if desc.codec == CodecId::Raw && choice.codec != Codec::Raw {
+                    chosen = Some(if desc.codec == CodecId::Raw && choice.codec != CodecSpec::Raw {
                         "raw".to_owned()
                     } else {
                         choice.to_string()
@@ -445,7 +415,7 @@ impl<D: DeltaEncoder, S: Selector, B: CodecBank> Encoder<D, S, B> {
         let start = data.len();
         let t = Instant::now();
         let used: &[u8] = if choice.reference { reference } else { &[] };
-        let desc = store(codecs, spec_of(choice.codec)?, input, used, data)?;
+        let desc = store(codecs, choice.codec, input, used, data)?;
         if !input.is_empty() {
             self.selector.observe(
                 &choice,
@@ -494,8 +464,12 @@ struct FrameProgress {
     start: Instant,
 }
 
+/// A worker's own codec bank, cloned from the engine's.
+fn bank<B: Clone>(prototype: &Mutex<B>) -> B {
+    prototype.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+}
+
 /// What an encoding worker thread keeps between segments: its codecs and buffers.
-#[derive(Default)]
 struct Worker<B> {
     codecs: B,
     streams: SegmentStreams,
@@ -549,7 +523,8 @@ where
     limits: FrameLimits,
     threads: usize,
     counters: Mutex<DecodeCounters>,
-    codecs: std::marker::PhantomData<fn() -> B>,
+    /// Cloned for every worker thread (behind a lock: a bank need not be `Sync`).
+    codecs: Mutex<B>,
 }
 
 impl Decoder {
@@ -561,15 +536,31 @@ impl Decoder {
     }
 }
 
-impl<D: DeltaDecoder, B: CodecBank> Decoder<D, B> {
-    /// A decoder from a delta layer of the caller's choice.
+impl<D: DeltaDecoder> Decoder<D> {
+    /// A decoder from a delta layer of the caller's choice, with the built-in codecs
+    /// ([`with_codecs`](Self::with_codecs) swaps them).
     pub fn with_layers(delta: D, limits: FrameLimits, threads: usize) -> Self {
         Decoder {
             delta,
             limits,
             threads: threads.max(1),
             counters: Mutex::new(DecodeCounters::default()),
-            codecs: std::marker::PhantomData,
+            codecs: Mutex::new(CodecSet::new()),
+        }
+    }
+}
+
+impl<D: DeltaDecoder, B: CodecBank> Decoder<D, B> {
+    /// The same decoder running the codecs of `codecs` (which must decode every codec id the
+    /// sender's bank writes: an id it lacks is a typed error); every worker runs a clone.
+    pub fn with_codecs<C: CodecBank>(self, codecs: C) -> Decoder<D, C> {
+        let counters = self.counters.into_inner().unwrap_or_else(std::sync::PoisonError::into_inner);
+        Decoder {
+            delta: self.delta,
+            limits: self.limits,
+            threads: self.threads,
+            counters: Mutex::new(counters),
+            codecs: Mutex::new(codecs),
         }
     }
 
@@ -640,7 +631,7 @@ impl<D: DeltaDecoder, B: CodecBank> Decoder<D, B> {
             header,
             layout,
             r,
-            || (B::default(), SegmentStreams::default(), Vec::new()),
+            || (bank(&self.codecs), SegmentStreams::default(), Vec::new()),
             |(codecs, streams, reference), s, record| {
                 decompress_segment(codecs, &prepared, layout, &record, streams, reference)?;
                 let out = slots[s].lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
@@ -686,7 +677,7 @@ impl<D: DeltaDecoder, B: CodecBank> Decoder<D, B> {
             header,
             layout,
             r,
-            || (B::default(), SegmentStreams::default(), Vec::new(), Vec::new()),
+            || (bank(&self.codecs), SegmentStreams::default(), Vec::new(), Vec::new()),
             |(codecs, streams, reference, out), s, record| {
                 decompress_segment(codecs, &prepared, layout, &record, streams, reference)?;
                 let start = s as u64 * seg_size;

@@ -66,11 +66,12 @@ mod node;
 mod pipeline;
 
 pub use crate::config::HdeConfig;
-pub use crate::engine::{reference_gain, CodecBank, DecodeCounters, Decoder, Encoder, FrameSummary, Written};
+pub use crate::engine::{reference_gain, DecodeCounters, Decoder, Encoder, FrameSummary, Written};
 pub use crate::error::{Error, Result};
 pub use crate::index::BaselineMeta;
 pub use crate::node::{Hde, Health, Metrics};
 pub use hde_codec as codec;
+pub use hde_codec::CodecBank;
 pub use hde_crdt as crdt;
 pub use hde_delta as delta;
 pub use hde_selector as selector;

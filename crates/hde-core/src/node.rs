@@ -117,11 +117,10 @@ impl Hde {
     }
 }
 
-impl<D, S, B> Hde<D, S, B>
+impl<D, S> Hde<D, S>
 where
     D: DeltaEncoder,
     S: Selector,
-    B: CodecBank,
 {
     /// A node whose encoder uses the caller's delta layer and selector (its decoder the page
     /// hierarchy's).
@@ -130,9 +129,35 @@ where
         Hde::with_all_layers(config, delta, selector, receiver)
     }
 
-    fn assemble(config: HdeConfig, encoder: Encoder<D, S, B>) -> Result<Self> {
+    fn assemble(config: HdeConfig, encoder: Encoder<D, S>) -> Result<Self> {
         let receiver = hde_delta::PageDeltaDecoder::new(config.delta_config())?;
         Ok(Hde::from_parts(config, encoder, receiver))
+    }
+}
+
+impl<D, S, R> Hde<D, S, CodecSet, R>
+where
+    D: DeltaEncoder,
+    S: Selector,
+    R: DeltaDecoder,
+{
+    /// A node of the caller's layers: the encoder's delta layer and selector, and the
+    /// decoder's delta layer (which must read the frames the encoder's layer writes to talk
+    /// to a node of the same layers); the built-in codecs
+    /// ([`with_codecs`](Self::with_codecs) swaps them).
+    pub fn with_all_layers(config: HdeConfig, delta: D, selector: S, receiver: R) -> Result<Self> {
+        config.validate()?;
+        let threads = config.threads;
+        Ok(Hde::from_parts(config, Encoder::with_layers(delta, selector, threads), receiver))
+    }
+
+    fn from_parts(config: HdeConfig, encoder: Encoder<D, S>, receiver: R) -> Self {
+        let decoder = Decoder::with_layers(
+            receiver,
+            crate::frame::FrameLimits { max_image: config.delta.max_image_size },
+            config.threads,
+        );
+        Hde { config, encoder, decoder, ledger: Ledger::default() }
     }
 }
 
@@ -143,22 +168,16 @@ where
     B: CodecBank,
     R: DeltaDecoder,
 {
-    /// A node of the caller's layers: the encoder's delta layer and selector, and the
-    /// decoder's delta layer (which must read the frames the encoder's layer writes to talk
-    /// to a node of the same layers).
-    pub fn with_all_layers(config: HdeConfig, delta: D, selector: S, receiver: R) -> Result<Self> {
-        config.validate()?;
-        let threads = config.threads;
-        Ok(Hde::from_parts(config, Encoder::with_layers(delta, selector, threads), receiver))
-    }
-
-    fn from_parts(config: HdeConfig, encoder: Encoder<D, S, B>, receiver: R) -> Self {
-        let decoder = Decoder::with_layers(
-            receiver,
-            crate::frame::FrameLimits { max_image: config.delta.max_image_size },
-            config.threads,
-        );
-        Hde { config, encoder, decoder, ledger: Ledger::default() }
+    /// The same node running the codecs of `codecs` on both sides (a [`CodecSet`] with codecs
+    /// of the caller's added, or a bank that wraps one). A node it talks to needs a bank that
+    /// decodes every codec id this one's selector may choose.
+    pub fn with_codecs<C: CodecBank>(self, codecs: C) -> Hde<D, S, C, R> {
+        Hde {
+            config: self.config,
+            encoder: self.encoder.with_codecs(codecs.clone()),
+            decoder: self.decoder.with_codecs(codecs),
+            ledger: self.ledger,
+        }
     }
 
     /// The configuration.

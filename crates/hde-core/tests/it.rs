@@ -290,7 +290,7 @@ mod engine {
 
     /// A user's codec bank (here: counting calls around the default set) swaps in without
     /// touching the delta layer or the selector.
-    #[derive(Default)]
+    #[derive(Clone, Default)]
     struct Counting(CodecSet);
     static CALLS: AtomicUsize = AtomicUsize::new(0);
     impl CodecBank for Counting {
@@ -321,7 +321,8 @@ mod engine {
             PageDeltaEncoder::new(config()).unwrap(),
             LearningSelector::new(SelectorConfig::default()).unwrap(),
             2,
-        );
+        )
+        .with_codecs(Counting::default());
         let dec = Decoder::new(config()).unwrap();
         for image in rounds().iter().take(2) {
             let frame = enc.compress("vm", image).unwrap();

@@ -1,18 +1,20 @@
 //! Every layer swapped by a second implementation, through the engine's `Encoder` and
-//! `Decoder`, on rounds of the project's corpus: a delta layer that is not the page hierarchy
-//! (one stream of literal bytes, no baseline) and a selector that always makes one choice.
+//! `Decoder` and a node (`Hde`), on rounds of the project's corpus: a delta layer that is not
+//! the page hierarchy (one stream of literal bytes, no baseline), a selector that always makes
+//! one choice, and a codec that is not one of the built-in three (runs of zero bytes), added
+//! through `hde-codec`'s `Codec` trait and `CodecSet::with_codec`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // reason: a test fails by panicking.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
-use hde_core::codec::CodecSet;
+use hde_core::codec::{Codec, CodecId, CodecSet, CodecSpec, CustomId};
 use hde_core::delta::{
     checksum, BaselineId, ClassCounts, DeltaConfig, DeltaDecoder, DeltaEncoder, EncodeOptions, EncoderStats, Error,
     Image, PageCopy, PageDeltaEncoder, Prepared, Round, RoundHeader, SegmentStreams, StreamRole, StreamSpec,
 };
 use hde_core::frame::FrameLimits;
-use hde_core::selector::{Choice, Codec, Context, NetworkMode, Outcome, Profile, Selector, Ticket};
+use hde_core::selector::{Choice, Context, NetworkMode, Outcome, Profile, Selector, Ticket};
 use hde_core::{Decoder, Encoder};
 use hde_corpus::{generate, CorpusConfig};
 
@@ -151,14 +153,73 @@ impl DeltaDecoder for LiteralDecoder {
     }
 }
 
+/// A codec of the test's own: runs of zero bytes as their length, everything else as it is.
+/// A stream is a sequence of `(zeros: u32 le, len: u32 le, len bytes)` records.
+#[derive(Debug, Default)]
+struct ZeroRuns;
+
+const ZERO_RUNS: CodecId = CodecId::Custom(match CustomId::new(200) {
+    Ok(id) => id,
+    Err(_) => panic!("200 is a custom id"),
+});
+
+fn zero_runs() -> CodecSpec {
+    let CodecId::Custom(id) = ZERO_RUNS else { unreachable!() };
+    CodecSpec::Custom(id)
+}
+
+impl Codec for ZeroRuns {
+    fn id(&self) -> CodecId {
+        ZERO_RUNS
+    }
+    fn compress_into(&mut self, input: &[u8], _reference: &[u8], out: &mut Vec<u8>) -> hde_core::codec::Result<usize> {
+        let start = out.len();
+        let mut at = 0;
+        while at < input.len() {
+            let zeros = input[at..].iter().take_while(|&&b| b == 0).count();
+            at += zeros;
+            // Literal bytes up to the next run of 8 zeros (shorter runs stay literal).
+            let mut end = at;
+            while end < input.len() && !input[end..].starts_with(&[0; 8]) {
+                end += 1;
+            }
+            out.extend_from_slice(&(zeros as u32).to_le_bytes());
+            out.extend_from_slice(&((end - at) as u32).to_le_bytes());
+            out.extend_from_slice(&input[at..end]);
+            at = end;
+        }
+        Ok(out.len() - start)
+    }
+    fn decompress_into(&mut self, input: &[u8], _reference: &[u8], out: &mut [u8]) -> hde_core::codec::Result<usize> {
+        use hde_core::codec::Error;
+        let corrupt = Error::Corrupt { codec: ZERO_RUNS, reason: "truncated record" };
+        let too_large = Error::OutputTooLarge { codec: ZERO_RUNS, capacity: out.len() };
+        let (mut at, mut written) = (0, 0);
+        while at < input.len() {
+            let word = |i: usize| -> hde_core::codec::Result<usize> {
+                let b = input.get(i..i + 4).ok_or(corrupt.clone())?;
+                Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize)
+            };
+            let (zeros, len) = (word(at)?, word(at + 4)?);
+            at += 8;
+            let zero_end = written + zeros;
+            out.get_mut(written..zero_end).ok_or(too_large.clone())?.fill(0);
+            let bytes = input.get(at..at + len).ok_or(corrupt.clone())?;
+            out.get_mut(zero_end..zero_end + len).ok_or(too_large.clone())?.copy_from_slice(bytes);
+            (at, written) = (at + len, zero_end + len);
+        }
+        Ok(written)
+    }
+}
+
 /// A selector that always answers the same, and counts what it was told.
 struct Fixed {
-    codec: Codec,
+    codec: CodecSpec,
     observed: AtomicUsize,
 }
 
 impl Fixed {
-    fn new(codec: Codec) -> Self {
+    fn new(codec: CodecSpec) -> Self {
         Fixed { codec, observed: AtomicUsize::new(0) }
     }
 }
@@ -184,7 +245,7 @@ fn rounds() -> Vec<Vec<u8>> {
 #[test]
 fn a_delta_layer_of_one_stream_round_trips_through_the_engine() {
     let enc: Encoder<LiteralEncoder, Fixed, CodecSet> =
-        Encoder::with_layers(LiteralEncoder::default(), Fixed::new(Codec::Zstd { level: 3 }), 2);
+        Encoder::with_layers(LiteralEncoder::default(), Fixed::new(CodecSpec::zstd(3).unwrap()), 2);
     let dec: Decoder<LiteralDecoder, CodecSet> = Decoder::with_layers(LiteralDecoder, FrameLimits::default(), 2);
     for image in rounds() {
         let frame = enc.compress("vm", &image).unwrap();
@@ -207,20 +268,66 @@ fn a_delta_layer_of_one_stream_round_trips_through_the_engine() {
     assert!(matches!(err, hde_core::Error::LayoutMismatch { frame: 4, layer: 1 }), "{err:?}");
 }
 
-/// A selector's choice that no codec can run is an error, not another codec.
+/// A choice no codec can run is an error, not another codec: a level out of range cannot be
+/// named, and a codec the set lacks fails the encode with its id.
 #[test]
 fn an_invalid_choice_is_an_error() {
+    assert!(CodecSpec::zstd(40).is_err());
+    assert!("zstd-40".parse::<CodecSpec>().is_err());
     let enc: Encoder<LiteralEncoder, Fixed, CodecSet> =
-        Encoder::with_layers(LiteralEncoder::default(), Fixed::new(Codec::Zstd { level: 40 }), 1);
+        Encoder::with_layers(LiteralEncoder::default(), Fixed::new(zero_runs()), 1);
     let err = enc.compress("vm", &rounds()[0]).unwrap_err();
-    assert!(matches!(&err, hde_core::Error::InvalidConfig { what } if what.contains("level 40")), "{err:?}");
+    assert!(matches!(&err, hde_core::Error::Codec(hde_core::codec::Error::UnknownCodec { id: 200 })), "{err:?}");
+}
+
+/// A codec the test brings (not one of the built-in three) runs through two nodes of the
+/// default delta layers, chosen by the fixed selector: every stream the selector chose it
+/// for is stored with it, the images round-trip, and a node without it refuses the frame
+/// with its id.
+#[test]
+fn a_codec_added_by_the_caller_runs_through_hde() {
+    let config = DeltaConfig { segment_size: 1 << 20, first_sequence: 1, ..DeltaConfig::default() };
+    let codecs = CodecSet::new().with_codec(|| ZeroRuns).unwrap();
+    let node = |id| {
+        let mut config = hde_core::HdeConfig::new(id);
+        config.delta.segment_size = 1 << 20;
+        hde_core::Hde::with_all_layers(
+            config.clone(),
+            PageDeltaEncoder::new(config.delta_config()).unwrap(),
+            Fixed::new(zero_runs()),
+            hde_core::delta::PageDeltaDecoder::new(config.delta_config()).unwrap(),
+        )
+        .unwrap()
+        .with_codecs(codecs.clone())
+    };
+    let (sender, receiver) = (node(1), node(2));
+    let plain = Decoder::new(config).unwrap();
+    for (n, image) in rounds().iter().enumerate() {
+        let mut frame = Vec::new();
+        let summary = sender.compress_to("vm", image, &mut frame).unwrap();
+        assert!(summary.codecs.iter().any(|(name, _)| name.starts_with("custom-200")), "{summary:?}");
+        let (_, decoded) = receiver.decompress(&frame).unwrap();
+        assert!(decoded.as_slice() == image.as_slice());
+        if n == 0 {
+            let err = plain.decompress(&frame).unwrap_err();
+            assert!(
+                matches!(&err, hde_core::Error::Codec(hde_core::codec::Error::UnknownCodec { id: 200 })),
+                "{err:?}"
+            );
+        }
+    }
+    let used = receiver.metrics().decoded_codec_use;
+    assert!(used.keys().any(|c| c.starts_with("custom-200")), "{used:?}");
+    // The corpus has zero runs: the codec shrinks what it was given.
+    let sent = sender.metrics();
+    assert!(sent.bytes_out < sent.bytes_in, "{sent:?}");
 }
 
 #[test]
 fn a_fixed_choice_selector_drives_the_page_hierarchy() {
     let config = DeltaConfig { segment_size: 1 << 20, first_sequence: 1, ..DeltaConfig::default() };
     let enc: Encoder<PageDeltaEncoder, Fixed, CodecSet> =
-        Encoder::with_layers(PageDeltaEncoder::new(config.clone()).unwrap(), Fixed::new(Codec::Lz4), 2);
+        Encoder::with_layers(PageDeltaEncoder::new(config.clone()).unwrap(), Fixed::new(CodecSpec::Lz4), 2);
     let dec = Decoder::new(config).unwrap();
     for image in rounds() {
         let frame = enc.compress("vm", &image).unwrap();
@@ -278,7 +385,7 @@ fn a_round_of_dirty_pages_goes_through_the_engine() {
 fn the_second_layers_run_through_a_node() {
     type Node = hde_core::Hde<LiteralEncoder, Fixed, CodecSet, LiteralDecoder>;
     let node = |id| -> Node {
-        let fixed = Fixed::new(Codec::Zstd { level: 1 });
+        let fixed = Fixed::new(CodecSpec::zstd(1).unwrap());
         hde_core::Hde::with_all_layers(hde_core::HdeConfig::new(id), LiteralEncoder::default(), fixed, LiteralDecoder)
             .unwrap()
     };

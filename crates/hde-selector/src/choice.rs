@@ -3,55 +3,32 @@
 use std::fmt;
 use std::time::Duration;
 
-/// A codec as the selector names it (the engine maps it to an implementation).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Codec {
-    /// Stored bytes.
-    Raw,
-    /// LZ4 block.
-    Lz4,
-    /// zstd at a level (1..=22).
-    Zstd {
-        /// The level.
-        level: u8,
-    },
-}
+use hde_codec::{CodecSpec, ZstdParams};
 
-impl Codec {
-    /// The codecs the selectors consider by default: raw bytes to zstd 9, and zstd 17 and 19
-    /// for a slow link that leaves the encoder time (hybrid mode weighs them against the
-    /// link's rate and backlog; the other modes' budgets rule them out). Levels 10-15 are
-    /// left out: on guest RAM they store 0.98-0.99x level 9's bytes at 1.4-5x its time.
-    pub const DEFAULT: [Codec; 8] = [
-        Codec::Raw,
-        Codec::Lz4,
-        Codec::Zstd { level: 1 },
-        Codec::Zstd { level: 3 },
-        Codec::Zstd { level: 6 },
-        Codec::Zstd { level: 9 },
-        Codec::Zstd { level: 17 },
-        Codec::Zstd { level: 19 },
-    ];
+/// The codecs the selectors consider by default: raw bytes to zstd 9, and zstd 17 and 19 for a
+/// slow link that leaves the encoder time (hybrid mode weighs them against the link's rate and
+/// backlog; the other modes' budgets rule them out). Levels 10-15 are left out: on guest RAM
+/// they store 0.98-0.99x level 9's bytes at 1.4-5x its time.
+pub const DEFAULT_CODECS: [CodecSpec; 8] = [
+    CodecSpec::Raw,
+    CodecSpec::Lz4,
+    CodecSpec::Zstd(ZstdParams::clamped(1)),
+    CodecSpec::Zstd(ZstdParams::clamped(3)),
+    CodecSpec::Zstd(ZstdParams::clamped(6)),
+    CodecSpec::Zstd(ZstdParams::clamped(9)),
+    CodecSpec::Zstd(ZstdParams::clamped(17)),
+    CodecSpec::Zstd(ZstdParams::clamped(19)),
+];
 
-    /// Whether the codec is worth running against a reference.
-    ///
-    /// Only zstd: its window spans the whole reference, while LZ4's 64 KiB window reaches only
-    /// the reference's tail, and a literal's old version sits as far back as the literals
-    /// before it plus the reference after its own old version (measured on a real delta
-    /// round: lz4+ref stored 5.3 MB where zstd-1+ref stored 2.2 MB, at the same speed).
-    pub fn uses_reference(self) -> bool {
-        matches!(self, Codec::Zstd { .. })
-    }
-}
-
-impl fmt::Display for Codec {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Codec::Raw => f.write_str("raw"),
-            Codec::Lz4 => f.write_str("lz4"),
-            Codec::Zstd { level } => write!(f, "zstd-{level}"),
-        }
-    }
+/// Whether `codec` is worth running against a reference.
+///
+/// Only zstd: its window spans the whole reference, while LZ4's 64 KiB window reaches only the
+/// reference's tail, and a literal's old version sits as far back as the literals before it
+/// plus the reference after its own old version (measured on a real delta round: lz4+ref
+/// stored 5.3 MB where zstd-1+ref stored 2.2 MB, at the same speed). A codec the user added is
+/// tried without one.
+pub fn uses_reference(codec: CodecSpec) -> bool {
+    matches!(codec, CodecSpec::Zstd(_))
 }
 
 /// The profile bucket a choice was made for (opaque; it ties an outcome to its statistics).
@@ -77,8 +54,8 @@ impl Ticket {
 /// What to run on a block: a codec, and whether to compress against the reference.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Choice {
-    /// The codec.
-    pub codec: Codec,
+    /// The codec and its parameters.
+    pub codec: CodecSpec,
     /// Compress against the reference (the old content of the changed pages).
     pub reference: bool,
     /// What it was chosen from (bucket and prior), for `observe`.

@@ -2,8 +2,8 @@
 //!
 //! For each block the engine is about to compress, a [`Selector`] picks a codec and level and
 //! whether to compress against the reference, from a cheap [`Profile`] of the block and the
-//! network mode. It never sees the bytes, and it does not depend on the codec layer: a
-//! [`Codec`] here is a name the engine maps to an implementation.
+//! network mode. It never sees the bytes; it names its choice in the codec layer's one
+//! vocabulary, [`CodecSpec`] (re-exported here), which the engine runs.
 //!
 //! # The cost model
 //!
@@ -60,9 +60,10 @@ mod model;
 mod profile;
 mod select;
 
-pub use crate::choice::{Bucket, Choice, Codec, Context, Outcome, Ticket};
+pub use crate::choice::{uses_reference, Bucket, Choice, Context, Outcome, Ticket, DEFAULT_CODECS};
 pub use crate::config::{NetworkMode, SelectorConfig};
 pub use crate::error::{Error, Result};
 pub use crate::model::outcome_cost;
 pub use crate::profile::Profile;
 pub use crate::select::{bucket, LearningSelector, Selector, StaticSelector};
+pub use hde_codec::{CodecSpec, ZstdParams};

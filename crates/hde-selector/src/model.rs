@@ -1,6 +1,8 @@
 //! The cost model: what a choice is expected to cost under each mode, from priors or learning.
 
-use crate::{Codec, Context, NetworkMode, Outcome, Profile, SelectorConfig};
+use hde_codec::CodecSpec;
+
+use crate::{Context, NetworkMode, Outcome, Profile, SelectorConfig};
 
 /// Expected behaviour of a choice on a block, per input byte.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -70,20 +72,20 @@ pub fn outcome_cost(
 /// A priori behaviour of `codec` on a block with this profile, calibrated on generated VM memory
 /// (`cargo xtask selector-replay` prints the measured table) on a 2-core x86-64 machine: good
 /// enough to rank codecs before anything has been observed; learning corrects the rest.
-pub(crate) fn prior(codec: Codec, reference: bool, profile: &Profile, context: &Context) -> Estimate {
+pub(crate) fn prior(codec: CodecSpec, reference: bool, profile: &Profile, context: &Context) -> Estimate {
     let live = 1.0 - f64::from(profile.zero_page_fraction);
     let rep = f64::from(profile.repetition);
     let entropy = f64::from(profile.entropy) / 8.0;
     // Ratio of the non-zero part: LZ matching removes repeats, entropy coding shrinks the rest.
     let lz = (1.0 - 0.8 * rep).clamp(0.05, 1.0);
     let (ratio, encode_ns, decode_ns) = match codec {
-        Codec::Raw => (1.0, 0.2, 0.2),
-        Codec::Lz4 => ((lz * 1.05).min(1.004), 2.2, 0.6),
-        Codec::Zstd { level } => {
+        CodecSpec::Raw => (1.0, 0.2, 0.2),
+        CodecSpec::Lz4 => ((lz * 1.05).min(1.004), 2.2, 0.6),
+        CodecSpec::Zstd(params) => {
             // Above level 9 the gain flattens: on real guest RAM (256 MiB, 16 MiB segments)
             // level 12 stored 0.99x level 9's bytes, 15 0.98x, 17 0.94x, 19 0.89x, at 1.4x,
             // 5x, 9x and 12x its time; the optimal parsers of 16-19 are what gains.
-            let level = level.min(19);
+            let level = zstd_level(params);
             let gain = match level {
                 0..=9 => 1.0 - 0.02 * f64::from(level),
                 10..=15 => 0.82 * (1.0 - 0.003 * f64::from(level - 9)),
@@ -100,31 +102,35 @@ pub(crate) fn prior(codec: Codec, reference: bool, profile: &Profile, context: &
             };
             ((lz * entropy.max(0.3) * gain).clamp(0.02, 1.0), speed, 1.0)
         }
+        // A codec the user added: nothing is known before it runs; assumed to match LZ4's
+        // ratio at zstd-3's speed, and corrected by what it does.
+        _ => (lz.min(1.0), 4.5, 1.0),
     };
     let ratio = live * ratio + (1.0 - live) * 0.002;
     let len = profile.len.max(1) as f64;
-    let with_reference = reference && codec.uses_reference() && context.reference_len > 0;
+    let with_reference = reference && crate::uses_reference(codec) && context.reference_len > 0;
     let reference_len = context.reference_len as f64;
     // Costs per call, in ns, which weigh on small blocks: context reset and table setup; with a
     // reference, loading it (zstd hashes all of it; LZ4 builds a fresh table and hashes its
     // last 64 KiB every call).
     let fixed = match (codec, with_reference) {
-        (Codec::Raw, _) => 0.0,
-        (Codec::Lz4, false) => 1_000.0,
-        (Codec::Lz4, true) => 5_000.0 + reference_len.min(65_536.0) / 3.0 * 3.0,
-        (Codec::Zstd { .. }, false) => 3_000.0,
+        (CodecSpec::Raw, _) => 0.0,
+        (CodecSpec::Lz4, false) => 1_000.0,
+        (CodecSpec::Lz4, true) => 5_000.0 + reference_len.min(65_536.0) / 3.0 * 3.0,
+        (CodecSpec::Zstd(_), false) => 3_000.0,
         // The optimal parsers of levels 16-19 insert the whole reference into their binary
         // trees: measured 110-120 ns a reference byte (a 16 MiB reference, 2 s), which no
         // per-byte speed of the input shows.
-        (Codec::Zstd { level }, true) => {
+        (CodecSpec::Zstd(params), true) => {
             5_000.0
                 + reference_len
-                    * match level {
+                    * match zstd_level(params) {
                         0..=9 => 1.5,
                         10..=15 => 40.0,
                         _ => 120.0,
                     }
         }
+        _ => 3_000.0,
     };
     Estimate {
         // Unknown until tried: assume changed pages resemble their old versions. A sample of
@@ -139,4 +145,9 @@ pub(crate) fn prior(codec: Codec, reference: bool, profile: &Profile, context: &
         encode_ns: encode_ns + fixed / len,
         decode_ns: decode_ns + if with_reference { 0.1 } else { 0.0 } + fixed / len / 4.0,
     }
+}
+
+/// The level of `params`, as the prior's tables index it (at most 19: 20-22 behave like it).
+fn zstd_level(params: hde_codec::ZstdParams) -> u8 {
+    u8::try_from(params.level().clamp(1, 19)).unwrap_or(19)
 }

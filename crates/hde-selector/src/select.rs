@@ -1,7 +1,9 @@
 //! The two default selectors: static (priors only) and learning (priors, then outcomes).
 
 use crate::model::{cost, prior, Estimate};
-use crate::{Bucket, Choice, Codec, Context, NetworkMode, Outcome, Profile, Result, SelectorConfig, Ticket};
+use hde_codec::CodecSpec;
+
+use crate::{Bucket, Choice, Context, NetworkMode, Outcome, Profile, Result, SelectorConfig, Ticket};
 use hde_sync::{lock, Mutex};
 
 /// The boundary of the selector layer.
@@ -68,11 +70,11 @@ pub fn bucket(profile: &Profile, context: &Context, config: &SelectorConfig) -> 
 }
 
 /// Arms: each codec without reference, and with it where the codec can use one.
-fn arms(config: &SelectorConfig) -> Vec<(Codec, bool)> {
+fn arms(config: &SelectorConfig) -> Vec<(CodecSpec, bool)> {
     let mut arms = Vec::new();
     for &codec in &config.codecs {
         arms.push((codec, false));
-        if codec.uses_reference() {
+        if crate::uses_reference(codec) {
             arms.push((codec, true));
         }
     }
@@ -133,7 +135,7 @@ impl State {
 #[derive(Debug)]
 struct Core {
     config: SelectorConfig,
-    arms: Vec<(Codec, bool)>,
+    arms: Vec<(CodecSpec, bool)>,
     learn: bool,
     state: Mutex<State>,
 }
@@ -191,7 +193,7 @@ impl Core {
                 let (mut weight, mut sum) = (0.0, 0.0);
                 for (i, &(codec, r)) in self.arms.iter().enumerate() {
                     let s = st.stats[row + i];
-                    if matches!(codec, Codec::Zstd { .. }) && r == flag && s.count > 0 {
+                    if matches!(codec, CodecSpec::Zstd(_)) && r == flag && s.count > 0 {
                         weight += s.weight;
                         sum += s.weight * s.ratio;
                     }
@@ -210,7 +212,8 @@ impl Core {
             // estimate made before compressing tells. Measured on another VM's similar pages:
             // 0.88x the bytes of zstd --patch-from with it always on, 0.94x when the estimate
             // decided per segment.
-            if !reference && codec.uses_reference() && context.reference_len > 0 && mode == NetworkMode::Internet {
+            if !reference && crate::uses_reference(codec) && context.reference_len > 0 && mode == NetworkMode::Internet
+            {
                 continue;
             }
             let p = prior(codec, reference, profile, context);
@@ -242,13 +245,13 @@ impl Core {
                     for k in 0..3 {
                         correction[k] = (n * own[k] + SHRINK * transfer[k]) / (n + SHRINK);
                     }
-                } else if codec != Codec::Raw {
+                } else if codec != CodecSpec::Raw {
                     // Raw's cost is known exactly a priori: no optimism needed.
                     correction = transfer;
                     optimism = self.config.exploration * transfer_optimism;
                 }
             }
-            if let (Codec::Zstd { .. }, Some(shared)) = (codec, zstd_ratio[usize::from(reference)]) {
+            if let (CodecSpec::Zstd(_), Some(shared)) = (codec, zstd_ratio[usize::from(reference)]) {
                 correction[0] = shared;
             }
             let e = Estimate {

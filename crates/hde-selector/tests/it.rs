@@ -6,8 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hde_selector::{
-    outcome_cost, Choice, Codec, Context, Error, LearningSelector, NetworkMode, Outcome, Profile, Selector,
-    SelectorConfig, StaticSelector,
+    outcome_cost, uses_reference, Choice, CodecSpec, Context, Error, LearningSelector, NetworkMode, Outcome, Profile,
+    Selector, SelectorConfig, StaticSelector,
 };
 
 fn compressible(len: u64) -> Profile {
@@ -21,11 +21,11 @@ fn config(mode: NetworkMode) -> SelectorConfig {
 /// A synthetic world: each arm's true ratio and speeds (ns/byte) on the data.
 fn world(choice: &Choice, input: u64, drifted: bool) -> Outcome {
     let (ratio, enc, dec) = match (choice.codec, choice.reference) {
-        (Codec::Raw, _) => (1.0, 0.2, 0.2),
-        (Codec::Lz4, false) => (0.35, 2.0, 0.6),
-        (Codec::Lz4, true) => (0.34, 2.2, 0.7),
-        (Codec::Zstd { level }, reference) => {
-            let (r, e) = match level {
+        (CodecSpec::Raw, _) => (1.0, 0.2, 0.2),
+        (CodecSpec::Lz4, false) => (0.35, 2.0, 0.6),
+        (CodecSpec::Lz4, true) => (0.34, 2.2, 0.7),
+        (CodecSpec::Zstd(params), reference) => {
+            let (r, e) = match params.level() {
                 1 => (0.25, 3.0),
                 3 => (0.22, 4.5),
                 9 => (0.20, 16.0),
@@ -41,6 +41,7 @@ fn world(choice: &Choice, input: u64, drifted: bool) -> Outcome {
             };
             (r, e + if reference { 1.0 } else { 0.0 }, 1.0)
         }
+        (other, _) => panic!("the default codecs hold no {other}"),
     };
     Outcome {
         input_bytes: input,
@@ -54,7 +55,7 @@ fn oracle_cost(cfg: &SelectorConfig, mode: NetworkMode, profile: &Profile, ctx: 
     let mut best = f64::INFINITY;
     for codec in &cfg.codecs {
         for reference in [false, true] {
-            if reference && (!codec.uses_reference() || ctx.reference_len == 0) {
+            if reference && (!uses_reference(*codec) || ctx.reference_len == 0) {
                 continue;
             }
             let c = Choice { codec: *codec, reference, ticket: Default::default() };
@@ -70,8 +71,8 @@ fn modes_make_different_static_choices() {
     let ctx = Context::default();
     let dc = StaticSelector::new(config(NetworkMode::Datacenter)).unwrap().choose(&profile, &ctx);
     let wan = StaticSelector::new(config(NetworkMode::Internet)).unwrap().choose(&profile, &ctx);
-    assert!(matches!(dc.codec, Codec::Lz4 | Codec::Zstd { level: 1 }), "{dc}");
-    assert!(matches!(wan.codec, Codec::Zstd { level } if level >= 9), "{wan}");
+    assert!(dc.codec == CodecSpec::Lz4 || dc.codec.zstd_level() == Some(1), "{dc}");
+    assert!(wan.codec.zstd_level().is_some_and(|level| level >= 9), "{wan}");
     // Hybrid follows the bandwidth.
     let hybrid = StaticSelector::new(config(NetworkMode::Hybrid)).unwrap();
     hybrid.set_bandwidth(10e9);
@@ -79,14 +80,14 @@ fn modes_make_different_static_choices() {
     hybrid.set_bandwidth(1e6);
     let slow = hybrid.choose(&profile, &ctx);
     assert_ne!(fast.codec, slow.codec);
-    assert!(matches!(slow.codec, Codec::Zstd { level } if level >= 9), "{slow}");
+    assert!(slow.codec.zstd_level().is_some_and(|level| level >= 9), "{slow}");
 }
 
 #[test]
 fn incompressible_data_is_sent_raw_when_speed_matters() {
     let noise = Profile::from_parts(4 << 20, 0.0, 7.99, 0.0);
     let choice = StaticSelector::new(config(NetworkMode::Datacenter)).unwrap().choose(&noise, &Context::default());
-    assert_eq!(choice.codec, Codec::Raw);
+    assert_eq!(choice.codec, CodecSpec::Raw);
 }
 
 #[test]
@@ -188,11 +189,12 @@ fn bad_configs_and_modes_are_errors() {
         SelectorConfig { learning_rate: 0.0, ..SelectorConfig::default() },
         SelectorConfig { bandwidth: -1.0, ..SelectorConfig::default() },
         SelectorConfig { codecs: vec![], ..SelectorConfig::default() },
-        SelectorConfig { codecs: vec![Codec::Zstd { level: 30 }], ..SelectorConfig::default() },
         SelectorConfig { small_data_size: 10, large_data_size: 5, ..SelectorConfig::default() },
     ] {
         assert!(matches!(LearningSelector::new(cfg), Err(Error::InvalidConfig { .. })));
     }
+    // A level out of range cannot even be named.
+    assert!(CodecSpec::zstd(30).is_err());
     assert!(matches!("lan".parse::<NetworkMode>(), Err(Error::UnknownMode { .. })));
     for mode in NetworkMode::ALL {
         assert_eq!(mode.name().parse::<NetworkMode>().unwrap(), mode);
@@ -229,7 +231,7 @@ fn internet_mode_compresses_against_a_reference_whenever_there_is_one() {
         let ctx = Context { reference_len: 1 << 20, threads: 1, reference_gain_permille: gain, ..Context::default() };
         for _ in 0..20 {
             let choice = s.choose(&profile, &ctx);
-            assert!(choice.reference || !choice.codec.uses_reference(), "{choice} with gain {gain:?}");
+            assert!(choice.reference || !uses_reference(choice.codec), "{choice} with gain {gain:?}");
             s.observe(&choice, &world(&choice, profile.len, false));
         }
     }
