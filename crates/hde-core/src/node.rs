@@ -77,8 +77,9 @@ fn now_ms() -> u64 {
 /// delta layer of its decoder, with the defaults as type defaults
 /// ([`with_all_layers`](Self::with_all_layers) takes them all). Shared by many threads:
 /// different keys at once. Saving baselines between processes
-/// ([`state::StateDir`](crate::state::StateDir)) and the `sender()`/`receiver()` accessors
-/// are for the default layers.
+/// ([`state::StateDir`](crate::state::StateDir)) works for delta layers that implement
+/// [`SenderBaselines`](hde_delta::SenderBaselines) and
+/// [`ReceiverBaselines`](hde_delta::ReceiverBaselines), the defaults among them.
 #[derive(Debug)]
 pub struct Hde<D = PageDeltaEncoder, S = LearningSelector, B = CodecSet, R = hde_delta::PageDeltaDecoder>
 where
@@ -94,16 +95,6 @@ where
 }
 
 impl Hde {
-    /// The sender's delta layer (to save and restore its baselines).
-    pub fn sender(&self) -> &PageDeltaEncoder {
-        self.encoder.delta()
-    }
-
-    /// The receiver's delta layer (to save and restore its baselines).
-    pub fn receiver(&self) -> &hde_delta::PageDeltaDecoder {
-        self.decoder.delta()
-    }
-
     /// A node with the default layers; the configuration is validated first.
     pub fn new(config: HdeConfig) -> Result<Self> {
         config.validate()?;
@@ -178,6 +169,16 @@ where
             decoder: self.decoder.with_codecs(codecs),
             ledger: self.ledger,
         }
+    }
+
+    /// The sender's delta layer (to save and restore its baselines, or feed it dirty pages).
+    pub fn sender(&self) -> &D {
+        self.encoder.delta()
+    }
+
+    /// The receiver's delta layer (to save and restore its baselines).
+    pub fn receiver(&self) -> &R {
+        self.decoder.delta()
     }
 
     /// The configuration.

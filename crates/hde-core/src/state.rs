@@ -38,7 +38,10 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use hde_delta::BaselineId;
+use hde_delta::{BaselineId, DeltaDecoder, DeltaEncoder, ReceiverBaselines, SenderBaselines};
+use hde_selector::Selector;
+
+use crate::CodecBank;
 use xxhash_rust::xxh3::xxh3_64;
 
 use crate::fsio::{AtomicFile, Existing};
@@ -480,7 +483,18 @@ impl StateDir {
     ///
     /// Without `keyframe`, what [`restore_sender`](Self::restore_sender) returns: the caller
     /// asks for a keyframe (`hde encode --keyframe`) to replace a damaged baseline.
-    pub fn restore_sender_or_replace(&self, hde: &Hde, key: &str, keyframe: bool) -> Result<(u64, Option<Error>)> {
+    pub fn restore_sender_or_replace<D, S, B, R>(
+        &self,
+        hde: &Hde<D, S, B, R>,
+        key: &str,
+        keyframe: bool,
+    ) -> Result<(u64, Option<Error>)>
+    where
+        D: DeltaEncoder + SenderBaselines,
+        S: Selector,
+        B: CodecBank,
+        R: DeltaDecoder + ReceiverBaselines,
+    {
         match self.restore_sender(hde, key) {
             Ok(rounds) => Ok((rounds.unwrap_or(0), None)),
             Err(e) if keyframe => Ok((0, Some(e))),
@@ -494,14 +508,21 @@ impl StateDir {
     ///
     /// A baseline saved as hashes is checked page by page against its source file (see the
     /// module's documentation); a source that changed or is gone costs ratio, never exactness.
-    pub fn restore_sender(&self, hde: &Hde, key: &str) -> Result<Option<u64>> {
+    pub fn restore_sender<D, S, B, R>(&self, hde: &Hde<D, S, B, R>, key: &str) -> Result<Option<u64>>
+    where
+        D: DeltaEncoder + SenderBaselines,
+        S: Selector,
+        B: CodecBank,
+        R: DeltaDecoder + ReceiverBaselines,
+    {
         let Some(saved) = self.load(Side::Send, key, hde.config().delta.max_image_size)? else { return Ok(None) };
         let path = self.path(Side::Send, key);
         let age = Duration::from_secs(now_ms().saturating_sub(saved.keyframe_ms * 1000) / 1000);
         match saved.hashed {
-            None => {
-                hde.sender().restore(key, saved.id, saved.image, saved.chain, age).map_err(saved_mismatch(&path))?
-            }
+            None => hde
+                .sender()
+                .restore_image(key, saved.id, saved.image.into(), saved.chain, age)
+                .map_err(saved_mismatch(&path))?,
             Some(h) => {
                 if h.page_size as usize != hde.config().delta.page_size {
                     return Err(Error::DamagedState { reason: "the saved baseline has another page size" });
@@ -518,7 +539,19 @@ impl StateDir {
     /// Saves the sender's baseline of `key` (the image just encoded) from `hde`, as the key's
     /// round `rounds`: its page hashes and the path of `image.file`, or where there is no file,
     /// the pages of a kept copy that differ.
-    pub fn save_sender(&self, hde: &Hde, key: &str, image: SenderImage<'_>, rounds: u64) -> Result<()> {
+    pub fn save_sender<D, S, B, R>(
+        &self,
+        hde: &Hde<D, S, B, R>,
+        key: &str,
+        image: SenderImage<'_>,
+        rounds: u64,
+    ) -> Result<()>
+    where
+        D: DeltaEncoder + SenderBaselines,
+        S: Selector,
+        B: CodecBank,
+        R: DeltaDecoder + ReceiverBaselines,
+    {
         let (Some(info), Some(hashes)) = (hde.sender().baseline_info(key), hde.sender().baseline_hashes(key)) else {
             return Ok(());
         };
@@ -571,7 +604,13 @@ impl StateDir {
 
     /// Restores the receiver's baseline of `key` into `hde` (if saved); returns the rounds it
     /// counts as [`restore_sender`](Self::restore_sender) does.
-    pub fn restore_receiver(&self, hde: &Hde, key: &str) -> Result<Option<u64>> {
+    pub fn restore_receiver<D, S, B, R>(&self, hde: &Hde<D, S, B, R>, key: &str) -> Result<Option<u64>>
+    where
+        D: DeltaEncoder + SenderBaselines,
+        S: Selector,
+        B: CodecBank,
+        R: DeltaDecoder + ReceiverBaselines,
+    {
         let loaded = self.load_inner(Side::Receive, key, hde.config().delta.max_image_size, false)?;
         let Some((saved, linked)) = loaded else { return Ok(None) };
         let ps = hde.config().delta.page_size;
@@ -579,21 +618,31 @@ impl StateDir {
         match linked {
             // The image file mapped, not read: no copy of it in this process's memory.
             Some((img, len)) => match map_file(&img, len) {
-                Some(image) => hde.receiver().restore(key, saved.id, ps, image).map_err(saved_mismatch(&img))?,
+                Some(image) => hde.receiver().restore_image(key, saved.id, ps, image).map_err(saved_mismatch(&img))?,
                 None if len == 0 => {
-                    hde.receiver().restore(key, saved.id, ps, Vec::new()).map_err(saved_mismatch(&img))?
+                    hde.receiver().restore_image(key, saved.id, ps, Vec::new().into()).map_err(saved_mismatch(&img))?
                 }
                 None => return Err(Error::DamagedState { reason: "linked state image cannot be mapped" }),
             },
-            None => hde.receiver().restore(key, saved.id, ps, saved.image).map_err(saved_mismatch(&path))?,
+            None => {
+                hde.receiver().restore_image(key, saved.id, ps, saved.image.into()).map_err(saved_mismatch(&path))?
+            }
         }
         Ok(Some(saved.rounds))
     }
 
     /// Saves the receiver's baseline of `key` (the image just decoded) from `hde`, as the key's
     /// round `rounds`.
-    pub fn save_receiver(&self, hde: &Hde, key: &str, rounds: u64) -> Result<()> {
-        let (Some(id), Some(image)) = (hde.receiver().baseline(key), hde.receiver().image(key)) else { return Ok(()) };
+    pub fn save_receiver<D, S, B, R>(&self, hde: &Hde<D, S, B, R>, key: &str, rounds: u64) -> Result<()>
+    where
+        D: DeltaEncoder + SenderBaselines,
+        S: Selector,
+        B: CodecBank,
+        R: DeltaDecoder + ReceiverBaselines,
+    {
+        let (Some(id), Some(image)) = (hde.receiver().baseline_id(key), hde.receiver().baseline_image(key)) else {
+            return Ok(());
+        };
         self.save(
             Side::Receive,
             key,
@@ -667,7 +716,18 @@ impl StateDir {
 
     /// The sketch of `key`'s saved baseline on `side` (for the replicated index): from the
     /// saved page hashes where the sender kept them, else from the image.
-    pub fn sketch(&self, side: Side, key: &str, hde: &Hde) -> Result<Option<crate::index::Sketch>> {
+    pub fn sketch<D, S, B, R>(
+        &self,
+        side: Side,
+        key: &str,
+        hde: &Hde<D, S, B, R>,
+    ) -> Result<Option<crate::index::Sketch>>
+    where
+        D: DeltaEncoder + SenderBaselines,
+        S: Selector,
+        B: CodecBank,
+        R: DeltaDecoder + ReceiverBaselines,
+    {
         let max = hde.config().delta.max_image_size;
         if side == Side::Send {
             if let Some(Saved { hashed: Some(h), .. }) = self.load(side, key, max)? {
@@ -684,8 +744,14 @@ impl StateDir {
     /// the sender's own saved round, or a round this node received (a VM that comes back to
     /// the node it left, sent on from where it arrived). Returns whether the sender holds
     /// `want` now; a saved image that no longer matches `want` is an error.
-    pub fn restore_sender_from(&self, hde: &Hde, key: &str, want: BaselineId) -> Result<bool> {
-        if hde.sender().baseline(key) == Some(want) {
+    pub fn restore_sender_from<D, S, B, R>(&self, hde: &Hde<D, S, B, R>, key: &str, want: BaselineId) -> Result<bool>
+    where
+        D: DeltaEncoder + SenderBaselines,
+        S: Selector,
+        B: CodecBank,
+        R: DeltaDecoder + ReceiverBaselines,
+    {
+        if hde.sender().baseline_info(key).map(|i| i.id) == Some(want) {
             return Ok(true);
         }
         if self.peek(Side::Send, key)?.is_some_and(|(id, _)| id == want) {
@@ -693,18 +759,24 @@ impl StateDir {
         } else if self.peek(Side::Receive, key)?.is_some_and(|(id, _)| id == want) {
             if let Some((id, image)) = self.image_of(Side::Receive, key, hde.config().delta.max_image_size)? {
                 let path = self.path(Side::Receive, key);
-                hde.sender().restore(key, id, image, 0, Duration::ZERO).map_err(saved_mismatch(&path))?;
+                hde.sender().restore_image(key, id, image, 0, Duration::ZERO).map_err(saved_mismatch(&path))?;
             }
         }
-        Ok(hde.sender().baseline(key) == Some(want))
+        Ok(hde.sender().baseline_info(key).map(|i| i.id) == Some(want))
     }
 
     /// Makes `want` the receiver's baseline of `key` if this directory holds it on either
     /// side: a round received, or the round this node last sent of `key` (whose image is its
     /// source file, verified page by page against the identity). Returns whether the receiver
     /// holds `want` now.
-    pub fn restore_receiver_from(&self, hde: &Hde, key: &str, want: BaselineId) -> Result<bool> {
-        if hde.receiver().baseline(key) == Some(want) {
+    pub fn restore_receiver_from<D, S, B, R>(&self, hde: &Hde<D, S, B, R>, key: &str, want: BaselineId) -> Result<bool>
+    where
+        D: DeltaEncoder + SenderBaselines,
+        S: Selector,
+        B: CodecBank,
+        R: DeltaDecoder + ReceiverBaselines,
+    {
+        if hde.receiver().baseline_id(key) == Some(want) {
             return Ok(true);
         }
         let ps = hde.config().delta.page_size;
@@ -714,7 +786,7 @@ impl StateDir {
             }
             if let Some((id, image)) = self.image_of(side, key, hde.config().delta.max_image_size)? {
                 let path = self.path(side, key);
-                hde.receiver().restore(key, id, ps, image).map_err(saved_mismatch(&path))?;
+                hde.receiver().restore_image(key, id, ps, image).map_err(saved_mismatch(&path))?;
                 return Ok(true);
             }
         }

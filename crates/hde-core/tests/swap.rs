@@ -7,14 +7,18 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // reason: a test fails by panicking.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
 
 use hde_core::codec::{Codec, CodecId, CodecSet, CodecSpec, CustomId};
 use hde_core::delta::{
-    checksum, BaselineId, ClassCounts, DeltaConfig, DeltaDecoder, DeltaEncoder, EncodeOptions, EncoderStats, Error,
-    Image, PageCopy, PageDeltaEncoder, Prepared, Round, RoundHeader, SegmentStreams, StreamRole, StreamSpec,
+    checksum, BaselineId, BaselineInfo, ClassCounts, DeltaConfig, DeltaDecoder, DeltaEncoder, EncodeOptions,
+    EncoderStats, Error, Image, PageCopy, PageDeltaDecoder, PageDeltaEncoder, Prepared, ReceiverBaselines, Round,
+    RoundHeader, SegmentStreams, SenderBaselines, StreamRole, StreamSpec,
 };
 use hde_core::frame::FrameLimits;
+use hde_core::selector::LearningSelector;
 use hde_core::selector::{Choice, Context, NetworkMode, Outcome, Profile, Selector, Ticket};
+use hde_core::state::{SenderImage, StateDir};
 use hde_core::{Decoder, Encoder};
 use hde_corpus::{generate, CorpusConfig};
 
@@ -400,4 +404,160 @@ fn the_second_layers_run_through_a_node() {
     let (sent, got) = (sender.metrics(), receiver.metrics());
     assert_eq!((sent.frames_encoded, got.frames_decoded), (images.len() as u64, images.len() as u64));
     assert!(sent.bytes_out > 0 && sent.bytes_out < sent.bytes_in, "{sent:?}");
+}
+
+/// A delta layer of the caller's that wraps the page hierarchy (to count rounds): it keeps
+/// baselines through a state directory like the default does, by forwarding the persistence
+/// traits.
+struct Counted<L> {
+    inner: L,
+    rounds: AtomicUsize,
+}
+
+impl<L> Counted<L> {
+    fn new(inner: L) -> Self {
+        Counted { inner, rounds: AtomicUsize::new(0) }
+    }
+}
+
+impl DeltaEncoder for Counted<PageDeltaEncoder> {
+    type Round<'a> = <PageDeltaEncoder as DeltaEncoder>::Round<'a>;
+    fn encode<'a>(
+        &'a self,
+        key: &str,
+        image: &'a [u8],
+        options: EncodeOptions,
+    ) -> hde_core::delta::Result<Self::Round<'a>> {
+        self.rounds.fetch_add(1, Ordering::Relaxed);
+        DeltaEncoder::encode(&self.inner, key, image, options)
+    }
+    fn commit(&self, round: Self::Round<'_>) -> hde_core::delta::Result<BaselineId> {
+        DeltaEncoder::commit(&self.inner, round)
+    }
+    fn stats(&self) -> EncoderStats {
+        DeltaEncoder::stats(&self.inner)
+    }
+}
+
+impl SenderBaselines for Counted<PageDeltaEncoder> {
+    fn baseline_info(&self, key: &str) -> Option<BaselineInfo> {
+        SenderBaselines::baseline_info(&self.inner, key)
+    }
+    fn baseline_hashes(&self, key: &str) -> Option<Vec<u128>> {
+        SenderBaselines::baseline_hashes(&self.inner, key)
+    }
+    fn restore_image(
+        &self,
+        key: &str,
+        id: BaselineId,
+        image: Image,
+        chain: u32,
+        since: Duration,
+    ) -> hde_core::delta::Result<()> {
+        SenderBaselines::restore_image(&self.inner, key, id, image, chain, since)
+    }
+    fn restore_hashed(
+        &self,
+        key: &str,
+        id: BaselineId,
+        len: u64,
+        hashes: Vec<u128>,
+        content: Option<Image>,
+        chain: u32,
+        since: Duration,
+    ) -> hde_core::delta::Result<usize> {
+        SenderBaselines::restore_hashed(&self.inner, key, id, len, hashes, content, chain, since)
+    }
+}
+
+impl DeltaDecoder for Counted<PageDeltaDecoder> {
+    type Prepared = <PageDeltaDecoder as DeltaDecoder>::Prepared;
+    type Applied = <PageDeltaDecoder as DeltaDecoder>::Applied;
+    fn layout(&self) -> &[StreamSpec] {
+        self.inner.layout()
+    }
+    fn prepare(&self, key: &str, header: &RoundHeader) -> hde_core::delta::Result<Self::Prepared> {
+        self.rounds.fetch_add(1, Ordering::Relaxed);
+        self.inner.prepare(key, header)
+    }
+    fn apply_segment(
+        &self,
+        prepared: &Self::Prepared,
+        segment: usize,
+        streams: &SegmentStreams,
+        out: &mut [u8],
+    ) -> hde_core::delta::Result<Self::Applied> {
+        self.inner.apply_segment(prepared, segment, streams, out)
+    }
+    fn finish(
+        &self,
+        key: &str,
+        prepared: Self::Prepared,
+        image: Vec<u8>,
+        applied: Vec<Self::Applied>,
+    ) -> hde_core::delta::Result<Image> {
+        self.inner.finish(key, prepared, image, applied)
+    }
+    fn verify_detached(
+        &self,
+        key: &str,
+        prepared: Self::Prepared,
+        applied: Vec<Self::Applied>,
+    ) -> hde_core::delta::Result<Vec<PageCopy>> {
+        self.inner.verify_detached(key, prepared, applied)
+    }
+}
+
+impl ReceiverBaselines for Counted<PageDeltaDecoder> {
+    fn baseline_id(&self, key: &str) -> Option<BaselineId> {
+        self.inner.baseline_id(key)
+    }
+    fn baseline_image(&self, key: &str) -> Option<Image> {
+        self.inner.baseline_image(key)
+    }
+    fn restore_image(&self, key: &str, id: BaselineId, page_size: usize, image: Image) -> hde_core::delta::Result<()> {
+        ReceiverBaselines::restore_image(&self.inner, key, id, page_size, image)
+    }
+}
+
+/// Nodes of wrapping layers keep their baselines in a state directory: round 1, sent by a
+/// new process from saved state to a new receiver restored from its state, is a delta and
+/// decodes.
+#[test]
+fn a_wrapping_layer_keeps_its_baselines_in_a_state_directory() {
+    type Node = hde_core::Hde<Counted<PageDeltaEncoder>, LearningSelector, CodecSet, Counted<PageDeltaDecoder>>;
+    let node = |id| -> Node {
+        let config = hde_core::HdeConfig::new(id);
+        hde_core::Hde::with_all_layers(
+            config.clone(),
+            Counted::new(PageDeltaEncoder::new(config.delta_config()).unwrap()),
+            LearningSelector::new(config.selector_config()).unwrap(),
+            Counted::new(PageDeltaDecoder::new(config.delta_config()).unwrap()),
+        )
+        .unwrap()
+    };
+    let dir = std::env::temp_dir().join(format!("hde-swap-state-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let state = StateDir::open(dir.join("state")).unwrap();
+    let images = rounds();
+    let input = dir.join("round0.raw");
+    std::fs::write(&input, &images[0]).unwrap();
+    {
+        let (sender, receiver) = (node(1), node(2));
+        let frame = sender.compress("vm", &images[0]).unwrap();
+        receiver.decompress(&frame).unwrap();
+        state.save_sender(&sender, "vm", SenderImage { bytes: &images[0], file: Some(&input) }, 1).unwrap();
+        state.save_receiver(&receiver, "vm", 1).unwrap();
+        assert_eq!(sender.sender().rounds.load(Ordering::Relaxed), 1);
+    }
+    let (sender, receiver) = (node(1), node(2));
+    assert_eq!(state.restore_sender(&sender, "vm").unwrap(), Some(1));
+    assert_eq!(state.restore_receiver(&receiver, "vm").unwrap(), Some(1));
+    let mut frame = Vec::new();
+    let summary = sender.compress_to("vm", &images[1], &mut frame).unwrap();
+    assert!(summary.header.round.base.is_some(), "round 1 is a delta: {summary:?}");
+    assert!(receiver.decompress(&frame).unwrap().1.as_slice() == images[1].as_slice());
+    assert_eq!(receiver.receiver().rounds.load(Ordering::Relaxed), 1);
+    std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -11,7 +11,7 @@ use crate::{
     page_stream, par, BaselineContent, BaselineId, ClassCounts, Clock, DeltaConfig, Error, PageClass, Result,
     RoundHeader, SegmentStreams, StreamSpec, SystemClock, PAGE_LAYOUT,
 };
-use crate::{Image, ZeroRanges};
+use crate::{Image, SenderBaselines, ZeroRanges};
 use hde_sync::{lock, Arc, AtomicU32, Mutex, Ordering};
 
 /// Why a round is a keyframe.
@@ -554,85 +554,6 @@ impl<C: Clock> PageDeltaEncoder<C> {
         since_keyframe: Duration,
     ) -> Result<()> {
         self.install_baseline(key, Some(id), image.into(), chain, since_keyframe, Origin::Restored).map(|_| ())
-    }
-
-    /// Installs `key`'s baseline `id` from its page hashes (restoring state saved by another
-    /// process without a copy of the image), with `content` as the bytes where it still holds
-    /// them: every page of `content` is checked against its hash, and a page that differs (the
-    /// file changed since, or `content` is `None` or of another length) is known by its hash
-    /// alone. Such pages are still recognised when unchanged; when they change they are sent
-    /// whole instead of as a patch. Returns how many pages did not verify.
-    ///
-    /// `hashes` must be what [`baseline_hashes`](Self::baseline_hashes) gave for an image of
-    /// `len` bytes, and combine to `id.checksum`.
-    #[allow(clippy::too_many_arguments)]
-    pub fn restore_hashed(
-        &self,
-        key: &str,
-        id: BaselineId,
-        len: u64,
-        hashes: Vec<u128>,
-        content: Option<Image>,
-        chain: u32,
-        since_keyframe: Duration,
-    ) -> Result<usize> {
-        let ps = self.config.page_size;
-        if len > self.config.max_image_size {
-            return Err(Error::TooLarge { what: "baseline image", claimed: len, limit: self.config.max_image_size });
-        }
-        let len = usize::try_from(len).map_err(|_| Error::TooLarge {
-            what: "baseline image",
-            claimed: len,
-            limit: usize::MAX as u64,
-        })?;
-        if hashes.len() != len.div_ceil(ps) {
-            return Err(Error::Corrupt { reason: "page hashes do not cover the baseline image" });
-        }
-        let actual = combine(&hashes);
-        if actual != id.checksum {
-            return Err(Error::ChecksumMismatch { key: key.to_owned(), expected: id.checksum, actual });
-        }
-        let content = content.filter(|c| c.len() == len);
-        let mut stale = PageSet::default();
-        match &content {
-            Some(image) => {
-                let held = crate::checksum::page_hashes(image, ps, self.config.threads);
-                for (p, (h, want)) in held.iter().zip(&hashes).enumerate() {
-                    if h != want {
-                        stale.insert(p);
-                    }
-                }
-            }
-            None => (0..hashes.len()).for_each(|p| stale.insert(p)),
-        }
-        let stale_pages = stale.len();
-        let content = match (self.config.content, content) {
-            (BaselineContent::Full, Some(image)) => Content::Shared(image),
-            // No bytes: an empty shared image, every page stale; the next commit copies the
-            // round's image whole.
-            (BaselineContent::Full, None) => Content::Shared(Image::from(Vec::new())),
-            (BaselineContent::Bounded { cache_bytes }, _) => {
-                stale.clear();
-                Content::Bounded(PageCache::new(cache_bytes))
-            }
-        };
-        let mut index = HashMap::new();
-        for (p, &h) in hashes.iter().enumerate() {
-            if h != 0 {
-                index.entry(index_key(h)).or_insert(p as u32);
-            }
-        }
-        let baseline =
-            EncBaseline { id, len, page_size: ps, content, hashes, index, stale, similar: None, origin: None };
-        self.put_baseline(key, baseline, chain, since_keyframe);
-        Ok(stale_pages)
-    }
-
-    /// The page hashes of `key`'s baseline (what [`restore_hashed`](Self::restore_hashed)
-    /// takes back), if one is held.
-    pub fn baseline_hashes(&self, key: &str) -> Option<Vec<u128>> {
-        let base = lock(&self.store).entries.get(key).and_then(|e| e.baseline.clone())?;
-        Some(base.hashes.clone())
     }
 
     /// Installs `image` as `key`'s baseline with sequence 0 and the image's own checksum, and
@@ -1255,6 +1176,102 @@ impl<C: Clock> PageDeltaEncoder<C> {
                 store.stats.evictions += 1;
             }
         }
+    }
+}
+
+/// Saved as page hashes and the path of the input: no copy of the image.
+impl<C: Clock> SenderBaselines for PageDeltaEncoder<C> {
+    fn baseline_info(&self, key: &str) -> Option<BaselineInfo> {
+        PageDeltaEncoder::baseline_info(self, key)
+    }
+
+    fn restore_image(
+        &self,
+        key: &str,
+        id: BaselineId,
+        image: Image,
+        chain: u32,
+        since_keyframe: Duration,
+    ) -> Result<()> {
+        self.restore(key, id, image, chain, since_keyframe)
+    }
+
+    /// Installs `key`'s baseline `id` from its page hashes (restoring state saved by another
+    /// process without a copy of the image), with `content` as the bytes where it still holds
+    /// them: every page of `content` is checked against its hash, and a page that differs (the
+    /// file changed since, or `content` is `None` or of another length) is known by its hash
+    /// alone. Such pages are still recognised when unchanged; when they change they are sent
+    /// whole instead of as a patch. Returns how many pages did not verify.
+    ///
+    /// `hashes` must be what [`baseline_hashes`](SenderBaselines::baseline_hashes) gave for an image of
+    /// `len` bytes, and combine to `id.checksum`.
+    fn restore_hashed(
+        &self,
+        key: &str,
+        id: BaselineId,
+        len: u64,
+        hashes: Vec<u128>,
+        content: Option<Image>,
+        chain: u32,
+        since_keyframe: Duration,
+    ) -> Result<usize> {
+        let ps = self.config.page_size;
+        if len > self.config.max_image_size {
+            return Err(Error::TooLarge { what: "baseline image", claimed: len, limit: self.config.max_image_size });
+        }
+        let len = usize::try_from(len).map_err(|_| Error::TooLarge {
+            what: "baseline image",
+            claimed: len,
+            limit: usize::MAX as u64,
+        })?;
+        if hashes.len() != len.div_ceil(ps) {
+            return Err(Error::Corrupt { reason: "page hashes do not cover the baseline image" });
+        }
+        let actual = combine(&hashes);
+        if actual != id.checksum {
+            return Err(Error::ChecksumMismatch { key: key.to_owned(), expected: id.checksum, actual });
+        }
+        let content = content.filter(|c| c.len() == len);
+        let mut stale = PageSet::default();
+        match &content {
+            Some(image) => {
+                let held = crate::checksum::page_hashes(image, ps, self.config.threads);
+                for (p, (h, want)) in held.iter().zip(&hashes).enumerate() {
+                    if h != want {
+                        stale.insert(p);
+                    }
+                }
+            }
+            None => (0..hashes.len()).for_each(|p| stale.insert(p)),
+        }
+        let stale_pages = stale.len();
+        let content = match (self.config.content, content) {
+            (BaselineContent::Full, Some(image)) => Content::Shared(image),
+            // No bytes: an empty shared image, every page stale; the next commit copies the
+            // round's image whole.
+            (BaselineContent::Full, None) => Content::Shared(Image::from(Vec::new())),
+            (BaselineContent::Bounded { cache_bytes }, _) => {
+                stale.clear();
+                Content::Bounded(PageCache::new(cache_bytes))
+            }
+        };
+        let mut index = HashMap::new();
+        for (p, &h) in hashes.iter().enumerate() {
+            if h != 0 {
+                index.entry(index_key(h)).or_insert(p as u32);
+            }
+        }
+        let baseline =
+            EncBaseline { id, len, page_size: ps, content, hashes, index, stale, similar: None, origin: None };
+        self.put_baseline(key, baseline, chain, since_keyframe);
+        Ok(stale_pages)
+    }
+
+    /// The page hashes of `key`'s baseline (what [`restore_hashed`](SenderBaselines::restore_hashed)
+    /// takes back), if one is held.
+    fn baseline_hashes(&self, key: &str) -> Option<Vec<u128>> {
+        let base = lock(&self.store).entries.get(key).and_then(|e| e.baseline.clone())?;
+        Some(base.hashes.clone())
     }
 }
 

@@ -77,6 +77,7 @@ mod image;
 mod page;
 mod par;
 mod payload;
+mod persist;
 mod similar;
 
 pub use crate::checksum::checksum;
@@ -93,3 +94,4 @@ pub use crate::payload::{
     check_layout, page_stream, BaselineId, ClassCounts, PageClass, RoundHeader, SegmentShape, SegmentStreams,
     StreamRole, StreamSpec, MAX_STREAMS, PAGE_LAYOUT,
 };
+pub use crate::persist::{ReceiverBaselines, SenderBaselines};

@@ -10,6 +10,7 @@ use hde_delta::page_stream::{CLASSES, DUPS, LITERALS, XOR};
 use hde_delta::{
     BaselineContent, DeltaConfig, DeltaDecoder, DeltaEncoder, EncodeOptions, EncodedRound, Error, KeyframeReason,
     ManualClock, PageClass, PageDeltaDecoder, PageDeltaEncoder, Policy, Prepared, Round, SegmentStreams,
+    SenderBaselines,
 };
 use proptest::prelude::*;
 
