@@ -251,61 +251,21 @@ pub(crate) fn load_pair(files: &[PathBuf], size: usize, seed: u64) -> Result<(Ve
     }
 }
 
-struct Outcome {
-    bytes: usize,
-    compress: Duration,
-    decompress: Duration,
-}
-
-/// Compresses `data` segment by segment (against the same range of `reference`, if any),
-/// decompresses and checks every segment.
-fn measure(
-    set: &mut CodecSet,
-    spec: CodecSpec,
-    data: &[u8],
-    reference: Option<&[u8]>,
-    segment: usize,
-) -> Result<Outcome> {
-    let mut streams = Vec::new();
-    let mut out = Vec::new();
-    let reference_of = |i: usize| -> &[u8] {
-        let start = i * segment;
-        reference.and_then(|r| r.get(start..(start + segment).min(r.len()))).unwrap_or(&[])
-    };
-    let t = Instant::now();
-    for (i, chunk) in data.chunks(segment).enumerate() {
-        let start = out.len();
-        set.compress(spec, chunk, reference_of(i), &mut out)?;
-        streams.push(start..out.len());
-    }
-    let compress = t.elapsed();
-    let mut back = vec![0u8; segment];
-    let t = Instant::now();
-    for (i, (chunk, range)) in data.chunks(segment).zip(&streams).enumerate() {
-        let dst = &mut back[..chunk.len()];
-        set.for_id(spec.id()).decompress_exact(&out[range.clone()], reference_of(i), dst)?;
-        if dst != chunk {
-            bail!("{spec}: segment {i} did not round-trip");
-        }
-    }
-    Ok(Outcome { bytes: out.len(), compress, decompress: t.elapsed() })
-}
-
 pub(crate) fn codecs_table(old: &[u8], new: &[u8], segment: usize, codecs: &[CodecSpec]) -> Result<()> {
     let mb_s = |n: usize, d: Duration| n as f64 / 1e6 / d.as_secs_f64().max(1e-9);
     let mut set = CodecSet::new();
     let mut stdout = io::stdout().lock();
     writeln!(stdout, "{:<30} {:>12} {:>7} {:>10} {:>10}", "codec / input", "bytes", "ratio", "comp MB/s", "dec MB/s")?;
-    for (label, data, reference) in [("round 0", old, None), ("round 1 vs round 0", new, Some(old))] {
+    for (label, data, reference) in [("round 0", old, &[][..]), ("round 1 vs round 0", new, old)] {
         for &spec in codecs {
-            let o = measure(&mut set, spec, data, reference, segment)?;
-            let name = if reference.is_some() { format!("{spec}+ref {label}") } else { format!("{spec} {label}") };
+            let o = hde_core::codec::measure(&mut set, spec, data, reference, segment)?;
+            let name = if reference.is_empty() { format!("{spec} {label}") } else { format!("{spec}+ref {label}") };
             writeln!(
                 stdout,
                 "{:<30} {:>12} {:>7.3} {:>10.0} {:>10.0}",
                 name,
-                o.bytes,
-                o.bytes as f64 / data.len().max(1) as f64,
+                o.stored_bytes,
+                o.ratio(),
                 mb_s(data.len(), o.compress),
                 mb_s(data.len(), o.decompress)
             )?;

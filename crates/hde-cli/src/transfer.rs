@@ -4,20 +4,16 @@
 //! piped through ssh give): `encode` writes one for its inputs, `decode` applies every frame in
 //! order and writes the last image, `inspect` describes each.
 
-use std::collections::BTreeMap;
 use std::io::{self, IsTerminal as _, Read as _, Write as _};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, Result};
 use clap::Args;
-use hde_core::codec::CodecSet;
-use hde_core::delta::{
-    ClassCounts, DeltaConfig, DeltaDecoder as _, EncodeOptions, Image, PageDeltaDecoder, SegmentStreams, PAGE_LAYOUT,
-};
-use hde_core::frame::{self, FrameLimits};
-use hde_core::session::{Received, Receiver, Refusal, Sender};
+use hde_core::delta::{DeltaConfig, DeltaDecoder as _, EncodeOptions, Image};
+use hde_core::frame::{self, FrameHeader, FrameLimits};
+use hde_core::session::{Receiver, Sender, StreamOutput};
 use hde_core::state::{SenderImage, StateDir};
-use hde_core::{Hde, HdeConfig};
+use hde_core::{Decoder, Hde, HdeConfig};
 
 use crate::output::{ids, is_stdio, Output};
 use crate::{display, parse_key, parse_threads, usage_error, EngineArgs};
@@ -207,28 +203,6 @@ fn receiver_config(threads: Option<usize>) -> HdeConfig {
     c
 }
 
-/// Splits a frame stream into its frames, checking each one's structure (not yet its data).
-fn frames<'a>(bytes: &'a [u8], limits: &FrameLimits) -> impl Iterator<Item = Result<&'a [u8], hde_core::Error>> + 'a {
-    let limits = *limits;
-    // `None` once the input is used up or broken. An empty input is read once, so that the
-    // header reader reports it (`EmptyInput`).
-    let mut rest = Some(bytes);
-    std::iter::from_fn(move || {
-        let r = rest?;
-        match frame::frame_len(r, &limits, &PAGE_LAYOUT) {
-            Ok(len) => {
-                let (frame, after) = r.split_at(len);
-                rest = (!after.is_empty()).then_some(after);
-                Some(Ok(frame))
-            }
-            Err(e) => {
-                rest = None;
-                Some(Err(e))
-            }
-        }
-    })
-}
-
 /// What a decode knows to explain a refused frame.
 struct DecodeContext<'a> {
     state: Option<&'a Path>,
@@ -293,7 +267,7 @@ pub(crate) fn decode(a: DecodeArgs) -> Result<()> {
     let limits = FrameLimits { max_image: hde.config().delta.max_image_size };
     // The frames' structure is checked before any output exists: an empty input or a stray
     // file creates nothing.
-    let frames: Vec<&[u8]> = frames(&bytes, &limits)
+    let frames: Vec<&[u8]> = frame::frames(&bytes, &limits, hde.receiver().layout())
         .enumerate()
         .map(|(i, f)| f.with_context(|| format!("cannot decode {}", frame_name(&a.input, i, false))))
         .collect::<Result<_>>()?;
@@ -303,103 +277,67 @@ pub(crate) fn decode(a: DecodeArgs) -> Result<()> {
         Some(dir) => Receiver::with_state(&hde, StateDir::open(dir)?),
         None => Receiver::new(&hde),
     };
-    // The last frame applied of each key (what --state saves), and the stream's last image.
-    let mut applied: Vec<Received> = Vec::new();
-    let mut last_image = None;
-    let mut written = false;
-    for (index, frame) in frames.iter().enumerate() {
-        let name = || format!("cannot decode {}", frame_name(&a.input, index, several));
-        let (header, note) = receiver.prepare(frame).with_context(name)?;
+    // A base file is the baseline of the first frame's key.
+    if let (Some(base), Some(first)) = (&a.base, frames.first()) {
+        let header = frame::read_header(&mut &first[..], &limits)?;
+        let image = read_input(base)?.image;
+        receiver
+            .install_base(&header.key, header.round.page_size as usize, image)
+            .with_context(|| format!("cannot use {} as base", base.display()))?;
+    }
+    let output = match out.regular_file() {
+        Some(file) => StreamOutput::File(file),
+        None => StreamOutput::Memory,
+    };
+    let note = |_: usize, header: &FrameHeader, note: Option<&hde_core::Error>| {
         if let Some(e) = note {
             eprintln!("hde: ignoring the saved baseline of {}: {e:#} (this keyframe replaces it)", header.key);
         }
-        if index == 0 {
-            if let Some(base) = &a.base {
-                let image = read_input(base)?.image;
-                receiver
-                    .install_base(&header.key, header.round.page_size as usize, image)
-                    .with_context(|| format!("cannot use {} as base", base.display()))?;
-            }
-        }
-        let is_last = index + 1 == frames.len();
-        let cx =
-            DecodeContext { state: a.state.as_deref(), base: a.base.as_deref(), rounds: receiver.rounds(&header.key) };
-        match out.regular_file() {
-            // Nothing keeps the last image: each segment goes straight to the file.
-            Some(file) if is_last && a.state.is_none() => {
-                receiver.receive_into(frame, file).map_err(|e| explain(e, &cx)).with_context(name)?;
-                out.commit(a.fsync)?;
-                return Ok(());
-            }
-            // The last image goes straight to the file, which becomes the baseline.
-            Some(file) if is_last => match receiver.receive_to_file(frame, file) {
-                Ok(got) => {
-                    written = true;
-                    let seen = applied.iter().any(|r| r.header.key == got.header.key);
-                    if !(got.retry && seen) {
-                        applied.retain(|r| r.header.key != got.header.key);
-                        applied.push(got);
-                    }
-                }
-                Err(e) => return Err(explain(e, &cx)).with_context(name),
-            },
-            _ => match receiver.receive(frame) {
-                Ok(got) => {
-                    last_image = Some(got.image.clone());
-                    // A retry of a frame this run applied leaves that one to be saved.
-                    let seen = applied.iter().any(|r| r.header.key == got.header.key);
-                    if !(got.retry && seen) {
-                        applied.retain(|r| r.header.key != got.header.key);
-                        applied.push(got);
-                    }
-                }
-                // Inside a stream, a frame older than the baseline held was applied before:
-                // the stream is being sent again (the last frame decides what is written).
-                Err(e) if !is_last && Refusal::of(&e) == Refusal::Stale => {}
-                Err(e) => return Err(explain(e, &cx)).with_context(name),
-            },
-        }
+        Ok(())
+    };
+    let stream = receiver.receive_stream(&frames, output, note).map_err(|e| {
+        let cx = DecodeContext { state: a.state.as_deref(), base: a.base.as_deref(), rounds: e.rounds };
+        explain(e.error, &cx).context(format!("cannot decode {}", frame_name(&a.input, e.index, several)))
+    })?;
+    if !stream.written {
+        let Some(image) = &stream.image else { return Ok(()) };
+        out.write_image(image)?;
     }
     let target = out.target().map(Path::to_path_buf);
-    if !written {
-        let Some(image) = last_image else { return Ok(()) };
-        out.write_image(&image)?;
-    }
     out.commit(a.fsync)?;
-    // The image is in place: now the state may move. The last frame's key keeps the output
-    // file itself as its baseline (a link, not a second copy) where it is a regular file.
-    let last_key = applied.last().map(|r| r.header.key.clone());
-    for got in &applied {
-        let finished = match &target {
-            Some(file) if Some(&got.header.key) == last_key.as_ref() => receiver.finish_linked(got, file),
-            _ => receiver.finish(got),
-        };
-        finished.context("cannot save the baseline")?;
-    }
-    Ok(())
+    // The image is in place: now the state may move.
+    receiver.finish_stream(&stream, target.as_deref()).context("cannot save the baseline")
 }
 
 pub(crate) fn inspect(path: &Path) -> Result<()> {
     let bytes = read_input(path)?.image;
+    let decoder = Decoder::new(DeltaConfig::default())?;
     let limits = FrameLimits::default();
     let mut out = io::stdout().lock();
     let mut offset = 0;
-    for (index, frame) in frames(&bytes, &limits).enumerate() {
+    for (index, frame) in frame::frames(&bytes, &limits, decoder.delta().layout()).enumerate() {
         let frame = frame.with_context(|| format!("cannot inspect {}", frame_name(path, index, false)))?;
         if index > 0 {
             writeln!(out)?;
         }
-        inspect_frame(&mut out, path, index, offset, frame)
+        inspect_frame(&mut out, &decoder, path, index, offset, frame)
             .with_context(|| format!("cannot inspect {}", frame_name(path, index, true)))?;
         offset += frame.len();
     }
     Ok(())
 }
 
-fn inspect_frame(out: &mut impl io::Write, path: &Path, index: usize, offset: usize, bytes: &[u8]) -> Result<()> {
-    let mut r = bytes;
-    let header = frame::read_header(&mut r, &FrameLimits::default())?;
-    let round = header.round;
+fn inspect_frame(
+    out: &mut impl io::Write,
+    decoder: &Decoder,
+    path: &Path,
+    index: usize,
+    offset: usize,
+    bytes: &[u8],
+) -> Result<()> {
+    // The delta layer says what the streams are and counts their pages.
+    let report = decoder.inspect(bytes)?;
+    let (header, round) = (&report.header, report.header.round);
     writeln!(
         out,
         "frame      {} #{index} at byte {offset} ({} bytes, {} streams per segment)",
@@ -422,39 +360,12 @@ fn inspect_frame(out: &mut impl io::Write, path: &Path, index: usize, offset: us
         round.segment_size,
         round.segment_count()
     )?;
-    // The page layer says what the streams are and counts their pages.
-    let delta = PageDeltaDecoder::new(DeltaConfig::default())?;
-    let layout = delta.layout();
-    frame::check_layout(&header, layout)?;
-    let mut set = CodecSet::new();
-    let mut raw = vec![0u64; layout.len()];
-    let mut stored = vec![0u64; layout.len()];
-    let mut codecs: Vec<BTreeMap<String, u64>> = vec![BTreeMap::new(); layout.len()];
-    let mut pages = ClassCounts::default();
-    let mut streams = SegmentStreams::with_count(layout.len());
-    for index in 0..round.segment_count() {
-        let index = u32::try_from(index).context("too many segments")?;
-        let record = frame::read_segment(&mut r, &header, layout, index)?;
-        streams.reset(layout.len());
-        for (i, s) in record.streams.iter().enumerate() {
-            raw[i] += u64::from(s.raw_len);
-            stored[i] += u64::from(s.stored_len);
-            let name = format!("{}{}", s.codec, if s.with_reference { "+ref" } else { "" });
-            *codecs[i].entry(name).or_default() += 1;
-            // Streams stored against a reference (which needs the baseline) stay empty.
-            if !s.with_reference {
-                let buf = streams.get_mut(i);
-                buf.resize(s.raw_len as usize, 0);
-                set.decompress(s.codec, record.stream(i), &[], buf)?;
-            }
-        }
-        pages.merge(&delta.counts(&streams));
-    }
     writeln!(out, "{:<10} {:>12} {:>12}  codecs (segments)", "stream", "raw bytes", "stored")?;
-    for (i, spec) in layout.iter().enumerate() {
-        let used: Vec<String> = codecs[i].iter().map(|(c, n)| format!("{c}x{n}")).collect();
-        writeln!(out, "{:<10} {:>12} {:>12}  {}", spec.name, raw[i], stored[i], used.join(", "))?;
+    for stream in &report.streams {
+        let used: Vec<String> = stream.codecs.iter().map(|(c, n)| format!("{c}x{n}")).collect();
+        writeln!(out, "{:<10} {:>12} {:>12}  {}", stream.name, stream.raw_bytes, stream.stored_bytes, used.join(", "))?;
     }
+    let pages = report.pages;
     writeln!(
         out,
         "pages      unchanged {}, zero {}, duplicate {}, xor {}, literal {}",

@@ -71,6 +71,15 @@ pub enum Error {
         /// The codec that was decoding.
         codec: CodecId,
     },
+    /// Bytes decompressed differ from the bytes compressed (a check of [`measure`](crate::measure);
+    /// a codec that does this is broken).
+    #[error("{codec} did not round-trip the bytes at offset {offset}")]
+    RoundTrip {
+        /// The codec measured.
+        codec: CodecId,
+        /// Where the segment that differs starts in the input.
+        offset: usize,
+    },
     /// The codec library could not allocate its context.
     #[error("{codec} could not allocate a context")]
     OutOfMemory {

@@ -63,6 +63,7 @@
 
 mod error;
 mod lz4;
+mod measure;
 mod raw;
 mod set;
 mod spec;
@@ -70,6 +71,7 @@ mod zstd;
 
 pub use crate::error::{Error, Result};
 pub use crate::lz4::Lz4;
+pub use crate::measure::{measure, Measured};
 pub use crate::raw::Raw;
 pub use crate::set::{CodecBank, CodecSet};
 pub use crate::spec::{CodecId, CodecSpec, CustomId, ParseCodecSpecError, ZstdParams};

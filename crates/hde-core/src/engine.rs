@@ -512,6 +512,32 @@ fn store(
     Ok(desc)
 }
 
+/// What [`Decoder::inspect`] found in a frame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FrameReport {
+    /// The frame's header.
+    pub header: FrameHeader,
+    /// Bytes of the frame, header included.
+    pub frame_bytes: u64,
+    /// Each stream of the layout, in order.
+    pub streams: Vec<StreamReport>,
+    /// Page counts, from the streams that decompress without a reference.
+    pub pages: ClassCounts,
+}
+
+/// One stream of the layout over all segments of a frame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamReport {
+    /// Its name in the delta layer's layout.
+    pub name: &'static str,
+    /// Bytes before compression.
+    pub raw_bytes: u64,
+    /// Bytes stored.
+    pub stored_bytes: u64,
+    /// Segments per codec (`zstd`, `zstd+ref`, ...).
+    pub codecs: BTreeMap<String, u64>,
+}
+
 /// The receiving side: decodes frames against its own baselines.
 #[derive(Debug)]
 pub struct Decoder<D = PageDeltaDecoder, B = CodecSet>
@@ -585,6 +611,42 @@ impl<D: DeltaDecoder, B: CodecBank> Decoder<D, B> {
     /// The delta layer (its baselines).
     pub fn delta(&self) -> &D {
         &self.delta
+    }
+
+    /// What a frame holds, without applying it (no baseline needed): its header, each
+    /// stream's raw and stored bytes and codecs over all segments, and the page counts the
+    /// delta layer reads from the streams that decompress alone (those stored against a
+    /// reference are not opened). `frame` must start with one frame; bytes after it are left.
+    pub fn inspect(&self, frame: &[u8]) -> Result<FrameReport> {
+        let mut r = frame;
+        let header = frame::read_header(&mut r, &self.limits)?;
+        let layout = self.delta.layout();
+        frame::check_layout(&header, layout)?;
+        let mut codecs = bank(&self.codecs);
+        let mut streams: Vec<StreamReport> = layout
+            .iter()
+            .map(|spec| StreamReport { name: spec.name, raw_bytes: 0, stored_bytes: 0, codecs: BTreeMap::new() })
+            .collect();
+        let mut pages = ClassCounts::default();
+        let mut buffers = SegmentStreams::with_count(layout.len());
+        for index in 0..header.round.segment_count() {
+            let index = u32::try_from(index).map_err(|_| Error::CorruptFrame { reason: "too many segments" })?;
+            let record = frame::read_segment(&mut r, &header, layout, index)?;
+            buffers.reset(layout.len());
+            for (i, (desc, report)) in record.streams.iter().zip(&mut streams).enumerate() {
+                report.raw_bytes += u64::from(desc.raw_len);
+                report.stored_bytes += u64::from(desc.stored_len);
+                let name = if desc.with_reference { format!("{}+ref", desc.codec) } else { desc.codec.to_string() };
+                *report.codecs.entry(name).or_default() += 1;
+                if !desc.with_reference {
+                    let buf = buffers.get_mut(i);
+                    buf.resize(desc.raw_len as usize, 0);
+                    codecs.decompress(desc.codec, record.stream(i), &[], buf)?;
+                }
+            }
+            pages.merge(&self.delta.counts(&buffers));
+        }
+        Ok(FrameReport { header, frame_bytes: (frame.len() - r.len()) as u64, streams, pages })
     }
 
     /// Decodes one frame; returns its header and the image, now this decoder's baseline.

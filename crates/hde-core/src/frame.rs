@@ -304,6 +304,34 @@ pub fn write_sealed(out: &mut impl Write, head: &[u8], record: &SegmentRecord) -
     Ok((head.len() + record.data.len()) as u64)
 }
 
+/// Splits a stream of frames (`hde encode` of several rounds writes them one after another)
+/// into its frames, checking each one's structure (header, and every segment's lengths against
+/// `layout`) but not its data. The iterator ends after the first error. An empty input yields
+/// one error ([`Error::EmptyInput`]), not an empty stream.
+pub fn frames<'a>(
+    bytes: &'a [u8],
+    limits: &FrameLimits,
+    layout: &'a [StreamSpec],
+) -> impl Iterator<Item = Result<&'a [u8]>> + 'a {
+    let limits = *limits;
+    // `None` once the input is used up or broken.
+    let mut rest = Some(bytes);
+    std::iter::from_fn(move || {
+        let r = rest?;
+        match frame_len(r, &limits, layout) {
+            Ok(len) => {
+                let (frame, after) = r.split_at(len);
+                rest = (!after.is_empty()).then_some(after);
+                Some(Ok(frame))
+            }
+            Err(e) => {
+                rest = None;
+                Some(Err(e))
+            }
+        }
+    })
+}
+
 /// The length of the frame at the start of `bytes` (which may hold more frames after it):
 /// its header is validated and each segment's lengths checked against `layout` (the delta
 /// layer's), without reading the data.

@@ -66,7 +66,9 @@ mod node;
 mod pipeline;
 
 pub use crate::config::HdeConfig;
-pub use crate::engine::{reference_gain, DecodeCounters, Decoder, Encoder, FrameSummary, Written};
+pub use crate::engine::{
+    reference_gain, DecodeCounters, Decoder, Encoder, FrameReport, FrameSummary, StreamReport, Written,
+};
 pub use crate::error::{Error, Result};
 pub use crate::index::BaselineMeta;
 pub use crate::node::{Hde, Health, Metrics};

@@ -323,6 +323,49 @@ pub struct Received {
     pub rounds: u64,
 }
 
+/// Where [`Receiver::receive_stream`] puts the last image of a stream.
+#[derive(Debug, Clone, Copy)]
+pub enum StreamOutput<'f> {
+    /// In memory: [`ReceivedStream::image`].
+    Memory,
+    /// Into this fresh regular file, segment by segment as decoded (zero blocks as holes).
+    #[cfg(unix)]
+    File(&'f std::fs::File),
+}
+
+/// A stream of frames applied by [`Receiver::receive_stream`], not yet persisted.
+#[derive(Debug)]
+pub struct ReceivedStream {
+    /// The last frame's image, where the output was [`StreamOutput::Memory`].
+    pub image: Option<Image>,
+    /// Whether the last image went into the output file.
+    pub written: bool,
+    /// The last frame applied of each key, in the order they were applied.
+    applied: Vec<Received>,
+}
+
+impl ReceivedStream {
+    /// The frames to persist: the last applied of each key.
+    pub fn applied(&self) -> &[Received] {
+        &self.applied
+    }
+}
+
+/// A frame of a stream that was not applied, and what the receiver held of its key.
+#[derive(Debug, thiserror::Error)]
+#[error("frame {index} of the stream was not applied")]
+pub struct StreamError {
+    /// The frame's position in the stream.
+    pub index: usize,
+    /// Its key, if its header was read.
+    pub key: Option<String>,
+    /// Rounds of that key the receiver held when the frame came (0: unknown or none).
+    pub rounds: u64,
+    /// Why it was not applied.
+    #[source]
+    pub error: Error,
+}
+
 /// A frame slice must hold one frame and nothing after it.
 fn whole(rest: &[u8]) -> Result<()> {
     if rest.is_empty() {
@@ -535,6 +578,85 @@ impl<'h> Receiver<'h> {
             dir.save_receiver_linked(key, id, received.rounds, image_file, &received.image)?;
         }
         Ok(Reply::Applied { key: key.clone(), holds: received.header.round.produces() })
+    }
+
+    /// Applies a stream of frames in order, as `hde decode` does with a file of several
+    /// rounds, and puts the last frame's image where `output` says. The frames stay
+    /// unpersisted until [`finish_stream`](Self::finish_stream), called once the output is in
+    /// place.
+    ///
+    /// `before(index, header, note)` runs for each frame once its header is checked and its
+    /// key's saved baseline loaded, before it is applied (`note`: a damaged saved baseline
+    /// that this keyframe replaces); an error from it stops the stream.
+    ///
+    /// The rules of a stream sent again in part: a frame older than the baseline held, other
+    /// than the last, was applied before and is skipped; a retry of the frame a key holds
+    /// leaves the frame this run applied of that key as the one to persist. Writing to a file
+    /// without a state directory keeps nothing: the last frame is decoded straight into the
+    /// file, and no baseline of its key is held afterwards.
+    pub fn receive_stream(
+        &self,
+        frames: &[&[u8]],
+        output: StreamOutput<'_>,
+        mut before: impl FnMut(usize, &FrameHeader, Option<&Error>) -> Result<()>,
+    ) -> std::result::Result<ReceivedStream, StreamError> {
+        let mut stream = ReceivedStream { image: None, written: false, applied: Vec::new() };
+        for (index, frame) in frames.iter().enumerate() {
+            let failed = |key: Option<&FrameHeader>, rounds, error| StreamError {
+                index,
+                key: key.map(|h| h.key.clone()),
+                rounds,
+                error,
+            };
+            let (header, note) = self.prepare(frame).map_err(|e| failed(None, 0, e))?;
+            let rounds = self.rounds(&header.key);
+            before(index, &header, note.as_ref()).map_err(|e| failed(Some(&header), rounds, e))?;
+            let last = index + 1 == frames.len();
+            let got = match output {
+                #[cfg(unix)]
+                StreamOutput::File(file) if last && self.state.is_none() => {
+                    self.receive_into(frame, file).map_err(|e| failed(Some(&header), rounds, e))?;
+                    stream.written = true;
+                    continue;
+                }
+                #[cfg(unix)]
+                StreamOutput::File(file) if last => {
+                    stream.written = true;
+                    self.receive_to_file(frame, file)
+                }
+                _ => self.receive(frame).inspect(|got| stream.image = Some(got.image.clone())),
+            };
+            match got {
+                Ok(got) => {
+                    // A retry of a frame this run applied leaves that one to be saved.
+                    let seen = stream.applied.iter().any(|r| r.header.key == got.header.key);
+                    if !(got.retry && seen) {
+                        stream.applied.retain(|r| r.header.key != got.header.key);
+                        stream.applied.push(got);
+                    }
+                }
+                // Inside a stream, a frame older than the baseline held was applied before:
+                // the stream is being sent again (the last frame decides what is written).
+                Err(e) if !last && Refusal::of(&e) == Refusal::Stale => {}
+                Err(e) => return Err(failed(Some(&header), rounds, e)),
+            }
+        }
+        Ok(stream)
+    }
+
+    /// Persists what [`receive_stream`](Self::receive_stream) applied: the last frame of each
+    /// key. Call it once the output is in place (written, renamed, synced as the caller
+    /// wants); the last frame's key keeps `image_file`, the stream's output where it is a
+    /// regular file, as its saved baseline (a hard link, not a second copy).
+    pub fn finish_stream(&self, stream: &ReceivedStream, image_file: Option<&std::path::Path>) -> Result<()> {
+        let last_key = stream.applied.last().map(|r| &r.header.key);
+        for got in &stream.applied {
+            match image_file {
+                Some(file) if Some(&got.header.key) == last_key => self.finish_linked(got, file)?,
+                _ => self.finish(got)?,
+            };
+        }
+        Ok(())
     }
 
     /// The reply that refuses a frame of `key` for `err`.

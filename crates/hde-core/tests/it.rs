@@ -429,6 +429,47 @@ mod node {
         generate(&CorpusConfig { size: 2 << 20, rounds: n, ..CorpusConfig::default() }).unwrap()
     }
 
+    /// A file of several frames, sent again in part: earlier frames the receiver holds are
+    /// skipped, the last decides the image, and only the last frame of the key is persisted.
+    #[test]
+    fn a_stream_sent_again_in_part_decodes_to_its_last_image() {
+        use hde_core::frame::{frames, FrameLimits};
+        use hde_core::delta::DeltaDecoder as _;
+        use hde_core::session::{Receiver, StreamOutput};
+        let images = rounds(3);
+        let sender = Hde::new(config(1)).unwrap();
+        let mut file = Vec::new();
+        for image in &images {
+            sender.compress_to("vm", image, &mut file).unwrap();
+        }
+        let receiver_node = Hde::new(config(2)).unwrap();
+        let layout = receiver_node.receiver().layout();
+        let split: Vec<&[u8]> = frames(&file, &FrameLimits::default(), layout).collect::<Result<_, _>>().unwrap();
+        assert_eq!(split.len(), 3);
+        let receiver = Receiver::new(&receiver_node);
+        let mut seen = Vec::new();
+        let first = receiver
+            .receive_stream(&split[..2], StreamOutput::Memory, |i, h, _| {
+                seen.push((i, h.round.seq));
+                Ok(())
+            })
+            .unwrap();
+        assert!(first.image.as_ref().unwrap().as_slice() == images[1].as_slice());
+        assert_eq!(seen.len(), 2);
+        // The whole file again: frame 0 is stale, frame 1 a retry, frame 2 new.
+        let again = receiver.receive_stream(&split, StreamOutput::Memory, |_, _, _| Ok(())).unwrap();
+        assert!(again.image.as_ref().unwrap().as_slice() == images[2].as_slice());
+        assert_eq!(again.applied().len(), 1);
+        assert!(!again.applied()[0].retry);
+        receiver.finish_stream(&again, None).unwrap();
+        // A frame that does not apply names its place in the stream.
+        let fresh = Hde::new(config(3)).unwrap();
+        let err =
+            Receiver::new(&fresh).receive_stream(&split[1..], StreamOutput::Memory, |_, _, _| Ok(())).unwrap_err();
+        assert_eq!((err.index, err.key.as_deref(), err.rounds), (0, Some("vm"), 0));
+        assert!(err.error.needs_keyframe(), "{:?}", err.error);
+    }
+
     #[test]
     fn defaults_are_valid_and_bad_configs_are_typed_errors() {
         HdeConfig::new(1).validate().unwrap();
