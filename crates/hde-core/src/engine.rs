@@ -25,9 +25,9 @@ pub struct FrameSummary {
     pub input_bytes: u64,
     /// Bytes of the frame.
     pub output_bytes: u64,
-    /// Page classes of the round.
+    /// Page counts of the round, as the delta layer reports them.
     pub pages: ClassCounts,
-    /// Literal streams per codec choice (`zstd-3+ref`...).
+    /// Referenced streams per codec choice (`zstd-3+ref`...).
     pub codecs: Vec<(String, u64)>,
 }
 
@@ -118,7 +118,7 @@ fn stream_segments<W, T: Send>(
     Ok((results, tally))
 }
 
-/// What the segment records of one frame held: their bytes and their literal codecs.
+/// What the segment records of one frame held: their bytes and their referenced streams' codecs.
 #[derive(Debug, Default)]
 struct Tally {
     bytes: u64,
@@ -148,8 +148,8 @@ pub struct DecodeCounters {
     pub frame_bytes: u64,
     /// The bytes of the images they produced.
     pub image_bytes: u64,
-    /// Segments per literal codec (`zstd+ref`: against the baseline's pages; the level is
-    /// not in the frame).
+    /// Segments per codec of their referenced stream (`zstd+ref`: against the reference; the
+    /// level is not in the frame).
     pub codec_use: BTreeMap<String, u64>,
 }
 
@@ -221,8 +221,8 @@ impl<D: DeltaEncoder, S: Selector, B: CodecBank> Encoder<D, S, B> {
     /// `out`. The key's baseline advances only once the whole frame was written (and not at
     /// all for a `detached` frame).
     ///
-    /// Memory: besides the image and the baseline, a class byte and a hash per page and the
-    /// streams of the few segments in flight (at most `3 * threads`): segments are built,
+    /// Memory: besides the image, the baseline and what the delta layer keeps for the round,
+    /// the streams of the few segments in flight (at most `3 * threads`): segments are built,
     /// compressed and written one after another, never all at once.
     pub fn compress_to(
         &self,

@@ -165,7 +165,7 @@ pub struct BaselineMeta {
     pub checksum: u64,
     /// Image size in bytes.
     pub size: u64,
-    /// The literal codecs of the frame (`zstd-3+ref`, ...), most used first.
+    /// The codecs of the frame's referenced streams (`zstd-3+ref`, ...), most used first.
     pub codec: String,
     /// Whether that frame was a keyframe.
     pub keyframe: bool,

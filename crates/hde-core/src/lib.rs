@@ -9,8 +9,8 @@
 //!   zstd-1, content with the selector's choice, against the layer's reference when chosen),
 //!   written as frame records, and the baseline advances only once the whole frame is out.
 //! * [`Decoder`]: reads and validates the frame ([`frame`], specified in `docs/FORMAT.md`),
-//!   checks it applies to the baseline it holds, decompresses the streams (literals against
-//!   the same reference, rebuilt from its own baseline) and rebuilds and verifies the image.
+//!   checks it applies to the baseline it holds, decompresses the streams (a referenced stream
+//!   against the same reference, which the delta layer rebuilds from its own baseline) and rebuilds and verifies the image.
 //!
 //! Both are generic over the layers (`DeltaEncoder`/`DeltaDecoder`, `Selector`, [`CodecBank`])
 //! with the defaults as type defaults. The layers are re-exported, so the CLI and users reach

@@ -35,11 +35,12 @@ pub struct Metrics {
     pub bandwidth_saving_percent: f64,
     /// Share of rounds encoded or decoded that were deltas.
     pub delta_hit_rate: f64,
-    /// Segments encoded per literal codec choice (`zstd-3+ref`).
+    /// Segments encoded per codec choice of their referenced stream (`zstd-3+ref`).
     pub codec_use: BTreeMap<String, u64>,
-    /// Segments decoded per literal codec (`zstd+ref`; frames do not carry levels).
+    /// Segments decoded per codec of their referenced stream (`zstd+ref`; frames do not
+    /// carry levels).
     pub decoded_codec_use: BTreeMap<String, u64>,
-    /// Page classes over all encoded rounds.
+    /// Page counts over all encoded rounds, as the delta layer reports them.
     pub pages: ClassCounts,
     /// Baselines held by the encoder, and their memory.
     pub baselines: u64,
