@@ -11,10 +11,18 @@ use hde_delta::{
     BaselineId, ClassCounts, DeltaConfig, DeltaDecoder, DeltaEncoder, EncodeOptions, Image, PageDeltaDecoder,
     PageDeltaEncoder, Prepared, Round, SegmentStreams, StreamRole, StreamSpec,
 };
-use hde_selector::{Context, LearningSelector, Outcome, Profile, Selector, SelectorConfig};
+use hde_selector::{Context, LearningSelector, NetworkMode, Outcome, Profile, Selector, SelectorConfig};
 
 use crate::frame::{self, FrameHeader, FrameLimits, SegmentRecord, StreamDesc};
 use crate::{pipeline, Error, Result};
+
+/// The segment size of a delta in internet mode (ratio first): 4 times the default. The codecs
+/// then match across more of the round's pages and of the reference built for them. Measured
+/// on real guest RAM (256 MiB, 2 threads, internet mode): another VM's image as the baseline,
+/// 18.42 MB against 19.69 MB with 16 MiB segments (`zstd -3 --patch-from`: 21.28 MB), in
+/// about the same time; a 3 s pre-copy delta of the same VM 2.6 % smaller. The cost is memory
+/// per segment in flight, which a delta's few changed pages keep small.
+pub const INTERNET_DELTA_SEGMENT: usize = 64 << 20;
 
 /// What encoding one round produced.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -262,6 +270,11 @@ impl<D: DeltaEncoder, S: Selector, B: CodecBank> Encoder<D, S, B> {
         options: EncodeOptions,
         observe: &mut dyn FnMut(&Written),
     ) -> Result<(FrameSummary, D::Round<'a>)> {
+        let mut options = options;
+        if self.selector.mode() == NetworkMode::Internet {
+            // Ratio first: deltas in larger segments (see INTERNET_DELTA_SEGMENT).
+            options.delta_segment_size.get_or_insert(INTERNET_DELTA_SEGMENT);
+        }
         let round = self.delta.encode(key, image, options)?;
         self.write_round(key, round, out, observe)
     }

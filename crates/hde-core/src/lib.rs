@@ -68,6 +68,7 @@ mod pipeline;
 pub use crate::config::HdeConfig;
 pub use crate::engine::{
     reference_gain, DecodeCounters, Decoder, Encoder, FrameReport, FrameSummary, StreamReport, Written,
+    INTERNET_DELTA_SEGMENT,
 };
 pub use crate::error::{Error, Result};
 pub use crate::index::BaselineMeta;

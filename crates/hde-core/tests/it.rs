@@ -271,6 +271,33 @@ mod engine {
         }
     }
 
+    /// Internet mode writes deltas in segments of `INTERNET_DELTA_SEGMENT` (ratio first); the
+    /// other modes in the configuration's; a caller's size wins, and a bad one is an error.
+    #[test]
+    fn the_delta_segment_follows_the_mode_and_the_options() {
+        let images = rounds();
+        let delta_segment = |mode, options: EncodeOptions| {
+            let enc = Encoder::new(config(), selector(mode)).unwrap();
+            enc.compress("vm", &images[0]).unwrap();
+            let mut frame = Vec::new();
+            let summary = enc.compress_to("vm", &images[1], &mut frame, options)?;
+            let dec = Decoder::new(config()).unwrap();
+            Ok::<_, Error>(summary.header.round.segment_size)
+                .inspect(|_| assert!(dec.decompress(&frame).is_err(), "no baseline: refused"))
+        };
+        let default = config().delta_segment_size() as u32;
+        assert_eq!(delta_segment(NetworkMode::Hybrid, EncodeOptions::default()).unwrap(), default);
+        assert_eq!(
+            delta_segment(NetworkMode::Internet, EncodeOptions::default()).unwrap(),
+            hde_core::INTERNET_DELTA_SEGMENT as u32
+        );
+        let asked = EncodeOptions { delta_segment_size: Some(2 << 20), ..EncodeOptions::default() };
+        assert_eq!(delta_segment(NetworkMode::Internet, asked).unwrap(), 2 << 20);
+        let bad = EncodeOptions { delta_segment_size: Some(5000), ..EncodeOptions::default() };
+        let err = delta_segment(NetworkMode::Hybrid, bad).unwrap_err();
+        assert!(matches!(err, Error::Delta(hde_core::delta::Error::InvalidConfig { .. })), "{err:?}");
+    }
+
     #[test]
     fn a_delta_without_its_baseline_is_a_typed_error() {
         let enc = Encoder::new(config(), SelectorConfig::default()).unwrap();
@@ -433,8 +460,8 @@ mod node {
     /// skipped, the last decides the image, and only the last frame of the key is persisted.
     #[test]
     fn a_stream_sent_again_in_part_decodes_to_its_last_image() {
-        use hde_core::frame::{frames, FrameLimits};
         use hde_core::delta::DeltaDecoder as _;
+        use hde_core::frame::{frames, FrameLimits};
         use hde_core::session::{Receiver, StreamOutput};
         let images = rounds(3);
         let sender = Hde::new(config(1)).unwrap();

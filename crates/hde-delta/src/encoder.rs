@@ -58,6 +58,13 @@ pub struct EncodeOptions {
     /// Parts of the image known to be zero without reading them (a sparse file's holes):
     /// their whole pages are zero pages, never read. See [`ZeroRanges`] for the contract.
     pub known_zero: Option<ZeroRanges>,
+    /// The segment size of this round if it is a delta, instead of the configuration's
+    /// [`delta_segment_size`](crate::DeltaConfig::delta_segment_size): larger segments let
+    /// the codecs match across more pages (fewer bytes: another VM's similar pages, the
+    /// image's own near copies) for more time and memory per segment in flight. A
+    /// non-zero multiple of the page size, at most 1 GiB, or the round is
+    /// [`Error::InvalidConfig`].
+    pub delta_segment_size: Option<usize>,
 }
 
 /// Counters of an encoder since it was created.
@@ -803,7 +810,16 @@ impl<C: Clock> PageDeltaEncoder<C> {
         let image = &round_image;
         let base_ref = base.as_deref();
         let pages = image.len().div_ceil(ps);
-        let segment_size = if reason.is_none() { cfg.delta_segment_size() } else { cfg.segment_size };
+        let segment_size = match (reason, options.delta_segment_size) {
+            (Some(_), _) => cfg.segment_size,
+            (None, None) => cfg.delta_segment_size(),
+            (None, Some(size)) if size > 0 && size % ps == 0 && size <= 1 << 30 => size,
+            (None, Some(_)) => {
+                return Err(Error::InvalidConfig {
+                    what: "delta_segment_size must be a non-zero multiple of page_size, at most 1 GiB",
+                })
+            }
+        };
         let per_seg = segment_size / ps;
         let segments = pages.div_ceil(per_seg);
         let bounded = matches!(cfg.content, BaselineContent::Bounded { .. });
