@@ -739,7 +739,33 @@ impl<D: DeltaDecoder, B: CodecBank> Decoder<D, B> {
     /// [`decompress_to_file`](Self::decompress_to_file) for a frame whose header was read.
     #[cfg(unix)]
     pub fn decompress_body_to_file(&self, header: &FrameHeader, r: &mut impl Read, file: &std::fs::File) -> Result<()> {
+        self.body_to_file(header, r, file, false)
+    }
+
+    /// [`decompress_body_to_file`](Self::decompress_body_to_file) into a file that holds other
+    /// content already (opened for reading and writing), typically an older round of the
+    /// same image: each segment is compared with what the file holds at its offset, and only
+    /// the 4 KiB blocks that differ are written. A delta round then writes kilobytes where a
+    /// fresh file takes the whole image. The file's length becomes the image's. What the file
+    /// held is never trusted: every block of the result is either compared equal to the
+    /// verified segment or written from it.
+    #[cfg(unix)]
+    pub fn decompress_body_over_file(
+        &self,
+        header: &FrameHeader,
+        r: &mut impl Read,
+        file: &std::fs::File,
+    ) -> Result<()> {
+        self.body_to_file(header, r, file, true)
+    }
+
+    #[cfg(unix)]
+    fn body_to_file(&self, header: &FrameHeader, r: &mut impl Read, file: &std::fs::File, over: bool) -> Result<()> {
         use std::os::unix::fs::FileExt;
+        if over {
+            // What the file holds past the image goes; what it lacks reads as zeros.
+            file.set_len(header.round.image_len)?;
+        }
         let layout = self.delta.layout();
         frame::check_layout(header, layout)?;
         let prepared =
@@ -752,8 +778,8 @@ impl<D: DeltaDecoder, B: CodecBank> Decoder<D, B> {
             header,
             layout,
             r,
-            || (bank(&self.codecs), SegmentStreams::default(), Vec::new(), Vec::new()),
-            |(codecs, streams, reference, out), s, record| {
+            || (bank(&self.codecs), SegmentStreams::default(), Vec::new(), Vec::new(), Vec::new()),
+            |(codecs, streams, reference, out, held), s, record| {
                 decompress_segment(codecs, &prepared, layout, &record, streams, reference)?;
                 let start = s as u64 * seg_size;
                 let len = header.round.image_len.saturating_sub(start).min(seg_size) as usize;
@@ -762,7 +788,13 @@ impl<D: DeltaDecoder, B: CodecBank> Decoder<D, B> {
                 }
                 let out = out.get_mut(..len).ok_or(Error::CorruptFrame { reason: "segment outside the image" })?;
                 let applied = self.delta.apply_segment(&prepared, s, streams, out)?;
-                crate::state::write_sparse_at(file, start, out)?;
+                if over {
+                    held.resize(len, 0);
+                    file.read_exact_at(held, start)?;
+                    crate::state::write_changed_at(file, start, out, held)?;
+                } else {
+                    crate::state::write_sparse_at(file, start, out)?;
+                }
                 Ok(applied)
             },
         )?;

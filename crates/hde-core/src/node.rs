@@ -298,6 +298,20 @@ where
         Ok(())
     }
 
+    /// [`decompress_body_to_file`](Self::decompress_body_to_file) into a file that holds an
+    /// older image, writing only the blocks that differ ([`Decoder::decompress_body_over_file`]).
+    #[cfg(unix)]
+    pub fn decompress_body_over_file(
+        &self,
+        header: &FrameHeader,
+        r: &mut impl Read,
+        file: &std::fs::File,
+    ) -> Result<()> {
+        self.decoder.decompress_body_over_file(header, r, file)?;
+        self.ledger.decoded();
+        Ok(())
+    }
+
     /// Reads one frame from `r` and writes its image into `file`, without keeping the image
     /// or making it a baseline ([`Decoder::decompress_to_file`]); counted as a decoded frame,
     /// not recorded in the replica (this node does not hold the result).

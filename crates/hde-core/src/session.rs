@@ -529,12 +529,45 @@ impl<'h> Receiver<'h> {
         r: &mut impl Read,
         file: &std::fs::File,
     ) -> Result<Received> {
+        self.body_to_file(header, r, file, false)
+    }
+
+    /// [`receive_body_to_file`](Self::receive_body_to_file) into a file that holds other
+    /// content (an older round of the key, kept for this): only the blocks that differ are
+    /// written ([`Decoder::decompress_body_over_file`](crate::Decoder::decompress_body_over_file)).
+    /// The file must be this receiver's alone: nothing else may map or read it meanwhile,
+    /// and it must not be the file of the baseline the frame applies to.
+    #[cfg(unix)]
+    pub fn receive_body_over_file(
+        &self,
+        header: FrameHeader,
+        r: &mut impl Read,
+        file: &std::fs::File,
+    ) -> Result<Received> {
+        self.body_to_file(header, r, file, true)
+    }
+
+    #[cfg(unix)]
+    fn body_to_file(
+        &self,
+        header: FrameHeader,
+        r: &mut impl Read,
+        file: &std::fs::File,
+        over: bool,
+    ) -> Result<Received> {
         if self.is_retry(&header) {
             let got = self.retry(header)?;
+            if over {
+                file.set_len(0)?;
+            }
             crate::state::write_sparse(file, 0, &got.image)?;
             return Ok(got);
         }
-        self.hde.decompress_body_to_file(&header, r, file)?;
+        if over {
+            self.hde.decompress_body_over_file(&header, r, file)?;
+        } else {
+            self.hde.decompress_body_to_file(&header, r, file)?;
+        }
         let image = if header.round.image_len == 0 {
             Image::from(Vec::new())
         } else {

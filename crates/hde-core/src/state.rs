@@ -182,6 +182,36 @@ pub fn write_sparse_at(file: &File, offset: u64, bytes: &[u8]) -> std::io::Resul
     Ok(())
 }
 
+/// Writes `bytes` at `offset` of `file` where they differ from `current`, what the file holds
+/// there now (read by the caller), in runs of 4 KiB blocks; returns the bytes written. For a
+/// file that holds an older version of the image: only what changed is written, zero blocks
+/// included (a block that must become zero is written as zeros).
+pub fn write_changed_at(file: &File, offset: u64, bytes: &[u8], current: &[u8]) -> std::io::Result<u64> {
+    use std::os::unix::fs::FileExt;
+    const BLOCK: usize = 4096;
+    let mut written = 0u64;
+    let mut run_start = None;
+    let mut at = 0;
+    for block in bytes.chunks(BLOCK) {
+        let same = current.get(at..at + block.len()) == Some(block);
+        match (same, run_start) {
+            (false, None) => run_start = Some(at),
+            (true, Some(start)) => {
+                file.write_all_at(&bytes[start..at], offset + start as u64)?;
+                written += (at - start) as u64;
+                run_start = None;
+            }
+            _ => {}
+        }
+        at += block.len();
+    }
+    if let Some(start) = run_start {
+        file.write_all_at(&bytes[start..], offset + start as u64)?;
+        written += (bytes.len() - start) as u64;
+    }
+    Ok(written)
+}
+
 impl StateDir {
     /// The state directory at `root`. Nothing is created until a baseline is saved; a `root`
     /// that exists and is not a directory is refused.
@@ -869,6 +899,23 @@ fn unhex(name: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_changed_blocks_are_written_over_an_older_image() {
+        let path = std::env::temp_dir().join(format!("hde-write-changed-{}", std::process::id()));
+        let old: Vec<u8> = (0..10 * 4096 + 100).map(|i| (i % 251) as u8).collect();
+        std::fs::write(&path, &old).unwrap();
+        let mut new = old.clone();
+        new[5000] ^= 1; // block 1
+        new[9 * 4096..10 * 4096].fill(0); // block 9 becomes zero: written, not skipped
+        *new.last_mut().unwrap() ^= 1; // the short last block
+        let file = std::fs::OpenOptions::new().read(true).write(true).open(&path).unwrap();
+        assert_eq!(write_changed_at(&file, 0, &new, &old).unwrap(), 2 * 4096 + 100);
+        assert!(std::fs::read(&path).unwrap() == new);
+        // Against a shorter view of the file, what it lacks counts as different.
+        assert_eq!(write_changed_at(&file, 0, &new, &new[..4096]).unwrap(), new.len() as u64 - 4096);
+        std::fs::remove_file(&path).unwrap();
+    }
 
     /// A header's worth of state: identity and round count, no image.
     fn meta(seq: u64, checksum: u64, rounds: u64) -> Saved {

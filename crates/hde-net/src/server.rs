@@ -181,7 +181,13 @@ fn apply_frame(receiver: &Receiver<'_>, how: &Applying, locks: &KeyLocks, chunks
     }
 }
 
-/// Decodes the frame's body straight into `dir/<key>.raw` (replaced atomically once whole).
+/// Decodes the frame's body into `dir/<key>.raw` (replaced atomically once whole).
+///
+/// The image a round replaces is kept as the key's spare (`dir/.<key>.raw.spare`, a second
+/// name of the same file); the round after next is decoded over it, writing only the blocks
+/// that differ from what it holds (two rounds of changes, not the whole image) and renamed
+/// into place. A spare that is the current image itself (after a crash between renames) is
+/// dropped, never written; whatever else it holds is compared, never trusted.
 fn receive_to_out(
     receiver: &Receiver<'_>,
     dir: &Path,
@@ -190,11 +196,51 @@ fn receive_to_out(
     fsync: bool,
 ) -> hde_core::Result<(hde_core::session::Received, Option<PathBuf>)> {
     std::fs::create_dir_all(dir)?;
-    let path = dir.join(image_name(&header.key));
-    let file = AtomicFile::create(&path)?;
-    let got = receiver.receive_body_to_file(header, r, file.file())?;
-    file.commit(Existing::Replace, fsync)?;
+    let name = image_name(&header.key);
+    let path = dir.join(&name);
+    let spare = dir.join(format!(".{name}.spare"));
+    let Some(file) = open_spare(&spare, &path) else {
+        let file = AtomicFile::create(&path)?;
+        let got = receiver.receive_body_to_file(header, r, file.file())?;
+        // The image this one replaces becomes the spare.
+        let _ = std::fs::hard_link(&path, &spare);
+        file.commit(Existing::Replace, fsync)?;
+        return Ok((got, Some(path)));
+    };
+    let got = receiver.receive_body_over_file(header, r, &file)?;
+    if fsync {
+        file.sync_all()?;
+    }
+    // The current image keeps a name as the next spare, then the spare takes its place.
+    let next = dir.join(format!(".{name}.spare.next"));
+    let _ = std::fs::remove_file(&next);
+    let kept = std::fs::hard_link(&path, &next).is_ok();
+    std::fs::rename(&spare, &path)?;
+    if kept {
+        std::fs::rename(&next, &spare)?;
+    }
+    if fsync {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
     Ok((got, Some(path)))
+}
+
+/// The spare image file of a key, open for reading and writing, if there is one that is not
+/// the current image (`current`) itself.
+fn open_spare(spare: &Path, current: &Path) -> Option<std::fs::File> {
+    use std::os::unix::fs::MetadataExt as _;
+    if !std::fs::symlink_metadata(spare).ok()?.is_file() {
+        let _ = std::fs::remove_file(spare);
+        return None;
+    }
+    let file = std::fs::OpenOptions::new().read(true).write(true).open(spare).ok()?;
+    let meta = file.metadata().ok()?;
+    let same = std::fs::metadata(current).is_ok_and(|m| m.ino() == meta.ino() && m.dev() == meta.dev());
+    if same || !meta.is_file() {
+        let _ = std::fs::remove_file(spare);
+        return None;
+    }
+    Some(file)
 }
 
 /// One lock per key: frames of a key are applied in turn, frames of different keys at once.

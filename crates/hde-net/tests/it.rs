@@ -135,6 +135,40 @@ fn rounds_arrive_exact_and_a_later_send_continues_with_deltas() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// The receiver decodes a delta over the key's spare image (the one the last round
+/// replaced), writing only what differs; a spare that holds garbage of another length, or
+/// that is the current image itself (a crash between renames), never makes a wrong image.
+#[test]
+fn rounds_written_over_the_spare_image_are_exact_whatever_it_holds() {
+    let dir = tmp("spare");
+    let files = corpus(&dir, 6, 4 << 20);
+    let n = Nodes::new();
+    let (addr, server) = start_server(&n.server, &n.client, &dir, 1 << 30);
+    let (out, spare) = (dir.join("out/vm.raw"), dir.join("out/.vm.raw.spare"));
+    let send = |i: usize| {
+        let reports = client::send(&options(addr, &n.client, &n.server, &dir), &files[i..=i]).unwrap();
+        assert!(same(&out, &files[i]), "round {i}");
+        reports[0].keyframe
+    };
+    assert!(send(0));
+    assert!(!send(1));
+    // Round 2 over the spare (round 0's image).
+    assert!(spare.exists());
+    assert!(!send(2));
+    // Garbage of another length in the spare.
+    std::fs::write(&spare, vec![0x5a; 3 << 20]).unwrap();
+    assert!(!send(3));
+    // The spare is the current image itself: dropped, not written.
+    std::fs::remove_file(&spare).unwrap();
+    std::fs::hard_link(&out, &spare).unwrap();
+    let current = std::fs::read(&out).unwrap();
+    assert!(!send(4));
+    assert!(current == std::fs::read(&files[3]).unwrap());
+    assert!(!send(5));
+    server.join().unwrap().unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[test]
 fn an_unknown_key_is_refused_in_the_handshake_on_both_sides() {
     let dir = tmp("unknown");
