@@ -160,26 +160,7 @@ pub fn write_sparse(file: &File, offset: u64, bytes: &[u8]) -> std::io::Result<(
 /// [`write_sparse`] without setting the length: for writers filling parts of one file at once
 /// (the length is set once, by whoever knows it).
 pub fn write_sparse_at(file: &File, offset: u64, bytes: &[u8]) -> std::io::Result<()> {
-    use std::os::unix::fs::FileExt;
-    const BLOCK: usize = 4096;
-    let mut run_start = None;
-    let mut at = 0;
-    for block in bytes.chunks(BLOCK) {
-        let zero = block.len() == BLOCK && hde_delta::is_zero(block);
-        match (zero, run_start) {
-            (false, None) => run_start = Some(at),
-            (true, Some(start)) => {
-                file.write_all_at(&bytes[start..at], offset + start as u64)?;
-                run_start = None;
-            }
-            _ => {}
-        }
-        at += block.len();
-    }
-    if let Some(start) = run_start {
-        file.write_all_at(&bytes[start..], offset + start as u64)?;
-    }
-    Ok(())
+    write_runs(file, offset, bytes, |_, block| block.len() == RUN_BLOCK && hde_delta::is_zero(block)).map(|_| ())
 }
 
 /// Writes `bytes` at `offset` of `file` where they differ from `current`, what the file holds
@@ -187,14 +168,21 @@ pub fn write_sparse_at(file: &File, offset: u64, bytes: &[u8]) -> std::io::Resul
 /// file that holds an older version of the image: only what changed is written, zero blocks
 /// included (a block that must become zero is written as zeros).
 pub fn write_changed_at(file: &File, offset: u64, bytes: &[u8], current: &[u8]) -> std::io::Result<u64> {
+    write_runs(file, offset, bytes, |at, block| current.get(at..at + block.len()) == Some(block))
+}
+
+/// The block size of [`write_runs`].
+const RUN_BLOCK: usize = 4096;
+
+/// Writes `bytes` at `offset` of `file` in runs of the 4 KiB blocks that `skip(at, block)`
+/// does not skip; returns the bytes written.
+fn write_runs(file: &File, offset: u64, bytes: &[u8], skip: impl Fn(usize, &[u8]) -> bool) -> std::io::Result<u64> {
     use std::os::unix::fs::FileExt;
-    const BLOCK: usize = 4096;
     let mut written = 0u64;
     let mut run_start = None;
     let mut at = 0;
-    for block in bytes.chunks(BLOCK) {
-        let same = current.get(at..at + block.len()) == Some(block);
-        match (same, run_start) {
+    for block in bytes.chunks(RUN_BLOCK) {
+        match (skip(at, block), run_start) {
             (false, None) => run_start = Some(at),
             (true, Some(start)) => {
                 file.write_all_at(&bytes[start..at], offset + start as u64)?;
