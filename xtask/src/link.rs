@@ -192,6 +192,11 @@ impl Link {
         Ok(())
     }
 
+    /// The command that runs a program in namespace `side`.
+    pub(crate) fn wrapper(&self, side: usize) -> Vec<String> {
+        vec!["ip".into(), "netns".into(), "exec".into(), self.ns[side].clone()]
+    }
+
     /// `program` in namespace `side` (0 sender, 1 receiver).
     pub(crate) fn exec(&self, side: usize, program: impl AsRef<std::ffi::OsStr>) -> Command {
         let mut c = Command::new("ip");
@@ -199,8 +204,26 @@ impl Link {
         c
     }
 
+    /// The address the sender's side reaches the receiver's `port` at: directly, or with
+    /// `rtt` > 0 through an `hde relay` in the sender's namespace that holds each direction
+    /// for half the round trip (added to `relays`).
+    pub(crate) fn target(&self, hde: &Path, rtt: u64, port: u16, relays: &mut Children) -> Result<String> {
+        let direct = format!("{}:{port}", ADDR[1]);
+        if rtt == 0 {
+            return Ok(direct);
+        }
+        let mut child = self
+            .exec(0, hde)
+            .args(["relay", "--to", &direct, "--delay-ms", &(rtt / 2).to_string(), "--lifetime", "7200"])
+            .stdout(Stdio::piped())
+            .spawn()?;
+        let line = first_line(&mut child)?;
+        relays.0.push(child);
+        Ok(line.strip_prefix("relaying on ").context("the relay's address")?.to_owned())
+    }
+
     /// Bytes the sender's side has put on the link.
-    fn tx_bytes(&self) -> Result<u64> {
+    pub(crate) fn tx_bytes(&self) -> Result<u64> {
         let out = self
             .exec(0, "cat")
             .arg(format!("/sys/class/net/{}/statistics/tx_bytes", self.dev))
@@ -219,7 +242,7 @@ impl Drop for Link {
 }
 
 /// Processes killed when dropped (the relays), also when a run fails half-way.
-struct Children(Vec<Child>);
+pub(crate) struct Children(pub(crate) Vec<Child>);
 
 impl Drop for Children {
     fn drop(&mut self) {
@@ -386,20 +409,7 @@ pub(crate) fn run_bench(args: &Args) -> Result<()> {
     // With --rtt, both kinds of tool reach the receiver through a relay in the sender's
     // namespace that holds each direction for half the round trip.
     let mut relays = Children(Vec::new());
-    let mut target = |port: u16| -> Result<String> {
-        let direct = format!("{}:{port}", ADDR[1]);
-        if args.rtt == 0 {
-            return Ok(direct);
-        }
-        let mut child = link
-            .exec(0, &hde)
-            .args(["relay", "--to", &direct, "--delay-ms", &(args.rtt / 2).to_string(), "--lifetime", "3600"])
-            .stdout(Stdio::piped())
-            .spawn()?;
-        let line = first_line(&mut child)?;
-        relays.0.push(child);
-        Ok(line.strip_prefix("relaying on ").context("the relay's address")?.to_owned())
-    };
+    let mut target = |port: u16| link.target(&hde, args.rtt, port, &mut relays);
     let (hde_target, peer_target) = (target(HDE_PORT)?, target(PEER_PORT)?);
 
     // times[tool][round] over the runs; bytes the same.

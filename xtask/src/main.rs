@@ -11,6 +11,7 @@ mod fuzz;
 mod link;
 mod loom;
 mod peers;
+mod qemu;
 mod replay;
 #[cfg(test)]
 mod tidy;
@@ -51,6 +52,10 @@ enum Task {
     /// Time until the receiver holds each round, hde send/serve against peer pipelines, through
     /// one shaped link between network namespaces (root; `--rate`, `--rtt`).
     BenchLink(link::Args),
+    /// A running VM live-migrated between two QEMU processes across one shaped link, with
+    /// QEMU's plain tcp, xbzrle and multifd+zstd and with HDE (`exec:hde qemu-send`): time,
+    /// downtime, bytes, convergence, memory equality (root; `--rate`, `--rtt`, `--ram`).
+    BenchQemu(qemu::Args),
     /// TCP + TLS 1.3 against QUIC (quinn) through one shaped link, with hde-net's pinned-key
     /// authentication: connect time and bulk transfer time (root; `--rate`, `--rtt`).
     BenchTransport(transport::Args),
@@ -81,6 +86,7 @@ fn main() -> Result<()> {
         Task::BenchPeers(args) => peers::run_bench(&args),
         Task::Fuzz(args) => fuzz::run_fuzz(&args),
         Task::BenchLink(args) => link::run_bench(&args),
+        Task::BenchQemu(args) => qemu::run_bench(&args),
         Task::BenchTransport(args) => transport::run_bench(&args),
         Task::TransportPeer(args) => transport::peer(&args),
         Task::Bench { args } => {

@@ -11,6 +11,7 @@
 
 mod net;
 mod output;
+mod qemu;
 mod report;
 mod state;
 mod transfer;
@@ -123,6 +124,12 @@ enum Command {
     Serve(net::ServeArgs),
     /// Send the rounds of one key to an `hde serve`; exits 0 once the last is confirmed.
     Send(net::SendArgs),
+    /// Carry QEMU's live migration stream (read on stdin, as `migrate "exec:hde qemu-send ..."`)
+    /// to an `hde qemu-recv`; exits 0 once the receiver wrote the whole stream.
+    QemuSend(qemu::QemuSendArgs),
+    /// Receive a migration from an `hde qemu-send` and write QEMU's stream to stdout (as
+    /// `-incoming "exec:hde qemu-recv ..."`).
+    QemuRecv(qemu::QemuRecvArgs),
     /// The cluster's replicated baseline index.
     Cluster {
         #[command(subcommand)]
@@ -317,6 +324,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
             args.engine.check();
             net::send(args)
         }
+        Command::QemuSend(args) => {
+            args.engine.check();
+            qemu::send(args)
+        }
+        Command::QemuRecv(args) => qemu::recv(args),
         Command::Demo { size, rounds, threads } => report::demo(size, rounds, threads),
         Command::Codecs { files, size, seed, segment, codecs } => {
             let (old, new) = report::load_pair(&files, size, seed)?;

@@ -120,7 +120,7 @@ pub(crate) fn keygen(out: &std::path::Path) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn credentials(identity: &std::path::Path, peers: &std::path::Path) -> Result<(Identity, Peers)> {
+pub(crate) fn credentials(identity: &std::path::Path, peers: &std::path::Path) -> Result<(Identity, Peers)> {
     let id = Identity::load(identity).with_context(|| format!("cannot load the identity in {}", identity.display()))?;
     let peers = Peers::load(peers)?;
     Ok((id, peers))

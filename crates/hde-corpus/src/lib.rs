@@ -35,6 +35,8 @@
 //! ```
 
 mod content;
+#[cfg(unix)]
+pub mod guest;
 mod rng;
 pub mod stats;
 

@@ -147,6 +147,13 @@ enum RoundImage<'a> {
     Borrowed(&'a [u8]),
     Owned(Vec<u8>),
     Overlay(Box<Overlay<'a>>),
+    /// An overlay's replaced pages without its baseline, for the commit, which reads only the
+    /// pages that changed (all of them replaced ones): the baseline is then updated in place
+    /// instead of copied.
+    Detached {
+        len: usize,
+        pages: HashMap<u32, &'a [u8]>,
+    },
 }
 
 /// A baseline's pages with some replaced (the caller's, borrowed): `dirty[p]` says whether
@@ -164,6 +171,7 @@ impl RoundImage<'_> {
             RoundImage::Borrowed(b) => b.len(),
             RoundImage::Owned(v) => v.len(),
             RoundImage::Overlay(o) => o.base.len,
+            RoundImage::Detached { len, .. } => *len,
         }
     }
 
@@ -180,6 +188,7 @@ impl RoundImage<'_> {
                     None => o.base.old_page(p, len).unwrap_or(&[]),
                 };
             }
+            RoundImage::Detached { pages, .. } => return pages.get(&(p as u32)).copied().unwrap_or(&[]),
         };
         &all[(p * ps).min(all.len())..(p * ps + ps).min(all.len())]
     }
@@ -196,6 +205,9 @@ impl RoundImage<'_> {
                     dst.copy_from_slice(image.page(p, ps));
                 }
                 Ok(out)
+            }
+            RoundImage::Detached { .. } => {
+                Err(Error::DirtyRound { key: String::new(), reason: "internal: a detached overlay has no whole image" })
             }
         }
     }
@@ -1133,6 +1145,12 @@ impl<C: Clock> PageDeltaEncoder<C> {
             }
         };
         let base = round.base.take();
+        // An overlay holds the baseline too: keep only its replaced pages, so that the
+        // baseline's buffers below are reused in place instead of copied whole.
+        if let RoundImage::Overlay(o) = &mut round.image {
+            let (len, pages) = (o.base.len, std::mem::take(&mut o.pages));
+            round.image = RoundImage::Detached { len, pages };
+        }
         // Reuse the old baseline's buffers when nobody else holds them (the common case).
         let old = match (base, taken) {
             (Some(b), taken) => {

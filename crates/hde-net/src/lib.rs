@@ -13,6 +13,8 @@
 //!   drops in the middle of a round.
 //! * [`link`]: the link rate, measured from the sender's socket writes while a frame goes
 //!   out (it steers hybrid mode per segment) and remembered in the state directory.
+//! * [`migrate`]: QEMU's live migration stream between two nodes (`hde qemu-send`,
+//!   `hde qemu-recv`).
 //! * [`relay`]: a TCP relay that adds latency, for tests and benchmarks (no `netem` here).
 //!
 //! Why TLS over TCP and not QUIC: kernel TCP with large buffers is the mature baseline on the
@@ -60,6 +62,7 @@ pub mod cluster;
 pub mod identity;
 pub mod link;
 pub mod metrics;
+pub mod migrate;
 pub mod proto;
 pub mod relay;
 pub mod server;
@@ -116,6 +119,9 @@ pub enum Error {
     /// The engine failed.
     #[error(transparent)]
     Core(#[from] hde_core::Error),
+    /// A QEMU migration stream could not be carried (`hde qemu-send`, `hde qemu-recv`).
+    #[error(transparent)]
+    Migration(#[from] hde_qemu::Error),
 }
 
 /// `Result` with this crate's [`Error`].

@@ -1,0 +1,314 @@
+//! The source side: QEMU's stream in, container records out.
+
+use std::collections::{HashMap, HashSet};
+use std::time::Instant;
+
+use hde_core::delta::{EncodeOptions, Image};
+use hde_core::Encoder;
+use xxhash_rust::xxh3::{xxh3_64, Xxh3};
+
+use crate::stream::{Item, Parser, PAGE};
+use crate::{wire, Error, Options, Result};
+
+static ZERO_PAGE: [u8; PAGE] = [0; PAGE];
+
+/// What a sender has done so far.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SenderStats {
+    /// Bytes of QEMU's stream read.
+    pub source_bytes: u64,
+    /// Page records with a body.
+    pub pages: u64,
+    /// Zero-page records.
+    pub zero_pages: u64,
+    /// Batches sent.
+    pub batches: u64,
+    /// Bytes of HDE frames (the pages).
+    pub frame_bytes: u64,
+    /// Bytes of compressed skeletons (framing and device state).
+    pub skeleton_bytes: u64,
+    /// Container bytes in all (what the transport carries).
+    pub wire_bytes: u64,
+    /// Page records (with a body or zero) that travelled without bytes of their own: the
+    /// same content as the destination held, zero, or a duplicate of a page it holds.
+    pub pages_elided: u64,
+}
+
+#[derive(Default)]
+struct Batch {
+    skeleton: Vec<u8>,
+    /// Page bodies, one after the other.
+    arena: Vec<u8>,
+    /// (page, offset in `arena`, or `None` for a zero page).
+    pages: Vec<(u64, Option<usize>)>,
+    seen: HashSet<u64>,
+    began: Option<Instant>,
+    hash: Xxh3,
+    len: u64,
+}
+
+impl Batch {
+    fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    fn raw(&mut self, bytes: &[u8]) {
+        self.began.get_or_insert_with(Instant::now);
+        self.skeleton.extend_from_slice(bytes);
+        self.hash.update(bytes);
+        self.len += bytes.len() as u64;
+    }
+}
+
+/// Cuts QEMU's migration stream into batches and encodes them (see the crate's
+/// documentation). Feed it the stream with [`push`](Self::push) as it arrives, then call
+/// [`finish`](Self::finish) at its end.
+pub struct MigrationSender {
+    options: Options,
+    encoder: Encoder,
+    parser: Parser,
+    batch: Batch,
+    /// The guest's RAM as the destination holds it (empty before the setup).
+    shadow: Vec<u8>,
+    /// Where each non-zero page of `shadow` is, by its content's hash: a page QEMU sends that
+    /// the destination holds elsewhere (memory that moved) is found here.
+    held: HashMap<u64, u32>,
+    /// A batch's round image, kept between batches (no fresh pages to fault in each time).
+    image: Vec<u8>,
+    stats: SenderStats,
+}
+
+impl std::fmt::Debug for MigrationSender {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MigrationSender").field("key", &self.options.key).field("stats", &self.stats).finish()
+    }
+}
+
+impl MigrationSender {
+    /// A sender of one migration.
+    pub fn new(options: &Options) -> Result<Self> {
+        options.config.validate()?;
+        let encoder = Encoder::new(options.delta_config(), options.config.selector_config())?;
+        Ok(MigrationSender {
+            options: options.clone(),
+            encoder,
+            parser: Parser::source(options.max_ram),
+            batch: Batch::default(),
+            shadow: Vec::new(),
+            held: HashMap::new(),
+            image: Vec::new(),
+            stats: SenderStats::default(),
+        })
+    }
+
+    /// The engine (to steer its selector with a measured link rate).
+    pub fn encoder(&self) -> &Encoder {
+        &self.encoder
+    }
+
+    /// What was done so far.
+    pub fn stats(&self) -> &SenderStats {
+        &self.stats
+    }
+
+    /// Reads the stream's next bytes; appends the records of every batch they complete to
+    /// `out`.
+    pub fn push(&mut self, input: &[u8], out: &mut Vec<u8>) -> Result<()> {
+        if self.stats.wire_bytes == 0 {
+            wire::put(out, wire::KEY, self.options.key.as_bytes())?;
+            self.stats.wire_bytes = (wire::HEAD + self.options.key.len()) as u64;
+        }
+        self.stats.source_bytes += input.len() as u64;
+        self.parser.feed(input);
+        while let Some(item) = self.parser.next_item()? {
+            self.item(item, out)?;
+        }
+        Ok(())
+    }
+
+    /// The stream ended: checks it ended where a stream may, sends the last batch and the end
+    /// record.
+    pub fn finish(&mut self, out: &mut Vec<u8>) -> Result<SenderStats> {
+        self.parser.finish()?;
+        if self.stats.wire_bytes == 0 {
+            return Err(Error::Truncated { offset: 0 });
+        }
+        self.flush(out)?;
+        let mut end = Vec::with_capacity(16);
+        end.extend_from_slice(&self.stats.source_bytes.to_le_bytes());
+        end.extend_from_slice(&self.stats.batches.to_le_bytes());
+        let before = out.len();
+        wire::put(out, wire::END, &end)?;
+        self.stats.wire_bytes += (out.len() - before) as u64;
+        Ok(self.stats.clone())
+    }
+
+    fn item(&mut self, item: Item, out: &mut Vec<u8>) -> Result<()> {
+        match item {
+            Item::Page { index } | Item::Zero { index, .. } => {
+                // A page twice in one batch would be rebuilt with its last content both times.
+                if self.batch.seen.contains(&index) {
+                    self.flush(out)?;
+                }
+                if self.shadow.is_empty() {
+                    return Err(Error::Stream {
+                        offset: self.stats.source_bytes,
+                        what: "a page before the RAM setup".into(),
+                    });
+                }
+                let raw = self.parser.raw().to_vec();
+                self.batch.raw(&raw);
+                let at = match item {
+                    Item::Page { .. } => {
+                        let body = self.parser.page();
+                        self.batch.hash.update(body);
+                        self.batch.len += PAGE as u64;
+                        let at = self.batch.arena.len();
+                        self.batch.arena.extend_from_slice(body);
+                        self.stats.pages += 1;
+                        Some(at)
+                    }
+                    Item::Zero { fill: 0, .. } => {
+                        self.stats.zero_pages += 1;
+                        None
+                    }
+                    Item::Zero { fill, .. } => {
+                        self.stats.zero_pages += 1;
+                        let at = self.batch.arena.len();
+                        self.batch.arena.resize(at + PAGE, fill);
+                        Some(at)
+                    }
+                    _ => None,
+                };
+                self.batch.pages.push((index, at));
+                self.batch.seen.insert(index);
+                if self.batch.arena.len() >= self.options.batch_bytes {
+                    self.flush(out)?;
+                }
+            }
+            Item::Setup => {
+                let raw = self.parser.raw().to_vec();
+                self.batch.raw(&raw);
+                let len = self.parser.total_pages() * PAGE as u64;
+                let len = usize::try_from(len).map_err(|_| Error::Stream {
+                    offset: self.stats.source_bytes,
+                    what: "RAM larger than this machine's address space".into(),
+                })?;
+                self.shadow = hde_core::delta::try_zeroed(len).map_err(hde_core::Error::from)?;
+                // The receiver learns the RAM's layout from this batch: it must hold it
+                // before the first round arrives.
+                self.flush(out)?;
+            }
+            Item::PartEnd { last } => {
+                let raw = self.parser.raw().to_vec();
+                self.batch.raw(&raw);
+                let old = self.batch.began.is_some_and(|t| t.elapsed() >= self.options.batch_age);
+                if last || old {
+                    self.flush(out)?;
+                }
+            }
+            Item::Framing | Item::Tail => {
+                let raw = self.parser.raw().to_vec();
+                self.batch.raw(&raw);
+                if self.batch.skeleton.len() >= self.options.batch_bytes {
+                    self.flush(out)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends the batch: its round (if it has pages), then its skeleton.
+    fn flush(&mut self, out: &mut Vec<u8>) -> Result<()> {
+        if self.batch.is_empty() {
+            return Ok(());
+        }
+        let batch = std::mem::take(&mut self.batch);
+        let before = out.len();
+        if !batch.pages.is_empty() {
+            self.send_pages(&batch, out)?;
+        }
+        let len = u32::try_from(batch.len)
+            .ok()
+            .filter(|&n| n <= wire::MAX_BATCH)
+            .ok_or_else(|| Error::Container { what: format!("a batch of {} bytes", batch.len) })?;
+        let packed = zstd::bulk::compress(&batch.skeleton, self.options.skeleton_level).map_err(Error::Skeleton)?;
+        let mut payload = Vec::with_capacity(12 + packed.len());
+        payload.extend_from_slice(&len.to_le_bytes());
+        payload.extend_from_slice(&batch.hash.digest().to_le_bytes());
+        payload.extend_from_slice(&packed);
+        wire::put(out, wire::SKELETON, &payload)?;
+        self.stats.skeleton_bytes += packed.len() as u64;
+        self.stats.batches += 1;
+        self.stats.wire_bytes += (out.len() - before) as u64;
+        Ok(())
+    }
+
+    /// The batch's pages as a round: its image is the pages one after the other, its
+    /// baseline what the destination holds at their addresses, followed by the pages it holds
+    /// elsewhere with the same content as one of them. The `P` record names both lists.
+    fn send_pages(&mut self, batch: &Batch, out: &mut Vec<u8>) -> Result<()> {
+        let content = |at: Option<usize>| at.map_or(&ZERO_PAGE[..], |a| &batch.arena[a..a + PAGE]);
+        let held_at = |p: u64| {
+            let at = p as usize * PAGE;
+            &self.shadow[at..at + PAGE]
+        };
+        let mut image = std::mem::take(&mut self.image);
+        image.clear();
+        // The baseline's buffer goes to the engine, which keeps it until the next batch's.
+        let mut base = Vec::with_capacity(batch.pages.len() * PAGE);
+        let mut moved: Vec<u64> = Vec::new();
+        let mut seen_moved = HashSet::new();
+        for &(p, at) in &batch.pages {
+            let page = content(at);
+            image.extend_from_slice(page);
+            base.extend_from_slice(held_at(p));
+            if at.is_some() && held_at(p) != page {
+                if let Some(&q) = self.held.get(&xxh3_64(page)) {
+                    if u64::from(q) != p && held_at(u64::from(q)) == page && seen_moved.insert(q) {
+                        moved.push(u64::from(q));
+                    }
+                }
+            }
+        }
+        for &q in &moved {
+            base.extend_from_slice(held_at(q));
+        }
+        let mut list = Vec::with_capacity(8 + 2 * (batch.pages.len() + moved.len()));
+        list.extend_from_slice(&(batch.pages.len() as u32).to_le_bytes());
+        list.extend_from_slice(&(moved.len() as u32).to_le_bytes());
+        let pages = batch.pages.iter().map(|&(p, _)| p);
+        wire::put_pages(&mut list, pages.chain(moved.iter().copied()));
+        wire::put(out, wire::PAGES, &list)?;
+
+        let key = &self.options.key;
+        self.encoder.delta().install(key, Image::from(base)).map_err(hde_core::Error::from)?;
+        let mut frame = Vec::new();
+        let options = EncodeOptions { detached: true, ..EncodeOptions::default() };
+        let summary = self.encoder.compress_to(key, &image, &mut frame, options)?;
+        let c = summary.pages;
+        // The pages QEMU sent that travel with bytes of their own; the others were unchanged,
+        // zero or duplicates of a page the destination holds.
+        self.stats.pages_elided += (batch.pages.len() as u64).saturating_sub(c.xor + c.literal);
+        self.stats.frame_bytes += frame.len() as u64;
+        wire::put(out, wire::FRAME, &frame)?;
+
+        // The destination holds the batch's pages now.
+        for (&(p, _), page) in batch.pages.iter().zip(image.chunks_exact(PAGE)) {
+            let at = p as usize * PAGE;
+            let old = &mut self.shadow[at..at + PAGE];
+            if old != page {
+                let gone = xxh3_64(old);
+                if self.held.get(&gone) == Some(&(p as u32)) {
+                    self.held.remove(&gone);
+                }
+                old.copy_from_slice(page);
+            }
+            if page.iter().any(|&b| b != 0) {
+                self.held.insert(xxh3_64(page), p as u32);
+            }
+        }
+        self.image = image;
+        Ok(())
+    }
+}
