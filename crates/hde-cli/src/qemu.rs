@@ -71,7 +71,7 @@ pub(crate) struct QemuRecvArgs {
 pub(crate) fn send(a: QemuSendArgs) -> Result<ExitCode> {
     let (identity, peers) = credentials(&a.identity, &a.peers)?;
     let config = engine_config(&a.engine, identity.node_id());
-    let mut migration = hde_qemu::Options::new(a.key.clone(), config);
+    let mut migration = migrate::MigrationOptions::new(a.key.clone(), config);
     migration.max_ram = a.max_ram as u64;
     let options = QemuSendOptions { to: a.to.clone(), identity, peers, migration };
     let t = std::time::Instant::now();
@@ -110,7 +110,7 @@ pub(crate) fn recv(a: QemuRecvArgs) -> Result<ExitCode> {
     if let Some(threads) = a.threads {
         config.threads = threads;
     }
-    let mut migration = hde_qemu::Options::new(a.key.clone().unwrap_or_default(), config);
+    let mut migration = migrate::MigrationOptions::new(a.key.clone().unwrap_or_default(), config);
     migration.max_ram = a.max_ram as u64;
     let options =
         QemuRecvOptions { listen: a.listen, identity, peers, migration, wait: a.wait.map(Duration::from_secs) };

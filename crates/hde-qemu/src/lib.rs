@@ -133,14 +133,17 @@ pub struct Options {
 }
 
 impl Options {
-    /// Defaults: 32 MiB batches, sent at the end of a part after 100 ms, RAM up to 1 TiB.
+    /// Defaults: 8 MiB batches, sent at the end of a RAM part once 50 ms old, RAM up to 1 TiB.
+    ///
+    /// Small batches keep what QEMU has handed over but HDE has not sent small (it must still
+    /// go after QEMU stops the VM); each costs a frame and a page list.
     pub fn new(key: impl Into<String>, config: HdeConfig) -> Self {
         Options {
             key: key.into(),
             config,
             max_ram: 1 << 40,
-            batch_bytes: 32 << 20,
-            batch_age: Duration::from_millis(100),
+            batch_bytes: 8 << 20,
+            batch_age: Duration::from_millis(50),
             skeleton_level: 3,
         }
     }
