@@ -40,9 +40,13 @@ const READ: usize = 256 << 10;
 const READ_AHEAD: usize = 16;
 /// Bytes per chunk on the connection.
 const CHUNK: usize = 1 << 20;
-/// Chunks that may wait between the encoder and the socket (and between the socket and the
-/// decoder): the memory a migration holds beyond its images.
-const IN_FLIGHT: usize = 8;
+/// Chunks that may wait between the encoder and the socket. Few: they are compressed bytes
+/// that still have to cross the link after QEMU stops the VM (8 x 1 MiB is 0.7 s at
+/// 100 Mbit/s), and while they fit, QEMU sees its pipe drain faster than the link.
+const UP_IN_FLIGHT: usize = 2;
+/// Chunks that may wait between the socket and the decoder (memory only: the receiver's
+/// queue does not hide the link from QEMU).
+const DOWN_IN_FLIGHT: usize = 8;
 
 /// What `hde qemu-send` needs.
 #[derive(Debug)]
@@ -91,7 +95,7 @@ pub fn qemu_send(options: &QemuSendOptions, input: impl Read + Send + 'static) -
     let rt = runtime()?;
     rt.block_on(async {
         let (mut tls, _hello) = connect_hello(&connector, &options.to, node).await?;
-        let (up, mut chunks) = mpsc::channel::<Vec<u8>>(IN_FLIGHT);
+        let (up, mut chunks) = mpsc::channel::<Vec<u8>>(UP_IN_FLIGHT);
         let encoder_live = live.clone();
         let encoder = std::thread::Builder::new()
             .name("hde-qemu-send".into())
@@ -227,7 +231,7 @@ pub fn qemu_recv(
         proto::write(&mut tls, &Message::Hello(Hello::new(node, u64::MAX))).await?;
         tls.flush().await.map_err(Error::Connection)?;
 
-        let (down, chunks) = std::sync::mpsc::sync_channel::<Vec<u8>>(IN_FLIGHT);
+        let (down, chunks) = std::sync::mpsc::sync_channel::<Vec<u8>>(DOWN_IN_FLIGHT);
         let decoder = std::thread::Builder::new()
             .name("hde-qemu-recv".into())
             .spawn(move || {
