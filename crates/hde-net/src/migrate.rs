@@ -80,14 +80,10 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().map_err(Error::Connection)
 }
 
-fn migration(e: hde_qemu::Error) -> Error {
-    Error::Migration(e)
-}
-
 /// Reads QEMU's migration stream from `input` until its end and sends it; returns once the
 /// receiver confirmed that it wrote the whole stream.
 pub fn qemu_send(options: &QemuSendOptions, input: impl Read + Send + 'static) -> Result<SenderStats> {
-    let mut sender = MigrationSender::new(&options.migration).map_err(migration)?;
+    let mut sender = MigrationSender::new(&options.migration)?;
     let tls = identity::client_config(&options.identity, options.peers.clone())?;
     let connector = TlsConnector::from(Arc::new(tls));
     let node = options.migration.config.node_id;
@@ -176,13 +172,13 @@ fn encode(
         if let Some(rate) = live.get() {
             sender.encoder().selector().set_bandwidth(rate);
         }
-        sender.push(&piece, &mut out).map_err(migration)?;
+        sender.push(&piece, &mut out)?;
         for piece in out.chunks(CHUNK) {
             up.blocking_send(piece.to_vec()).map_err(|_| gone())?;
         }
         out.clear();
     }
-    sender.finish(&mut out).map_err(migration)?;
+    sender.finish(&mut out)?;
     for piece in out.chunks(CHUNK) {
         up.blocking_send(piece.to_vec()).map_err(|_| gone())?;
     }
@@ -196,7 +192,7 @@ pub fn qemu_recv(
     output: impl Write + Send + 'static,
     ready: impl FnOnce(SocketAddr),
 ) -> Result<ReceiverStats> {
-    let mut receiver = MigrationReceiver::new(&options.migration).map_err(migration)?;
+    let mut receiver = MigrationReceiver::new(&options.migration)?;
     let tls = identity::server_config(&options.identity, options.peers.clone())?;
     let acceptor = TlsAcceptor::from(Arc::new(tls));
     let node = options.migration.config.node_id;
@@ -237,10 +233,10 @@ pub fn qemu_recv(
             .spawn(move || {
                 let mut output = output;
                 for chunk in chunks {
-                    receiver.push(&chunk, &mut output).map_err(migration)?;
+                    receiver.push(&chunk, &mut output)?;
                 }
                 output.flush().map_err(|e| Error::Io { path: "standard output".into(), source: e })?;
-                receiver.finish().map_err(migration)
+                Ok(receiver.finish()?)
             })
             .map_err(Error::Connection)?;
         let mut down = Some(down);

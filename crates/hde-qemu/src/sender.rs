@@ -156,8 +156,7 @@ impl MigrationSender {
                         what: "a page before the RAM setup".into(),
                     });
                 }
-                let raw = self.parser.raw().to_vec();
-                self.batch.raw(&raw);
+                self.batch.raw(self.parser.raw());
                 let at = match item {
                     Item::Page { .. } => {
                         let body = self.parser.page();
@@ -187,8 +186,7 @@ impl MigrationSender {
                 }
             }
             Item::Setup => {
-                let raw = self.parser.raw().to_vec();
-                self.batch.raw(&raw);
+                self.batch.raw(self.parser.raw());
                 let len = self.parser.total_pages() * PAGE as u64;
                 let len = usize::try_from(len).map_err(|_| Error::Stream {
                     offset: self.stats.source_bytes,
@@ -200,16 +198,14 @@ impl MigrationSender {
                 self.flush(out)?;
             }
             Item::PartEnd { last } => {
-                let raw = self.parser.raw().to_vec();
-                self.batch.raw(&raw);
+                self.batch.raw(self.parser.raw());
                 let old = self.batch.began.is_some_and(|t| t.elapsed() >= self.options.batch_age);
                 if last || old {
                     self.flush(out)?;
                 }
             }
             Item::Framing | Item::Tail => {
-                let raw = self.parser.raw().to_vec();
-                self.batch.raw(&raw);
+                self.batch.raw(self.parser.raw());
                 if self.batch.skeleton.len() >= self.options.batch_bytes {
                     self.flush(out)?;
                 }
