@@ -339,7 +339,11 @@ impl Round for EncodedRound<'_> {
                                     }
                                     None => PageClass::Literal,
                                 },
-                                None if old.is_some() => PageClass::LiteralRef,
+                                // A zero page is no reference: the codec would only
+                                // read it (a first copy of memory never sent before).
+                                None if old.is_some() && base.is_some_and(|b| b.hashes.get(p) != Some(&0)) => {
+                                    PageClass::LiteralRef
+                                }
                                 None => PageClass::Literal,
                             }
                         }
@@ -442,6 +446,8 @@ enum Origin {
     File,
     /// Another key's baseline: similar pages anywhere, and rounds name that key.
     Key(String),
+    /// The old content of the next round's pages at the same offsets: no search elsewhere.
+    InPlace,
 }
 
 /// Words in place a same-index page of a foreign baseline must share to be a reference.
@@ -587,6 +593,17 @@ impl<C: Clock> PageDeltaEncoder<C> {
         self.install_baseline(key, None, image.into(), 0, Duration::ZERO, Origin::File)
     }
 
+    /// [`install`](Self::install) for a baseline whose pages are the old content of the next
+    /// round's pages at the same offsets, e.g. a batch of dirty pages beside what the receiver
+    /// held at their addresses (pages it holds elsewhere may follow, found as exact
+    /// duplicates). No index of similar pages is built, and a changed page is compared with
+    /// its own old content only: a search of the whole baseline for near copies costs more
+    /// than it finds where each page's old content is already in place. The receiver installs
+    /// the same image with [`PageDeltaDecoder::install`](crate::PageDeltaDecoder::install).
+    pub fn install_in_place(&self, key: &str, image: impl Into<Image>) -> Result<BaselineId> {
+        self.install_baseline(key, None, image.into(), 0, Duration::ZERO, Origin::InPlace)
+    }
+
     /// Encodes a round of `key` given as the pages that changed since its baseline, for a
     /// caller that already knows them (KVM's dirty log, QEMU's migration stream): `dirty`
     /// holds (page index, new content) pairs, each exactly its page's length, in any order (a
@@ -696,11 +713,12 @@ impl<C: Clock> PageDeltaEncoder<C> {
             }
         }
         let len = image.len();
-        let similar = (!matches!(origin, Origin::Restored) && matches!(self.config.content, BaselineContent::Full))
-            .then(|| SimIndex::build(&image, ps, self.config.threads));
+        let similar = (matches!(origin, Origin::File | Origin::Key(_))
+            && matches!(self.config.content, BaselineContent::Full))
+        .then(|| SimIndex::build(&image, ps, self.config.threads));
         let origin = match origin {
             Origin::Key(k) => Some(k),
-            Origin::Restored | Origin::File => None,
+            Origin::Restored | Origin::File | Origin::InPlace => None,
         };
         let content = match self.config.content {
             BaselineContent::Full => Content::Shared(image),
