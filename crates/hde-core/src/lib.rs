@@ -73,6 +73,15 @@ pub use crate::engine::{
 pub use crate::error::{Error, Result};
 pub use crate::index::BaselineMeta;
 pub use crate::node::{Hde, Health, Metrics};
+
+/// A zeroed buffer of `len` bytes for a large image (a guest's RAM, a decoded round), backed
+/// by transparent huge pages where the kernel grants them on request: filling it then takes
+/// one page fault per 2 MiB instead of one per 4 KiB. Where the system refuses the memory the
+/// answer is an error ([`Error::Delta`] wrapping the delta layer's out-of-memory), not an
+/// abort.
+pub fn zeroed_image(len: usize) -> Result<Vec<u8>> {
+    Ok(alloc::zeroed(len)?)
+}
 pub use hde_codec as codec;
 pub use hde_codec::CodecBank;
 pub use hde_crdt as crdt;

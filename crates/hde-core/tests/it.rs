@@ -298,6 +298,62 @@ mod engine {
         assert!(matches!(err, Error::Delta(hde_core::delta::Error::InvalidConfig { .. })), "{err:?}");
     }
 
+    /// `decompress_into` rebuilds what `decompress` does into the caller's buffer, whatever
+    /// that held, reusing its memory, and leaves the decoder's baseline where it was.
+    #[test]
+    fn decompress_into_reuses_the_buffer_and_keeps_the_baseline() {
+        let images = rounds();
+        let enc = Encoder::new(config(), selector(NetworkMode::Hybrid)).unwrap();
+        let (dec, into) = (Decoder::new(config()).unwrap(), Decoder::new(config()).unwrap());
+        let key = enc.compress("vm", &images[0]).unwrap();
+        dec.decompress(&key).unwrap();
+        into.decompress(&key).unwrap();
+        let delta = enc.compress("vm", &images[1]).unwrap();
+        let mut out = vec![0xa5; 3 * images[1].len()];
+        let capacity = out.capacity();
+        for _ in 0..2 {
+            let header = into.decompress_into(&delta, &mut out).unwrap();
+            assert_eq!(header.key, "vm");
+            assert!(out == images[1], "decoded into a used buffer");
+            assert_eq!(out.capacity(), capacity, "the buffer's memory is reused");
+        }
+        // The baseline is still round 0: the same delta decodes again, and the decoder that
+        // made round 1 its baseline refuses it.
+        assert_eq!(dec.decompress(&delta).unwrap().1.as_slice(), &images[1][..]);
+        assert!(dec.decompress(&delta).is_err());
+        // Damage is an error, never other bytes.
+        let mut bad = delta.clone();
+        let last = bad.len() - 1;
+        bad[last] ^= 0x40;
+        assert!(into.decompress_into(&bad, &mut out).is_err());
+        assert!(into.decompress_into(&delta[..delta.len() - 3], &mut out).is_err());
+    }
+
+    /// A baseline installed in place (the old content of each page at its own offset, as a
+    /// migration's batch has it) round-trips; a page whose old content is zero is sent
+    /// without a reference (there is nothing in a zero page for a codec to match).
+    #[test]
+    fn an_in_place_baseline_round_trips_and_zero_pages_are_no_reference() {
+        let images = rounds();
+        let (old, new) = (&images[0], &images[1]);
+        let mut half_zero = old.clone();
+        let len = half_zero.len();
+        half_zero[..len / 2].fill(0);
+        for base in [old, &half_zero, &vec![0; len]] {
+            let enc = Encoder::new(config(), selector(NetworkMode::Internet)).unwrap();
+            let dec = Decoder::new(config()).unwrap();
+            enc.delta().install_in_place("vm", base.clone()).unwrap();
+            dec.delta().install("vm", 4096, base.clone()).unwrap();
+            let mut frame = Vec::new();
+            let summary = enc.compress_to("vm", new, &mut frame, EncodeOptions::default()).unwrap();
+            assert_eq!(dec.decompress(&frame).unwrap().1.as_slice(), &new[..]);
+            let referenced = summary.codecs.iter().any(|(c, _)| c.ends_with("+ref"));
+            if base.iter().all(|&b| b == 0) {
+                assert!(!referenced, "a zero baseline is no reference: {:?}", summary.codecs);
+            }
+        }
+    }
+
     #[test]
     fn a_delta_without_its_baseline_is_a_typed_error() {
         let enc = Encoder::new(config(), SelectorConfig::default()).unwrap();
