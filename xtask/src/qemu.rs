@@ -13,6 +13,9 @@
 //! * `multifd-zstd`: multifd (2 channels) with zstd compression, on both sides;
 //! * `hde`: `exec:hde qemu-send` on the source, `-incoming exec:hde qemu-recv` on the
 //!   destination, over hde-net's TLS.
+//! * `pipe` (not run unless named): `exec:cat` into a FIFO that the destination reads with
+//!   `exec:cat`, off the link: the floor of any adapter QEMU reaches through `exec:`, i.e. how
+//!   fast the two QEMU processes themselves produce and load the stream on this machine.
 //!
 //! Every method gets `max-bandwidth` 10 GB/s (QEMU's default of 32 MiB/s would make the link
 //! idle) and QEMU's default `downtime-limit` of 300 ms. Measured per method, end to end: the
@@ -127,7 +130,14 @@ impl Bench<'_> {
         )
     }
 
+    fn fifo(&self) -> PathBuf {
+        self.work.join("pipe.fifo")
+    }
+
     fn migrate(&self, method: &str) -> Result<Outcome> {
+        if method == "pipe" && !self.fifo().exists() {
+            run(Command::new("mkfifo").arg(self.fifo()))?;
+        }
         eprintln!("bench-qemu: {method}: booting the source");
         let recv_log = self.work.join(format!("{method}.recv.err"));
         let send_log = self.work.join(format!("{method}.send.err"));
@@ -140,6 +150,7 @@ impl Bench<'_> {
                 self.args.timeout + 600,
                 recv_log.display()
             ),
+            "pipe" => format!("exec:cat {}", self.fifo().display()),
             _ => "defer".into(),
         };
         let mut src = self.vm(0, &format!("{method}-src"), Vec::new())?;
@@ -179,7 +190,8 @@ impl Bench<'_> {
                 self.identity("a"),
                 send_log.display()
             ),
-            other => bail!("unknown method {other:?} (tcp, xbzrle, multifd-zstd, hde)"),
+            "pipe" => format!("exec:cat > {}", self.fifo().display()),
+            other => bail!("unknown method {other:?} (tcp, xbzrle, multifd-zstd, hde, pipe)"),
         };
         let before = self.link.tx_bytes()?;
         let start = wall();
@@ -327,8 +339,10 @@ pub(crate) fn run_bench(args: &Args) -> Result<()> {
         );
     }
     let hde = outcomes.iter().find(|o| o.method == "hde");
-    let best =
-        outcomes.iter().filter(|o| o.method != "hde" && o.converged).min_by(|a, b| a.seconds.total_cmp(&b.seconds));
+    let best = outcomes
+        .iter()
+        .filter(|o| o.method != "hde" && o.method != "pipe" && o.converged)
+        .min_by(|a, b| a.seconds.total_cmp(&b.seconds));
     // The goal compares hde with the fastest of QEMU's options: its time and its downtime.
     if let (Some(h), Some(b)) = (hde.filter(|h| h.converged), best) {
         println!(

@@ -70,7 +70,16 @@ pub(crate) struct QemuRecvArgs {
 
 pub(crate) fn send(a: QemuSendArgs) -> Result<ExitCode> {
     let (identity, peers) = credentials(&a.identity, &a.peers)?;
-    let config = engine_config(&a.engine, identity.node_id());
+    let mut config = engine_config(&a.engine, identity.node_id());
+    if a.engine.bandwidth.is_none() {
+        // Hybrid mode starts from the fastest link its cost model believes in, and the rate
+        // measured from the socket pulls that down within the first megabytes on a slower
+        // one. QEMU writes as fast as the pipe takes it, so a slow start (the usual
+        // 100 Mbit/s) would compress the first tens of megabytes for a slow link on a fast
+        // one too: at 1 Gbit/s that was a third of a 512 MiB guest's stream. On a slow link
+        // the fast start costs the first megabytes' better ratio only.
+        config.bandwidth = config.selector.max_link_rate;
+    }
     let mut migration = migrate::MigrationOptions::new(a.key.clone(), config);
     migration.max_ram = a.max_ram as u64;
     let options = QemuSendOptions { to: a.to.clone(), identity, peers, migration };
@@ -85,12 +94,12 @@ pub(crate) fn send(a: QemuSendArgs) -> Result<ExitCode> {
                 "key": a.key, "source_bytes": stats.source_bytes, "wire_bytes": stats.wire_bytes,
                 "frame_bytes": stats.frame_bytes, "skeleton_bytes": stats.skeleton_bytes,
                 "pages": stats.pages, "zero_pages": stats.zero_pages, "pages_elided": stats.pages_elided,
-                "batches": stats.batches, "seconds": seconds,
+                "batches": stats.batches, "codecs": stats.codecs, "seconds": seconds,
             })
         );
     } else {
         eprintln!(
-            "hde qemu-send: {}: {} bytes of QEMU's stream as {} bytes ({:.1}x) in {} batches, {:.2} s; {} of {} page records sent without their bytes",
+            "hde qemu-send: {}: {} bytes of QEMU's stream as {} bytes ({:.1}x) in {} batches, {:.2} s; {} of {} page records sent without their bytes; codecs: {}",
             a.key,
             stats.source_bytes,
             stats.wire_bytes,
@@ -99,6 +108,7 @@ pub(crate) fn send(a: QemuSendArgs) -> Result<ExitCode> {
             seconds,
             stats.pages_elided,
             stats.pages + stats.zero_pages,
+            stats.codecs.iter().map(|(c, n)| format!("{c} x{n}")).collect::<Vec<_>>().join(", "),
         );
     }
     Ok(ExitCode::SUCCESS)

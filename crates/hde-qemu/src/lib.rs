@@ -51,6 +51,7 @@
 //! ```
 
 mod receiver;
+mod reuse;
 mod sender;
 pub mod stream;
 pub mod wire;

@@ -2,9 +2,9 @@
 
 use std::io::Write;
 
-use hde_core::delta::Image;
 use hde_core::Decoder;
 
+use crate::reuse::Lent;
 use crate::stream::{Item, Parser, PAGE};
 use crate::{wire, Error, Options, Result};
 
@@ -29,6 +29,10 @@ pub struct MigrationReceiver {
     inbox: Vec<u8>,
     /// The guest's RAM as the destination holds it (empty before the setup).
     shadow: Vec<u8>,
+    /// The buffers of the rounds' baselines.
+    bases: Lent,
+    /// A round's image, kept between rounds.
+    image: Vec<u8>,
     /// The `P` record of the batch whose frame comes next: its pages, then the added ones.
     pages: Option<(usize, Vec<u64>)>,
     out: Vec<u8>,
@@ -59,6 +63,8 @@ impl MigrationReceiver {
             parser: Parser::skeleton(options.max_ram),
             inbox: Vec::new(),
             shadow: Vec::new(),
+            bases: Lent::default(),
+            image: Vec::new(),
             pages: None,
             out: Vec::new(),
             ended: false,
@@ -129,14 +135,18 @@ impl MigrationReceiver {
             }
             wire::FRAME => {
                 let (n, list) = self.pages.take().ok_or_else(|| container("a round without its page list"))?;
-                let mut base = Vec::with_capacity(list.len() * PAGE);
-                for &p in &list {
-                    let at = p as usize * PAGE;
-                    base.extend_from_slice(&self.shadow[at..at + PAGE]);
-                }
+                let shadow = &self.shadow;
+                let base = self.bases.fill(|base| {
+                    base.reserve(list.len() * PAGE);
+                    for &p in &list {
+                        let at = p as usize * PAGE;
+                        base.extend_from_slice(&shadow[at..at + PAGE]);
+                    }
+                });
                 let key = self.key.clone().unwrap_or_default();
-                self.decoder.delta().install(&key, PAGE, Image::from(base)).map_err(hde_core::Error::from)?;
-                let (header, image) = self.decoder.decompress(payload)?;
+                self.decoder.delta().install(&key, PAGE, base).map_err(hde_core::Error::from)?;
+                let mut image = std::mem::take(&mut self.image);
+                let header = self.decoder.decompress_into(payload, &mut image)?;
                 if header.key != key || image.len() != n * PAGE {
                     return Err(container(format!(
                         "a round of {:?} with {} bytes, not of {key:?} with {n} pages",
@@ -148,6 +158,7 @@ impl MigrationReceiver {
                     let at = p as usize * PAGE;
                     self.shadow[at..at + PAGE].copy_from_slice(page);
                 }
+                self.image = image;
                 self.stats.rounds += 1;
             }
             wire::SKELETON => {
@@ -189,7 +200,7 @@ impl MigrationReceiver {
                 Item::Setup => {
                     let len = usize::try_from(self.parser.total_pages() * PAGE as u64)
                         .map_err(|_| container("RAM larger than this machine's address space"))?;
-                    self.shadow = hde_core::delta::try_zeroed(len).map_err(hde_core::Error::from)?;
+                    self.shadow = hde_core::zeroed_image(len)?;
                     self.out.extend_from_slice(self.parser.raw());
                 }
                 Item::Page { index } => {

@@ -1,16 +1,15 @@
 //! The source side: QEMU's stream in, container records out.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Instant;
 
-use hde_core::delta::{EncodeOptions, Image};
+use hde_core::delta::EncodeOptions;
 use hde_core::Encoder;
 use xxhash_rust::xxh3::{xxh3_64, Xxh3};
 
+use crate::reuse::Lent;
 use crate::stream::{Item, Parser, PAGE};
 use crate::{wire, Error, Options, Result};
-
-static ZERO_PAGE: [u8; PAGE] = [0; PAGE];
 
 /// What a sender has done so far.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -32,15 +31,18 @@ pub struct SenderStats {
     /// Page records (with a body or zero) that travelled without bytes of their own: the
     /// same content as the destination held, zero, or a duplicate of a page it holds.
     pub pages_elided: u64,
+    /// Streams of the batches' frames per codec choice (`zstd-3+ref`...): what the selector
+    /// chose on this link.
+    pub codecs: BTreeMap<String, u64>,
 }
 
 #[derive(Default)]
 struct Batch {
     skeleton: Vec<u8>,
-    /// Page bodies, one after the other.
-    arena: Vec<u8>,
-    /// (page, offset in `arena`, or `None` for a zero page).
-    pages: Vec<(u64, Option<usize>)>,
+    /// The batch's round image: its pages' contents one after the other (zero pages too).
+    image: Vec<u8>,
+    /// The pages' indexes in the guest's RAM, and whether QEMU sent each as a zero page.
+    pages: Vec<(u64, bool)>,
     seen: HashSet<u64>,
     began: Option<Instant>,
     hash: Xxh3,
@@ -50,6 +52,17 @@ struct Batch {
 impl Batch {
     fn is_empty(&self) -> bool {
         self.len == 0
+    }
+
+    /// Empties the batch, keeping its buffers' memory for the next.
+    fn clear(&mut self) {
+        self.skeleton.clear();
+        self.image.clear();
+        self.pages.clear();
+        self.seen.clear();
+        self.began = None;
+        self.hash.reset();
+        self.len = 0;
     }
 
     fn raw(&mut self, bytes: &[u8]) {
@@ -73,8 +86,15 @@ pub struct MigrationSender {
     /// Where each non-zero page of `shadow` is, by its content's hash: a page QEMU sends that
     /// the destination holds elsewhere (memory that moved) is found here.
     held: HashMap<u64, u32>,
-    /// A batch's round image, kept between batches (no fresh pages to fault in each time).
-    image: Vec<u8>,
+    /// Each page's hash in `held` (0: a zero page, or none), so a page that changes is
+    /// taken out of `held` without hashing its old content.
+    held_hash: Vec<u64>,
+    /// The hashes of a batch's pages that changed (0: unchanged or zero).
+    changed: Vec<u64>,
+    /// The buffers of the batches' baselines.
+    bases: Lent,
+    /// A batch's frame, kept between batches.
+    frame: Vec<u8>,
     stats: SenderStats,
 }
 
@@ -96,7 +116,10 @@ impl MigrationSender {
             batch: Batch::default(),
             shadow: Vec::new(),
             held: HashMap::new(),
-            image: Vec::new(),
+            held_hash: Vec::new(),
+            changed: Vec::new(),
+            bases: Lent::default(),
+            frame: Vec::new(),
             stats: SenderStats::default(),
         })
     }
@@ -157,31 +180,26 @@ impl MigrationSender {
                     });
                 }
                 self.batch.raw(self.parser.raw());
-                let at = match item {
+                let image = &mut self.batch.image;
+                let zero = match item {
                     Item::Page { .. } => {
                         let body = self.parser.page();
                         self.batch.hash.update(body);
                         self.batch.len += PAGE as u64;
-                        let at = self.batch.arena.len();
-                        self.batch.arena.extend_from_slice(body);
+                        image.extend_from_slice(body);
                         self.stats.pages += 1;
-                        Some(at)
-                    }
-                    Item::Zero { fill: 0, .. } => {
-                        self.stats.zero_pages += 1;
-                        None
+                        false
                     }
                     Item::Zero { fill, .. } => {
                         self.stats.zero_pages += 1;
-                        let at = self.batch.arena.len();
-                        self.batch.arena.resize(at + PAGE, fill);
-                        Some(at)
+                        image.resize(image.len() + PAGE, fill);
+                        fill == 0
                     }
-                    _ => None,
+                    _ => false,
                 };
-                self.batch.pages.push((index, at));
+                self.batch.pages.push((index, zero));
                 self.batch.seen.insert(index);
-                if self.batch.arena.len() >= self.options.batch_bytes {
+                if self.batch.image.len() >= self.options.batch_bytes {
                     self.flush(out)?;
                 }
             }
@@ -192,7 +210,14 @@ impl MigrationSender {
                     offset: self.stats.source_bytes,
                     what: "RAM larger than this machine's address space".into(),
                 })?;
-                self.shadow = hde_core::delta::try_zeroed(len).map_err(hde_core::Error::from)?;
+                self.shadow = hde_core::zeroed_image(len)?;
+                let pages = len / PAGE;
+                self.held_hash = Vec::new();
+                let bytes = (pages * std::mem::size_of::<u64>()) as u64;
+                self.held_hash
+                    .try_reserve_exact(pages)
+                    .map_err(|_| hde_core::Error::from(hde_core::delta::Error::OutOfMemory { bytes }))?;
+                self.held_hash.resize(pages, 0);
                 // The receiver learns the RAM's layout from this batch: it must hold it
                 // before the first round arrives.
                 self.flush(out)?;
@@ -219,10 +244,17 @@ impl MigrationSender {
         if self.batch.is_empty() {
             return Ok(());
         }
-        let batch = std::mem::take(&mut self.batch);
+        let mut batch = std::mem::take(&mut self.batch);
+        let sent = self.send_batch(&batch, out);
+        batch.clear();
+        self.batch = batch;
+        sent
+    }
+
+    fn send_batch(&mut self, batch: &Batch, out: &mut Vec<u8>) -> Result<()> {
         let before = out.len();
         if !batch.pages.is_empty() {
-            self.send_pages(&batch, out)?;
+            self.send_pages(batch, out)?;
         }
         let len = u32::try_from(batch.len)
             .ok()
@@ -244,32 +276,36 @@ impl MigrationSender {
     /// baseline what the destination holds at their addresses, followed by the pages it holds
     /// elsewhere with the same content as one of them. The `P` record names both lists.
     fn send_pages(&mut self, batch: &Batch, out: &mut Vec<u8>) -> Result<()> {
-        let content = |at: Option<usize>| at.map_or(&ZERO_PAGE[..], |a| &batch.arena[a..a + PAGE]);
+        let image = &batch.image;
+        let (shadow, held, changed) = (&self.shadow, &self.held, &mut self.changed);
         let held_at = |p: u64| {
             let at = p as usize * PAGE;
-            &self.shadow[at..at + PAGE]
+            &shadow[at..at + PAGE]
         };
-        let mut image = std::mem::take(&mut self.image);
-        image.clear();
-        // The baseline's buffer goes to the engine, which keeps it until the next batch's.
-        let mut base = Vec::with_capacity(batch.pages.len() * PAGE);
         let mut moved: Vec<u64> = Vec::new();
-        let mut seen_moved = HashSet::new();
-        for &(p, at) in &batch.pages {
-            let page = content(at);
-            image.extend_from_slice(page);
-            base.extend_from_slice(held_at(p));
-            if at.is_some() && held_at(p) != page {
-                if let Some(&q) = self.held.get(&xxh3_64(page)) {
-                    if u64::from(q) != p && held_at(u64::from(q)) == page && seen_moved.insert(q) {
-                        moved.push(u64::from(q));
+        changed.clear();
+        // The baseline's buffer goes to the engine, which keeps it until the next batch's.
+        let base = self.bases.fill(|base| {
+            base.reserve(batch.pages.len() * PAGE);
+            let mut seen_moved = HashSet::new();
+            for (&(p, zero), page) in batch.pages.iter().zip(image.chunks_exact(PAGE)) {
+                let old = held_at(p);
+                base.extend_from_slice(old);
+                let mut h = 0;
+                if old != page && !zero && page.iter().any(|&b| b != 0) {
+                    h = xxh3_64(page);
+                    if let Some(&q) = held.get(&h) {
+                        if u64::from(q) != p && held_at(u64::from(q)) == page && seen_moved.insert(q) {
+                            moved.push(u64::from(q));
+                        }
                     }
                 }
+                changed.push(h);
             }
-        }
-        for &q in &moved {
-            base.extend_from_slice(held_at(q));
-        }
+            for &q in &moved {
+                base.extend_from_slice(held_at(q));
+            }
+        });
         let mut list = Vec::with_capacity(8 + 2 * (batch.pages.len() + moved.len()));
         list.extend_from_slice(&(batch.pages.len() as u32).to_le_bytes());
         list.extend_from_slice(&(moved.len() as u32).to_le_bytes());
@@ -278,33 +314,38 @@ impl MigrationSender {
         wire::put(out, wire::PAGES, &list)?;
 
         let key = &self.options.key;
-        self.encoder.delta().install(key, Image::from(base)).map_err(hde_core::Error::from)?;
-        let mut frame = Vec::new();
+        self.encoder.delta().install_in_place(key, base).map_err(hde_core::Error::from)?;
+        let mut frame = std::mem::take(&mut self.frame);
+        frame.clear();
         let options = EncodeOptions { detached: true, ..EncodeOptions::default() };
-        let summary = self.encoder.compress_to(key, &image, &mut frame, options)?;
+        let summary = self.encoder.compress_to(key, image, &mut frame, options)?;
         let c = summary.pages;
         // The pages QEMU sent that travel with bytes of their own; the others were unchanged,
         // zero or duplicates of a page the destination holds.
         self.stats.pages_elided += (batch.pages.len() as u64).saturating_sub(c.xor + c.literal);
         self.stats.frame_bytes += frame.len() as u64;
+        for (codec, n) in summary.codecs {
+            *self.stats.codecs.entry(codec).or_default() += n;
+        }
         wire::put(out, wire::FRAME, &frame)?;
+        self.frame = frame;
 
         // The destination holds the batch's pages now.
-        for (&(p, _), page) in batch.pages.iter().zip(image.chunks_exact(PAGE)) {
+        for ((&(p, _), page), &h) in batch.pages.iter().zip(image.chunks_exact(PAGE)).zip(&self.changed) {
             let at = p as usize * PAGE;
             let old = &mut self.shadow[at..at + PAGE];
-            if old != page {
-                let gone = xxh3_64(old);
-                if self.held.get(&gone) == Some(&(p as u32)) {
-                    self.held.remove(&gone);
-                }
-                old.copy_from_slice(page);
+            if old == page {
+                continue;
             }
-            if page.iter().any(|&b| b != 0) {
-                self.held.insert(xxh3_64(page), p as u32);
+            let gone = std::mem::replace(&mut self.held_hash[p as usize], h);
+            if gone != 0 && self.held.get(&gone) == Some(&(p as u32)) {
+                self.held.remove(&gone);
+            }
+            old.copy_from_slice(page);
+            if h != 0 {
+                self.held.insert(h, p as u32);
             }
         }
-        self.image = image;
         Ok(())
     }
 }
