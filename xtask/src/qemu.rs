@@ -65,6 +65,12 @@ pub(crate) struct Args {
     /// Write the results here as JSON (default: target/bench-qemu/RATE.json).
     #[arg(long)]
     json: Option<PathBuf>,
+    /// Keep the stream the destination read (`hde` and `pipe` only, through `tee`) and check
+    /// the guest RAM it carries (each page's last content) against both sides' memory: where
+    /// the source's differs from what its own stream carried, the source never sent those
+    /// pages' last content. Costs the destination a disk write; for diagnosis, not timing.
+    #[arg(long)]
+    capture: bool,
 }
 
 const QEMU_PORT: u16 = 7400;
@@ -134,6 +140,10 @@ impl Bench<'_> {
         self.work.join("pipe.fifo")
     }
 
+    fn capture(&self) -> PathBuf {
+        self.work.join("stream.bin")
+    }
+
     fn migrate(&self, method: &str) -> Result<Outcome> {
         if method == "pipe" && !self.fifo().exists() {
             run(Command::new("mkfifo").arg(self.fifo()))?;
@@ -153,6 +163,8 @@ impl Bench<'_> {
             "pipe" => format!("exec:cat {}", self.fifo().display()),
             _ => "defer".into(),
         };
+        let capturing = self.args.capture && matches!(method, "hde" | "pipe");
+        let incoming = if capturing { format!("{incoming} | tee {}", self.capture().display()) } else { incoming };
         let mut src = self.vm(0, &format!("{method}-src"), Vec::new())?;
         src.wait_console("WL-READY", Duration::from_secs(900))?;
         let mut dst = self.vm(1, &format!("{method}-dst"), vec!["-S".into(), "-incoming".into(), incoming])?;
@@ -236,6 +248,23 @@ impl Bench<'_> {
             dst.qmp("pmemsave", json!({ "val": 0, "size": bytes, "filename": b.display().to_string() }))?;
             let differ = pages_differ(&a, &b)?;
             equal = differ.is_empty();
+            if capturing {
+                let carried = stream_ram(&self.capture(), bytes)?;
+                let (s, d) = (std::fs::read(&a)?, std::fs::read(&b)?);
+                for (side, mem) in [("source", &s), ("destination", &d)] {
+                    let off: Vec<String> = differ_pages(&carried, mem)
+                        .iter()
+                        .filter(|p| !NOT_RAM.contains(p))
+                        .map(|p| format!("{:#x}", p * 4096))
+                        .collect();
+                    eprintln!(
+                        "bench-qemu: {method}: the stream's RAM and the {side}'s memory differ in {} pages {}",
+                        off.len(),
+                        off.iter().take(12).cloned().collect::<Vec<_>>().join(" ")
+                    );
+                }
+                let _ = std::fs::remove_file(self.capture());
+            }
             if !equal {
                 let first: Vec<String> = differ.iter().take(8).map(|p| format!("{:#x}", p * 4096)).collect();
                 note = format!(
@@ -277,11 +306,57 @@ impl Bench<'_> {
 
 /// The 4 KiB pages that differ between two memory dumps (a dump of another length: all).
 fn pages_differ(a: &Path, b: &Path) -> Result<Vec<usize>> {
-    let (x, y) = (std::fs::read(a)?, std::fs::read(b)?);
+    Ok(differ_pages(&std::fs::read(a)?, &std::fs::read(b)?))
+}
+
+/// The legacy VGA window and the BIOS area, where `pmemsave` reads devices and ROM, not RAM.
+const NOT_RAM: std::ops::Range<usize> = 0xa0000 / 4096..0x100000 / 4096;
+
+fn differ_pages(x: &[u8], y: &[u8]) -> Vec<usize> {
     if x.len() != y.len() {
-        return Ok((0..x.len().max(y.len()) / 4096).collect());
+        return (0..x.len().max(y.len()) / 4096).collect();
     }
-    Ok(x.chunks(4096).zip(y.chunks(4096)).enumerate().filter(|(_, (p, q))| p != q).map(|(i, _)| i).collect())
+    x.chunks(4096).zip(y.chunks(4096)).enumerate().filter(|(_, (p, q))| p != q).map(|(i, _)| i).collect()
+}
+
+/// The first `bytes` of `pc.ram` as a captured migration stream leaves them: each page's last
+/// content, a zero-page record's fill included (compare outside `NOT_RAM`).
+fn stream_ram(path: &Path, bytes: u64) -> Result<Vec<u8>> {
+    use hde_qemu::stream::{Item, Parser};
+    use std::io::Read as _;
+    let mut ram = vec![0u8; usize::try_from(bytes)?];
+    let mut parser = Parser::source(1 << 40);
+    let mut file = std::fs::File::open(path)?;
+    let mut buf = vec![0u8; 1 << 20];
+    let mut first = None;
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        parser.feed(&buf[..n]);
+        while let Some(item) = parser.next_item()? {
+            if first.is_none() {
+                first = parser.blocks().iter().find(|b| b.name == "pc.ram").map(|b| b.first_page);
+            }
+            let (index, fill) = match item {
+                Item::Page { index } => (index, None),
+                Item::Zero { index, fill } => (index, Some(fill)),
+                _ => continue,
+            };
+            let Some(p) = first.and_then(|f| index.checked_sub(f)).and_then(|p| usize::try_from(p).ok()) else {
+                continue;
+            };
+            let Some(page) = ram.get_mut(p * 4096..p * 4096 + 4096) else { continue };
+            match fill {
+                Some(f) => page.fill(f),
+                None => page.copy_from_slice(parser.page()),
+            }
+        }
+    }
+    parser.finish()?;
+    ensure!(first.is_some(), "no pc.ram block in {}", path.display());
+    Ok(ram)
 }
 
 pub(crate) fn run_bench(args: &Args) -> Result<()> {
