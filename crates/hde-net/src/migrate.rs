@@ -135,11 +135,17 @@ pub fn qemu_send(options: &QemuSendOptions, input: impl Read + Send + 'static) -
 }
 
 /// Reads QEMU's stream into pieces on a thread of its own, so that QEMU keeps writing while a
-/// batch is encoded (its pipe holds only 64 KiB); at most [`READ_AHEAD`] pieces wait.
-fn read_ahead(mut input: impl Read + Send + 'static) -> std::sync::mpsc::Receiver<std::io::Result<Vec<u8>>> {
+/// batch is encoded (its pipe holds only 64 KiB); at most [`READ_AHEAD`] pieces wait. Pieces
+/// the encoder is done with come back through the second channel and are read into again,
+/// rather than each read faulting in fresh memory.
+fn read_ahead(
+    mut input: impl Read + Send + 'static,
+) -> (std::sync::mpsc::Receiver<std::io::Result<Vec<u8>>>, std::sync::mpsc::SyncSender<Vec<u8>>) {
     let (tx, rx) = std::sync::mpsc::sync_channel(READ_AHEAD);
+    let (spare_tx, spare) = std::sync::mpsc::sync_channel::<Vec<u8>>(READ_AHEAD + 2);
     std::thread::spawn(move || loop {
-        let mut buf = vec![0u8; READ];
+        let mut buf = spare.try_recv().unwrap_or_default();
+        buf.resize(READ, 0);
         match input.read(&mut buf) {
             Ok(0) => return,
             Ok(n) => {
@@ -155,7 +161,7 @@ fn read_ahead(mut input: impl Read + Send + 'static) -> std::sync::mpsc::Receive
             }
         }
     });
-    rx
+    (rx, spare_tx)
 }
 
 /// The encoder thread: stream in, chunks out.
@@ -167,12 +173,15 @@ fn encode(
 ) -> Result<()> {
     let mut out = Vec::new();
     let gone = || Error::Protocol { what: "the connection side stopped".into() };
-    for piece in read_ahead(input) {
+    let (pieces, spare) = read_ahead(input);
+    for piece in pieces {
         let piece = piece.map_err(|e| Error::Io { path: "standard input".into(), source: e })?;
         if let Some(rate) = live.get() {
             sender.encoder().selector().set_bandwidth(rate);
         }
         sender.push(&piece, &mut out)?;
+        // Full only if the reader has stopped; then the piece is simply dropped.
+        let _ = spare.try_send(piece);
         for piece in out.chunks(CHUNK) {
             up.blocking_send(piece.to_vec()).map_err(|_| gone())?;
         }
