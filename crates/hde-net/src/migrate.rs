@@ -180,7 +180,8 @@ fn encode(
             sender.encoder().selector().set_bandwidth(rate);
         }
         sender.push(&piece, &mut out)?;
-        // Full only if the reader has stopped; then the piece is simply dropped.
+        // Never full (the pieces in flight are at most its capacity); it fails only once the
+        // reader has stopped, and then the piece is simply dropped.
         let _ = spare.try_send(piece);
         for piece in out.chunks(CHUNK) {
             up.blocking_send(piece.to_vec()).map_err(|_| gone())?;
